@@ -1,0 +1,12 @@
+"""mlbook: the library under the course *Learning to Learn*.
+
+One import line per concept; each object's docstring names the chapter that explains it.
+"""
+from .utils import budget, get_device, is_fast, make_generator, progress, seed_everything
+from .tasks import Episode, ImageClassFamily, LineFamily, SinusoidFamily, sample_nway_kshot
+from .models import MLP, Conv4, init_params
+from .bilevel import inner_loop, map_tasks, sgd_step
+from .learners import MAML, Learner
+from .train import evaluate, meta_train
+
+__version__ = "0.1.0"

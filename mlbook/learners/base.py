@@ -1,0 +1,99 @@
+"""The one learner interface every algorithm in the book implements (Chapters 3-6).
+
+    init(seed)                     -> state        (phi: what meta-learning learns)
+    adapt(state, support_x, y)     -> task_state   (theta_i: after seeing D_train of one task)
+    predict(task_state, x)         -> output       (logits, or a regression output)
+    meta_loss(state, episode)      -> scalar       (the outer objective on a meta-batch)
+
+``adapt`` and ``predict`` work on one task (no batch axis); ``meta_loss`` and
+``evaluate_batch`` take an :class:`~mlbook.tasks.Episode` and map over its tasks with
+``vmap`` or a loop. One trainer, one evaluator and one table then serve every learner.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..bilevel import map_tasks
+from ..tasks import Episode
+from ..utils import check_choice
+
+__all__ = ["Learner", "LOSSES", "task_loss", "task_accuracy"]
+
+LOSSES = ("mse", "cross_entropy")
+
+
+def task_loss(kind: str, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The per-task loss: mean squared error or cross-entropy (Chapter 1)."""
+    if kind == "mse":
+        return F.mse_loss(output, y)
+    return F.cross_entropy(output, y)
+
+
+def task_accuracy(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Fraction of correct predictions of one task's logits (Chapter 5)."""
+    return (output.argmax(-1) == y).float().mean()
+
+
+class Learner:
+    """Base class: subclasses define ``init``, ``adapt`` and ``predict`` (Chapter 4's taxonomy).
+
+    ``loss`` is 'mse' (regression) or 'cross_entropy' (classification). ``strategy`` and
+    ``chunk_size`` choose how tasks of a meta-batch are mapped (see :func:`mlbook.bilevel.map_tasks`).
+    """
+
+    name = "learner"
+    family = "unknown"
+
+    def __init__(self, loss: str = "cross_entropy", strategy: str = "auto",
+                 chunk_size: int | None = None):
+        self.loss = check_choice("loss", loss, LOSSES)
+        self.strategy = strategy
+        self.chunk_size = chunk_size
+
+    # -- the interface -------------------------------------------------------------------
+    def init(self, seed: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def adapt(self, state, support_x: torch.Tensor, support_y: torch.Tensor):
+        raise NotImplementedError
+
+    def predict(self, task_state, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- shared by every learner ---------------------------------------------------------
+    def query_loss(self, state, support_x, support_y, query_x, query_y) -> torch.Tensor:
+        """L_outer for one task: adapt on the support set, score the query set."""
+        return task_loss(self.loss, self.predict(self.adapt(state, support_x, support_y), query_x), query_y)
+
+    def meta_loss(self, state, episode: Episode) -> torch.Tensor:
+        """Mean query loss over the tasks of ``episode``: the meta-objective (Chapter 1)."""
+        losses = map_tasks(lambda *t: self.query_loss(state, *t), episode.support_x, episode.support_y,
+                           episode.query_x, episode.query_y, strategy=self.strategy,
+                           chunk_size=self.chunk_size)
+        return losses.mean()
+
+    def evaluate_batch(self, state, episode: Episode) -> dict[str, torch.Tensor]:
+        """Per-task query loss (and accuracy for classification), without outer gradients."""
+
+        def metrics(sx, sy, qx, qy):
+            output = self.predict(self.adapt(state, sx, sy), qx)
+            result = {"loss": task_loss(self.loss, output, qy)}
+            if self.loss == "cross_entropy":
+                result["accuracy"] = task_accuracy(output, qy)
+            return result
+
+        with torch.enable_grad():  # inner loops need gradients even when evaluating
+            out = map_tasks(metrics, episode.support_x, episode.support_y, episode.query_x,
+                            episode.query_y, strategy=self.strategy, chunk_size=self.chunk_size)
+        return {k: v.detach() for k, v in out.items()}
+
+    def parameters(self, state) -> list[torch.Tensor]:
+        """The tensors the outer optimiser updates: every leaf of ``state`` that requires grad."""
+        leaves = torch.utils._pytree.tree_leaves(state)
+        return [t for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

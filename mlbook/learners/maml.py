@@ -1,0 +1,76 @@
+"""Model-Agnostic Meta-Learning (Finn et al., 2017), second order by default (Chapter 3).
+
+    theta_i  = phi - alpha * grad_phi L_inner(phi; D_i^train)        (repeated `steps` times)
+    phi     <- phi - beta * grad_phi  sum_i L_outer(theta_i; D_i^test)
+
+The outer gradient flows through the inner step (second order) unless ``first_order=True``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ..bilevel import check_params, inner_loop, task_loss_fn
+from ..models import init_params
+from ..utils import check_positive, check_positive_int
+from .base import Learner, task_loss
+
+__all__ = ["MAML", "FOMAML"]
+
+
+class MAML(Learner):
+    """MAML and first-order MAML behind the one learner interface (Chapters 1 and 3).
+
+    ``inner_lr`` is alpha, ``steps`` the number of inner steps. With ``learn_inner_lr`` the
+    per-step learning rates are part of the meta-learned state. ``adapt_keys`` restricts the
+    inner loop to some parameters (ANIL adapts only ``head.*``).
+    """
+
+    name = "MAML"
+    family = "optimisation"
+
+    def __init__(self, model: nn.Module, inner_lr: float = 0.4, steps: int = 1,
+                 first_order: bool = False, learn_inner_lr: bool = False, loss: str = "cross_entropy",
+                 adapt_keys=None, strategy: str = "auto", chunk_size: int | None = None):
+        super().__init__(loss=loss, strategy=strategy, chunk_size=chunk_size)
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.inner_lr = check_positive("inner_lr", inner_lr)
+        self.steps = check_positive_int("steps", steps)
+        self.first_order = bool(first_order)
+        self.learn_inner_lr = bool(learn_inner_lr)
+        self.adapt_keys = None if adapt_keys is None else list(adapt_keys)
+        self._inner_loss = task_loss_fn(model, lambda out, y: task_loss(self.loss, out, y))
+
+    def init(self, seed: int, dtype=None, device=None) -> dict:
+        """phi: fresh model parameters (and learnable per-step inner learning rates)."""
+        params = init_params(self.model, seed, dtype=dtype, device=device)
+        any_param = next(iter(params.values()))
+        lr = torch.full((self.steps,), self.inner_lr, dtype=any_param.dtype, device=any_param.device)
+        return {"params": params, "inner_lr": lr.requires_grad_(self.learn_inner_lr)}
+
+    def adapt(self, state, support_x, support_y):
+        """theta_i = Adapt(phi, D_i^train): ``steps`` differentiable gradient steps."""
+        check_params(self.model, state["params"])
+        return inner_loop(self._inner_loss, state["params"], support_x, support_y, self.steps,
+                          state["inner_lr"], first_order=self.first_order, adapt_keys=self.adapt_keys)
+
+    def predict(self, task_state, x):
+        """f_theta(x) with the adapted parameters."""
+        return functional_call(self.model, task_state, (x,))
+
+    def __repr__(self) -> str:
+        order = "first" if self.first_order else "second"
+        return f"{type(self).__name__}(inner_lr={self.inner_lr}, steps={self.steps}, {order} order)"
+
+
+class FOMAML(MAML):
+    """First-order MAML: the inner gradients are treated as constants (Chapter 3)."""
+
+    name = "FOMAML"
+
+    def __init__(self, model: nn.Module, **kwargs):
+        kwargs["first_order"] = True
+        super().__init__(model, **kwargs)

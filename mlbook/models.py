@@ -1,0 +1,138 @@
+"""Backbones written to be called functionally (Chapters 1, 3 and 4).
+
+Parameters live outside the module as a dict of tensors; the forward pass is
+``torch.func.functional_call(module, params, x)``. No layer keeps running statistics, so a
+model has no hidden state that an inner loop could leak between tasks.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .utils import check_choice, check_positive_int
+
+__all__ = ["MLP", "Conv4", "BatchStatNorm", "make_norm", "init_params", "NORMS"]
+
+NORMS = ("group", "batch", "none")
+
+
+class BatchStatNorm(nn.Module):
+    """Batch normalisation from basic tensor ops, always with the current batch's statistics.
+
+    ``nn.BatchNorm2d(track_running_stats=False)`` gives a wrong second-order meta-gradient
+    under ``vmap`` (Chapter 3 shows the measurement); this version is correct under ``vmap``.
+    It is *transductive*: a query example's output depends on the other query examples.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = [0] + list(range(2, x.dim()))
+        mean = x.mean(dim=dims, keepdim=True)
+        var = (x - mean).pow(2).mean(dim=dims, keepdim=True)
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        return (x - mean) / torch.sqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+
+
+def make_norm(norm: str, channels: int) -> nn.Module:
+    """The normalisation layer named ``norm`` ('group', 'batch' or 'none'; Chapter 3)."""
+    check_choice("norm", norm, NORMS)
+    if norm == "group":
+        # Per-example statistics: no transduction, and exact under vmap.
+        return nn.GroupNorm(min(8, channels), channels)
+    if norm == "batch":
+        return BatchStatNorm(channels)
+    return nn.Identity()
+
+
+class MLP(nn.Module):
+    """A fully connected network, 1-40-40-1 by default as in the MAML sinusoid experiments (Chapter 1)."""
+
+    def __init__(self, in_features: int = 1, out_features: int = 1, hidden=(40, 40)):
+        super().__init__()
+        check_positive_int("in_features", in_features)
+        check_positive_int("out_features", out_features)
+        sizes = [in_features, *[check_positive_int("hidden", h) for h in hidden]]
+        layers = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(sizes[-1], out_features)
+        self.in_features = in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"x must end in {self.in_features} features, got shape {tuple(x.shape)}")
+        return self.head(self.features(x))
+
+
+class Conv4(nn.Module):
+    """The four-block convolutional backbone of MAML, ProtoNet and Matching Networks (Chapters 3-5).
+
+    Each block is conv3x3(``channels``) -> normalisation -> ReLU -> 2x2 max-pool. With
+    ``out_features > 0`` a linear head follows; with ``out_features=0`` the module returns the
+    flattened embedding (metric learners).
+    """
+
+    def __init__(self, out_features: int = 5, in_channels: int = 1, channels: int = 64,
+                 norm: str = "group", image_size: int = 28):
+        super().__init__()
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("channels", channels)
+        check_positive_int("image_size", image_size)
+        if isinstance(out_features, bool) or not isinstance(out_features, int) or out_features < 0:
+            raise ValueError(f"out_features must be a non-negative integer, got {out_features!r}")
+        blocks = []
+        size = image_size
+        for i in range(4):
+            blocks += [nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1),
+                       make_norm(norm, channels), nn.ReLU(), nn.MaxPool2d(2)]
+            size //= 2
+        if size == 0:
+            raise ValueError(f"image_size must be at least 16 for four 2x2 poolings, got {image_size}")
+        self.features = nn.Sequential(*blocks, nn.Flatten())
+        self.embedding_size = channels * size * size
+        self.head = nn.Linear(self.embedding_size, out_features) if out_features else None
+        self.in_channels = in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have shape [batch, {self.in_channels}, H, W], got {tuple(x.shape)}")
+        z = self.features(x)
+        return z if self.head is None else self.head(z)
+
+
+def init_params(module: nn.Module, seed: int, dtype=None, device=None) -> dict[str, torch.Tensor]:
+    """Fresh parameters for ``module`` from ``seed``, as a dict of leaf tensors (Chapter 1).
+
+    The module's own weights are left untouched: the returned dict is the meta-learner's state.
+    """
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(int(seed))
+        fresh = {}
+        clone = _fresh_copy(module)
+        for name, tensor in clone.named_parameters():
+            t = tensor.detach().clone()
+            if dtype is not None:
+                t = t.to(dtype)
+            if device is not None:
+                t = t.to(device)
+            fresh[name] = t.requires_grad_(True)
+        return fresh
+    finally:
+        torch.random.set_rng_state(generator_state)
+
+
+def _fresh_copy(module: nn.Module) -> nn.Module:
+    import copy
+
+    clone = copy.deepcopy(module)
+    for sub in clone.modules():
+        if sub is not clone and hasattr(sub, "reset_parameters"):
+            sub.reset_parameters()
+    return clone
