@@ -1,9 +1,15 @@
 """Tests and notebook runs always use the fast experiment sizes (MLBOOK_FAST=1).
 
-Set here, before any kernel starts, so nbval's kernels inherit it.
+Set here, before any kernel starts, so nbval's kernels inherit it. The real Omniglot
+archives beside the repository (../shared/data/omniglot), when present, are offered to the
+loader through MLBOOK_OMNIGLOT.
 """
 import os
+from pathlib import Path
 
 os.environ.setdefault("MLBOOK_FAST", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("MLBOOK_NO_PROGRESS", "1")
+_shared_omniglot = Path(__file__).resolve().parent.parent / "shared" / "data" / "omniglot"
+if _shared_omniglot.is_dir():
+    os.environ.setdefault("MLBOOK_OMNIGLOT", str(_shared_omniglot))
