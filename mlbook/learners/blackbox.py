@@ -1,0 +1,175 @@
+"""A black-box meta-learner: a small transformer that learns in context (Chapter 4).
+
+The support set is read as a sequence of (x, y) tokens and each query as an (x, ?) token:
+
+    token_i = W [features(x_i), y_i, 1]        for (x_i, y_i) in D_i^train
+    token_q = W [features(x_q), 0,   0]        for a query x_q
+    y_q_hat = head(Transformer(tokens)[q])
+
+Nothing about gradient descent, distances or aggregation is built in: the network itself
+must learn how to use the context, end to end, from the episodes it is trained on. Every
+token attends only to the support tokens (and itself), so a query's prediction depends on
+the support set and that query alone, and the order of the support set does not matter
+(there are no position encodings).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ..models import MLP, Conv4, init_params
+from ..tasks import Episode
+from ..utils import check_positive_int
+from ._context import check_inputs, check_support, check_ways_and_image_size
+from .base import Learner
+
+__all__ = ["BlackBox"]
+
+
+class _Block(nn.Module):
+    """Pre-norm transformer block: masked self-attention, then a two-layer MLP."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.ReLU(), nn.Linear(2 * width, width))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, t, w = x.shape
+        q, k, v = self.qkv(self.norm1(x)).split(w, -1)
+        q, k, v = (z.reshape(b, t, self.heads, w // self.heads).transpose(1, 2) for z in (q, k, v))
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.out(a.transpose(1, 2).reshape(b, t, w))
+        return x + self.mlp(self.norm2(x))
+
+
+class _Net(nn.Module):
+    def __init__(self, features: nn.Module, feature_size: int, label_size: int, width: int,
+                 heads: int, layers: int, out_size: int):
+        super().__init__()
+        self.features = features
+        self.embed = nn.Linear(feature_size + label_size + 1, width)
+        self.blocks = nn.ModuleList(_Block(width, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, out_size)
+
+    def forward(self, support_x, support_y, query_x):
+        m, q = support_x.shape[1], query_x.shape[1]
+        x = torch.cat([support_x, query_x], 1)
+        b, t = x.shape[:2]
+        z = self.features(x.reshape(b * t, *x.shape[2:])).reshape(b, t, -1)
+        support = torch.cat([z[:, :m], support_y, z.new_ones(b, m, 1)], -1)
+        query = torch.cat([z[:, m:], z.new_zeros(b, q, support_y.shape[-1] + 1)], -1)
+        tokens = torch.cat([support, query], 1)
+        h = self.embed(tokens)
+        # Attend to the support tokens and to oneself: queries never see each other.
+        mask = torch.zeros(t, t, dtype=torch.bool, device=x.device)
+        mask[:, :m] = True
+        mask |= torch.eye(t, dtype=torch.bool, device=x.device)
+        for block in self.blocks:
+            h = block(h, mask)
+        return self.head(self.norm(h[:, m:]))
+
+
+class BlackBox(Learner):
+    """A transformer that reads the support set as (x, y) tokens and predicts the queries (Chapter 4).
+
+    Regression (``ways=None``): inputs ``[M, x_dim]``, targets ``[M, y_dim]``, ``predict``
+    returns ``[M, y_dim]``, trained by MSE. Classification (``ways=N``): labels enter as
+    one-hot vectors, ``predict`` returns ``[M, N]`` logits; images ``[M, 1, S, S]`` are read by
+    a :class:`~mlbook.models.Conv4` with ``channels`` channels when ``image_size=S``.
+    ``width``, ``heads`` and ``layers`` size the transformer.
+
+    ``adapt`` only stores the support set: the black box adapts inside its forward pass,
+    when ``predict`` reads the context together with the queries.
+    """
+
+    name = "BlackBox"
+    family = "black-box"
+
+    def __init__(self, x_dim: int = 1, y_dim: int = 1, ways: int | None = None,
+                 image_size: int | None = None, width: int = 64, heads: int = 4, layers: int = 2,
+                 channels: int = 32):
+        self.ways, self.image_size = check_ways_and_image_size(ways, image_size)
+        super().__init__(loss="mse" if self.ways is None else "cross_entropy", strategy="loop")
+        self.x_dim = check_positive_int("x_dim", x_dim)
+        self.y_dim = check_positive_int("y_dim", y_dim)
+        width = check_positive_int("width", width)
+        heads = check_positive_int("heads", heads)
+        layers = check_positive_int("layers", layers)
+        if width % heads:
+            raise ValueError(f"width must be a multiple of heads; got width={width}, heads={heads}")
+        if self.image_size is not None:
+            features = Conv4(0, channels=check_positive_int("channels", channels), image_size=self.image_size)
+            feature_size = features.embedding_size
+            self.feature_shape = (1, self.image_size, self.image_size)
+        elif self.ways is not None:
+            features = MLP(self.x_dim, width, hidden=(width,))
+            feature_size = width
+            self.feature_shape = (self.x_dim,)
+        else:
+            features = nn.Identity()
+            feature_size = self.x_dim
+            self.feature_shape = (self.x_dim,)
+        label_size = self.y_dim if self.ways is None else self.ways
+        out_size = self.y_dim if self.ways is None else self.ways
+        self.net = _Net(features, feature_size, label_size, width, heads, layers, out_size)
+
+    # -- the interface -------------------------------------------------------------------
+    def init(self, seed: int, dtype=None, device=None) -> dict:
+        """phi: every weight of the sequence model (and its image feature extractor)."""
+        return {"params": init_params(self.net, seed, dtype=dtype, device=device)}
+
+    def adapt(self, state, support_x, support_y) -> dict:
+        """The task state is the context itself: phi and the support set (Chapter 4)."""
+        check_support(support_x, support_y, self.feature_shape, self.ways, self.y_dim)
+        return {"params": state["params"], "support_x": support_x, "support_y": support_y}
+
+    def predict(self, task_state, x):
+        """Read the context and ``x`` in one forward pass: values ``[M, y_dim]`` or logits ``[M, N]``."""
+        check_inputs(x, self.feature_shape, "x")
+        return self.forward(task_state["params"], task_state["support_x"][None],
+                            task_state["support_y"][None], x[None])[0]
+
+    # -- batched computations ------------------------------------------------------------
+    def forward(self, params, support_x, support_y, query_x) -> torch.Tensor:
+        """Query outputs for a batch of tasks: ``[B, M, ...]`` inputs -> ``[B, Q, out]``."""
+        labels = support_y if self.ways is None else F.one_hot(support_y, self.ways).to(params["embed.weight"].dtype)
+        return functional_call(self.net, params, (support_x, labels, query_x))
+
+    def _query_outputs(self, state, episode: Episode) -> torch.Tensor:
+        if not isinstance(episode, Episode):
+            raise ValueError(f"episode must be an mlbook.tasks.Episode, got {type(episode).__name__}")
+        for name in ("support_x", "query_x"):
+            x = getattr(episode, name)
+            if tuple(x.shape[2:]) != self.feature_shape:
+                raise ValueError(f"episode.{name} must have shape [B, M, "
+                                 f"{', '.join(map(str, self.feature_shape))}]; got {tuple(x.shape)}")
+        return self.forward(state["params"], episode.support_x, episode.support_y, episode.query_x)
+
+    def meta_loss(self, state, episode: Episode) -> torch.Tensor:
+        """Mean query loss over the meta-batch, in one batched forward pass."""
+        out = self._query_outputs(state, episode)
+        if self.ways is None:
+            return F.mse_loss(out, episode.query_y)
+        return F.cross_entropy(out.flatten(0, 1), episode.query_y.flatten())
+
+    def evaluate_batch(self, state, episode: Episode) -> dict[str, torch.Tensor]:
+        """Per-task query 'loss' (MSE or cross-entropy) and 'accuracy' for classification."""
+        with torch.no_grad():
+            out = self._query_outputs(state, episode)
+            y = episode.query_y
+            if self.ways is None:
+                return {"loss": ((out - y) ** 2).flatten(1).mean(1)}
+            ce = F.cross_entropy(out.transpose(1, 2), y, reduction="none").mean(1)
+            return {"loss": ce, "accuracy": (out.argmax(-1) == y).float().mean(1)}
+
+    def __repr__(self) -> str:
+        kind = "regression" if self.ways is None else f"{self.ways}-way classification"
+        return f"BlackBox({kind})"
