@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import torch
 
@@ -16,7 +16,7 @@ from .utils import check_positive, check_positive_int
 
 __all__ = [
     "Episode", "TaskFamily", "SinusoidFamily", "LineFamily", "ImageClassFamily",
-    "sample_nway_kshot",
+    "PolynomialFamily", "sample_nway_kshot", "alphabet_split", "SPLITS",
 ]
 
 
@@ -161,6 +161,51 @@ class LineFamily(_RegressionFamily):
         return parameters[:, 0, None, None] * x + parameters[:, 1, None, None]
 
 
+class PolynomialFamily(_RegressionFamily):
+    """Polynomial regression tasks y = sum_k c_k (x / 5)^k, c_k ~ U[-scale, scale] (Chapter 2).
+
+    The rescaled input keeps every term within [-scale, scale] on x in [-5, 5], so the family
+    has the same output range as the sinusoids but a different shape.
+    """
+
+    def __init__(self, shots: int = 10, queries: int = 10, degree: int = 3, scale: float = 3.0,
+                 device="cpu", noise: float = 0.0):
+        super().__init__(shots, queries, device, noise)
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
+            raise ValueError(f"degree must be a non-negative integer, got {degree!r}")
+        self.degree = degree
+        self.scale = check_positive("scale", scale)
+
+    def sample_parameters(self, batch_size, generator):
+        return _uniform(-self.scale, self.scale, (batch_size, self.degree + 1), generator, self.device)
+
+    def function(self, parameters, x):
+        powers = (x / 5.0) ** torch.arange(self.degree + 1, device=x.device, dtype=x.dtype)  # [B, M, D+1]
+        return (powers * parameters[:, None, :]).sum(-1, keepdim=True)
+
+
+def _check_images(images) -> None:
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"images must be a tensor [classes, examples, H, W], got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape [classes, examples, H, W]; got rank {images.dim()} "
+                         f"(shape {tuple(images.shape)})")
+
+
+def _class_pool(images: torch.Tensor, classes) -> torch.Tensor:
+    device = images.device
+    if classes is None:
+        return torch.arange(images.shape[0], device=device)
+    pool = torch.as_tensor(classes, device=device)
+    if pool.dim() != 1 or pool.dtype in (torch.float16, torch.float32, torch.float64, torch.bool):
+        raise ValueError(f"classes must be a 1-D tensor of class indices, got dtype {pool.dtype} "
+                         f"and shape {tuple(pool.shape)}")
+    if pool.numel() and (pool.min() < 0 or pool.max() >= images.shape[0]):
+        raise ValueError(f"classes must index 0..{images.shape[0] - 1}; got values from "
+                         f"{pool.min().item()} to {pool.max().item()}")
+    return pool.long()
+
+
 def sample_nway_kshot(images: torch.Tensor, ways: int, shots: int, queries: int,
                       batch_size: int, generator: torch.Generator,
                       classes: torch.Tensor | None = None, rotate: bool = False) -> Episode:
@@ -169,39 +214,41 @@ def sample_nway_kshot(images: torch.Tensor, ways: int, shots: int, queries: int,
     ``images`` is ``[classes, examples, H, W]`` (uint8 or float) on the device. Each episode
     takes ``ways`` distinct classes (from ``classes``, a 1-D index tensor, if given), then
     ``shots + queries`` distinct examples of each; labels are remapped to ``0..ways-1`` in a
-    random order. With ``rotate``, each chosen class is turned by a random multiple of 90
-    degrees, as a new class. Returns float images in [0, 1] with a channel axis:
-    ``support_x [B, N*K, 1, H, W]``, ``support_y [B, N*K]``.
+    random order. With ``rotate``, every class turned by 0, 90, 180 or 270 degrees counts as
+    a class of its own (four times the pool), as is usual for Omniglot. Returns float images
+    in [0, 1] with a channel axis: ``support_x [B, N*K, 1, H, W]``, ``support_y [B, N*K]``.
     """
-    if images.dim() != 4:
-        raise ValueError(f"images must have shape [classes, examples, H, W]; got rank {images.dim()}")
+    _check_images(images)
     ways = check_positive_int("ways", ways)
     shots = check_positive_int("shots", shots)
     queries = check_positive_int("queries", queries)
     batch_size = check_positive_int("batch_size", batch_size)
     device = images.device
-    pool = torch.arange(images.shape[0], device=device) if classes is None else classes.to(device)
-    if ways > pool.numel():
-        raise ValueError(f"ways={ways} is larger than the {pool.numel()} classes available")
+    pool = _class_pool(images, classes)
+    turns_available = 4 if rotate else 1
+    if rotate and images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"rotate=True needs square images, got {tuple(images.shape[-2:])}")
+    available = pool.numel() * turns_available
+    if ways > available:
+        raise ValueError(f"ways={ways} is larger than the {available} classes available"
+                         f"{' (with rotations)' if rotate else ''}; choose ways <= {available}")
     per_class = shots + queries
     if per_class > images.shape[1]:
         raise ValueError(f"shots + queries = {per_class} is larger than the {images.shape[1]} "
-                         f"examples per class")
+                         f"examples per class; choose shots + queries <= {images.shape[1]}")
     # argsort of uniform noise gives a random permutation per row: distinct picks, no loop.
-    class_pick = torch.rand(batch_size, pool.numel(), generator=generator, device=device).argsort(1)[:, :ways]
-    chosen = pool[class_pick]                                                      # [B, N]
+    pick = torch.rand(batch_size, available, generator=generator, device=device).argsort(1)[:, :ways]
+    chosen = pool[pick % pool.numel()]                                             # [B, N]
     example_pick = torch.rand(batch_size, ways, images.shape[1], generator=generator,
                               device=device).argsort(2)[:, :, :per_class]          # [B, N, K+Q]
     x = images[chosen[:, :, None], example_pick]                                   # [B, N, K+Q, H, W]
-    if x.dtype == torch.uint8:
-        x = x.float().div_(255.0)
-    else:
-        x = x.float()
+    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
     if rotate:
-        turns = torch.randint(0, 4, (batch_size, ways), generator=generator, device=device)
-        rotated = torch.stack([torch.rot90(x, k, dims=(-2, -1)) for k in range(4)])  # [4, B, N, ...]
-        index = turns[None, :, :, None, None, None].expand(1, *x.shape)
-        x = rotated.gather(0, index)[0]
+        turns = pick // pool.numel()                                               # [B, N] in 0..3
+        for k in range(1, 4):
+            mask = turns == k
+            if mask.any():
+                x[mask] = torch.rot90(x[mask], k, dims=(-2, -1))
     # Labels are a random relabelling of the N chosen classes, so position says nothing.
     labels = torch.rand(batch_size, ways, generator=generator, device=device).argsort(1)  # [B, N]
     y = labels[:, :, None].expand(batch_size, ways, per_class)
@@ -212,26 +259,101 @@ def sample_nway_kshot(images: torch.Tensor, ways: int, shots: int, queries: int,
     return Episode(support_x, support_y, query_x, query_y)
 
 
+SPLITS = ("train", "val", "test")
+
+
+def alphabet_split(alphabets: Sequence[str], fractions=(0.6, 0.2, 0.2), seed: int = 0,
+                   split: str | None = None):
+    """Split classes into train / val / test so that no alphabet is in two splits (Chapter 2).
+
+    ``alphabets[c]`` names the alphabet (or any group) of class ``c``. ``fractions`` gives the
+    share of *alphabets* per split (a 3-tuple for train, val, test; a zero share leaves that
+    split empty), or a dict naming the alphabets of each split, e.g. ``{"test": ["Greek"]}``;
+    alphabets named nowhere go to 'train' unless 'train' is named too. The shuffle of
+    alphabets is seeded by ``seed``. Returns ``{split: sorted class-index tensor}``, or one
+    tensor when ``split`` is given.
+    """
+    names = list(alphabets)
+    if not names or not all(isinstance(a, str) for a in names):
+        raise ValueError("alphabets must be a non-empty list of alphabet names, one per class")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))} or None; got {split!r}")
+    distinct = list(dict.fromkeys(names))
+    if isinstance(fractions, dict):
+        unknown = [k for k in fractions if k not in SPLITS]
+        if unknown:
+            raise ValueError(f"fractions keys must be among {', '.join(map(repr, SPLITS))}; got {unknown}")
+        assignment = {}
+        for key, members in fractions.items():
+            members = [members] if isinstance(members, str) else list(members)
+            missing = [m for m in members if m not in distinct]
+            if missing:
+                raise ValueError(f"fractions[{key!r}] names unknown alphabets {missing}; "
+                                 f"the alphabets are {distinct}")
+            for m in members:
+                if m in assignment and assignment[m] != key:
+                    raise ValueError(f"alphabet {m!r} is in both {assignment[m]!r} and {key!r}")
+                assignment[m] = key
+        if "train" not in fractions:
+            for m in distinct:
+                assignment.setdefault(m, "train")
+    else:
+        try:
+            shares = [float(f) for f in fractions]
+        except (TypeError, ValueError):
+            raise ValueError(f"fractions must be three numbers (train, val, test) or a dict of "
+                             f"alphabet names; got {fractions!r}") from None
+        if len(shares) != 3 or any(f < 0 for f in shares) or not math.isclose(sum(shares), 1.0, abs_tol=1e-6):
+            raise ValueError(f"fractions must be three non-negative numbers (train, val, test) summing "
+                             f"to 1; got {fractions!r}")
+        wanted = sum(f > 0 for f in shares)
+        if wanted > len(distinct):
+            raise ValueError(f"fractions asks for {wanted} non-empty splits but there are only "
+                             f"{len(distinct)} alphabets")
+        generator = torch.Generator().manual_seed(int(seed))
+        order = [distinct[i] for i in torch.randperm(len(distinct), generator=generator).tolist()]
+        # Every split with a positive share gets at least one alphabet; train takes the rest.
+        counts = [max(1, round(f * len(distinct))) if f > 0 else 0 for f in shares]
+        counts[0] = len(distinct) - counts[1] - counts[2]
+        if counts[0] < (1 if shares[0] > 0 else 0):
+            raise ValueError(f"fractions {fractions!r} leave no alphabet for 'train' out of {len(distinct)}")
+        assignment = {}
+        start = 0
+        for key, count in zip(SPLITS, counts):
+            for m in order[start:start + count]:
+                assignment[m] = key
+            start += count
+    result = {key: torch.tensor([c for c, a in enumerate(names) if assignment.get(a) == key], dtype=torch.long)
+              for key in SPLITS}
+    return result if split is None else result[split]
+
+
 class ImageClassFamily:
     """N-way K-shot classification tasks over a ``[classes, examples, H, W]`` tensor (Chapter 2)."""
 
     def __init__(self, images: torch.Tensor, ways: int = 5, shots: int = 1, queries: int = 15,
                  classes: torch.Tensor | None = None, rotate: bool = False, device=None):
-        if images.dim() != 4:
-            raise ValueError(f"images must have shape [classes, examples, H, W]; got rank {images.dim()}")
+        _check_images(images)
         self.device = torch.device(device) if device is not None else images.device
         self.images = images.to(self.device)
-        self.classes = None if classes is None else torch.as_tensor(classes, device=self.device)
-        available = images.shape[0] if classes is None else self.classes.numel()
+        self.classes = None if classes is None else _class_pool(self.images, classes)
+        self.rotate = bool(rotate)
+        available = (images.shape[0] if classes is None else self.classes.numel()) * (4 if self.rotate else 1)
         self.ways = check_positive_int("ways", ways)
         self.shots = check_positive_int("shots", shots)
         self.queries = check_positive_int("queries", queries)
         if self.ways > available:
-            raise ValueError(f"ways={ways} is larger than the {available} classes available")
+            raise ValueError(f"ways={ways} is larger than the {available} classes available; "
+                             f"choose ways <= {available}")
         if self.shots + self.queries > images.shape[1]:
             raise ValueError(f"shots + queries = {self.shots + self.queries} is larger than the "
-                             f"{images.shape[1]} examples per class")
-        self.rotate = bool(rotate)
+                             f"{images.shape[1]} examples per class; choose shots + queries <= {images.shape[1]}")
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes episodes are drawn from (rotations count as classes)."""
+        base = self.images.shape[0] if self.classes is None else self.classes.numel()
+        return base * (4 if self.rotate else 1)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Episode:
         """Draw ``batch_size`` episodes (Chapter 2)."""

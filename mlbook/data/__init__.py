@@ -1,0 +1,114 @@
+"""Image classes for few-shot episodes: real Omniglot or offline procedural glyphs (Chapter 2).
+
+:func:`load_image_classes` is what chapters call: it returns one uint8 class tensor
+``[classes, examples, S, S]`` with an alphabet name per class, from Omniglot when its
+archives are on disk (or can be downloaded), else from :func:`~mlbook.data.glyphs.make_glyphs`,
+and says which one it used and why.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..tasks import alphabet_split
+from ..utils import check_choice, check_positive_int
+from .glyphs import glyph_alphabets, make_glyphs
+from .omniglot import OmniglotData, _atomic_save, default_data_dir, load_omniglot, read_lake_runs
+
+__all__ = [
+    "ImageData", "load_image_classes", "load_omniglot", "read_lake_runs", "make_glyphs",
+    "glyph_alphabets", "alphabet_split", "default_data_dir", "OmniglotData", "SOURCES",
+]
+
+SOURCES = ("auto", "omniglot", "glyphs")
+# Bump when make_glyphs draws differently, so old cached glyphs are not reused.
+_GLYPHS_VERSION = 1
+_SMALL = ("images_background_small1.zip", "images_background_small2.zip")
+
+
+@dataclass
+class ImageData:
+    """Classes of images for episodes (Chapter 2): ``images`` uint8 ``[classes, examples, S, S]``,
+    ``alphabets`` (one name per class) and ``source`` ('omniglot' or 'glyphs')."""
+
+    images: torch.Tensor
+    alphabets: list[str]
+    source: str
+    characters: list[str] | None = None
+    reason: str = ""
+
+    @property
+    def alphabet_names(self) -> list[str]:
+        """The distinct alphabets, in the order they first appear."""
+        return list(dict.fromkeys(self.alphabets))
+
+    def split(self, fractions=(0.6, 0.2, 0.2), seed: int = 0, split: str | None = None):
+        """Class indices for train / val / test that respect alphabets (see :func:`alphabet_split`)."""
+        return alphabet_split(self.alphabets, fractions, seed, split)
+
+    def __repr__(self) -> str:
+        c, e, s, _ = self.images.shape
+        return (f"ImageData(source={self.source!r}: {c} classes x {e} examples, {s}x{s} px, "
+                f"{len(self.alphabet_names)} alphabets)")
+
+
+def _cached_glyphs(classes: int, image_size: int, seed: int, data_dir) -> torch.Tensor:
+    """make_glyphs, kept in the data folder: drawing is deterministic, so a cached copy is exact."""
+    from pathlib import Path
+
+    folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    path = folder / f"glyphs-v{_GLYPHS_VERSION}-{classes}x20-{image_size}px-seed{seed}.pt"
+    if path.is_file():
+        try:
+            images = torch.load(path, weights_only=True)
+            if images.shape == (classes, 20, image_size, image_size) and images.dtype == torch.uint8:
+                return images
+        except Exception:  # an unreadable cache is redrawn, never trusted
+            pass
+    images = make_glyphs(classes, 20, image_size, seed)
+    try:
+        _atomic_save(images, path)
+    except OSError:
+        pass
+    return images
+
+
+def load_image_classes(source: str = "auto", image_size: int = 28,
+                       archives: Sequence[str] = _SMALL, data_dir=None, download: bool | None = None,
+                       glyph_classes: int = 1200, seed: int = 0, verbose: bool = True) -> ImageData:
+    """Omniglot if available, else procedural glyphs, as one class tensor (Chapters 2, 4 and 5).
+
+    ``source``: 'omniglot' (fail if the archives cannot be found or fetched), 'glyphs', or
+    'auto' (Omniglot when its archives are on disk or downloadable, else glyphs). Downloads
+    are tried unless ``download=False`` or the environment sets ``MLBOOK_OFFLINE=1``.
+    Prints which source it used and why, unless ``verbose=False``.
+    """
+    check_choice("source", source, SOURCES)
+    image_size = check_positive_int("image_size", image_size)
+    if download is None:
+        download = os.environ.get("MLBOOK_OFFLINE", "").strip().lower() not in {"1", "true", "yes", "on"}
+    reason = ""
+    if source in ("auto", "omniglot"):
+        try:
+            data = load_omniglot(archives, image_size=image_size, data_dir=data_dir, download=download)
+            reason = f"Omniglot archives found ({', '.join(os.path.basename(str(a)) for a in archives)})"
+            result = ImageData(data.images, data.alphabets, "omniglot", data.characters, reason)
+            if verbose:
+                print(f"Image classes: real Omniglot, {result.images.shape[0]} characters from "
+                      f"{len(result.alphabet_names)} alphabets; {reason}.")
+            return result
+        except (FileNotFoundError, ValueError) as error:
+            if source == "omniglot":
+                raise
+            reason = f"Omniglot is not available here ({error})"
+    images = _cached_glyphs(glyph_classes, image_size, seed, data_dir)
+    if not reason:
+        reason = "source='glyphs' was asked for"
+    result = ImageData(images, glyph_alphabets(glyph_classes), "glyphs", None, reason)
+    if verbose:
+        print(f"Image classes: PROCEDURAL GLYPHS (offline stand-in for Omniglot), {glyph_classes} "
+              f"classes from {len(result.alphabet_names)} pseudo-alphabets. Why: {reason}.")
+    return result

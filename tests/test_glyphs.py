@@ -1,0 +1,63 @@
+"""Procedural glyphs: layout, determinism, drawer variation, alphabets (Chapter 2)."""
+import pytest
+import torch
+
+from mlbook.data.glyphs import glyph_alphabets, make_glyphs
+from mlbook.tasks import ImageClassFamily, alphabet_split
+
+
+@pytest.fixture(scope="module")
+def glyphs():
+    return make_glyphs(classes=120, examples=20, image_size=28, seed=0)
+
+
+def test_layout_and_ink(glyphs):
+    assert glyphs.shape == (120, 20, 28, 28) and glyphs.dtype == torch.uint8
+    ink = glyphs.float().mean((-1, -2)) / 255
+    # Every drawing has strokes, and strokes cover a small part of the frame, as in Omniglot.
+    assert ink.min() > 0.01 and ink.max() < 0.35
+    assert (glyphs == 0).float().mean() > 0.6 and glyphs.max() == 255
+
+
+def test_deterministic(glyphs):
+    assert torch.equal(make_glyphs(classes=120, seed=0), glyphs)
+    assert not torch.equal(make_glyphs(classes=120, seed=1), glyphs)
+
+
+def test_drawings_vary_within_a_class_less_than_between(glyphs):
+    x = glyphs.float().div(255).flatten(2)                              # [C, E, D]
+    # Each class's drawings differ from one another (jitter, pen, affine) ...
+    assert (x[:, 1:] != x[:, :1]).any(-1).all()
+    # ... but a drawing is closer to its class mean than to other classes' means.
+    means = x[:, 1:].mean(1)                                            # [C, D]
+    nearest = torch.cdist(x[:, 0], means).argmin(-1)
+    assert (nearest == torch.arange(120)).float().mean() > 0.6
+
+
+def test_alphabets_share_strokes(glyphs):
+    names = glyph_alphabets(120)
+    assert names[:40] == ["glyphs-00"] * 40 and names[40] == "glyphs-01" and len(set(names)) == 3
+    # Class means of one alphabet resemble each other more than those of other alphabets.
+    means = glyphs.float().div(255).mean(1).flatten(1)
+    means = means - means.mean(0)
+    means = means / means.norm(dim=1, keepdim=True)
+    similarity = means @ means.T
+    group = torch.arange(120) // 40
+    same = (group[:, None] == group[None, :]) & ~torch.eye(120, dtype=torch.bool)
+    assert similarity[same].mean() > similarity[group[:, None] != group[None, :]].mean() + 0.02
+
+
+def test_alphabet_split_and_episodes(glyphs):
+    splits = alphabet_split(glyph_alphabets(120), (1 / 3, 1 / 3, 1 / 3), seed=0)
+    assert all(v.numel() == 40 for v in splits.values())
+    family = ImageClassFamily(glyphs, ways=5, shots=1, queries=3, classes=splits["train"])
+    episode = family.sample(4, torch.Generator().manual_seed(0))
+    assert episode.support_x.shape == (4, 5, 1, 28, 28)
+
+
+def test_other_sizes_and_bad_input():
+    assert make_glyphs(classes=3, examples=4, image_size=40).shape == (3, 4, 40, 40)
+    for kwargs, name in [(dict(classes=0), "classes"), (dict(examples=-1), "examples"),
+                         (dict(image_size=0), "image_size"), (dict(seed=-1), "seed")]:
+        with pytest.raises(ValueError, match=name):
+            make_glyphs(**kwargs)

@@ -1,0 +1,189 @@
+"""Episodes, N-way K-shot sampling, regression families and alphabet splits (Chapter 2)."""
+import math
+
+import pytest
+import torch
+
+from mlbook.tasks import (Episode, ImageClassFamily, LineFamily, PolynomialFamily, SinusoidFamily,
+                          alphabet_split, sample_nway_kshot)
+
+
+def _labelled_images(classes=12, examples=20, size=8):
+    """Every image holds its class id in pixel (0, 0) and its example id in pixel (0, 1)."""
+    images = torch.zeros(classes, examples, size, size, dtype=torch.uint8)
+    images[:, :, 0, 0] = torch.arange(classes)[:, None]
+    images[:, :, 0, 1] = torch.arange(examples)[None, :]
+    return images
+
+
+def _ids(x):
+    pixels = (x[..., 0, :2, :2] * 255).round().long()  # [B, M, 2, 2] corner of each image
+    return pixels[..., 0, 0], pixels[..., 0, 1]
+
+
+def test_nway_kshot_shapes_and_dtypes():
+    images = _labelled_images()
+    ep = sample_nway_kshot(images, ways=5, shots=2, queries=3, batch_size=4,
+                           generator=torch.Generator().manual_seed(0))
+    assert ep.support_x.shape == (4, 10, 1, 8, 8) and ep.query_x.shape == (4, 15, 1, 8, 8)
+    assert ep.support_y.shape == (4, 10) and ep.query_y.shape == (4, 15)
+    assert ep.support_x.dtype == torch.float32 and ep.support_y.dtype == torch.int64
+    assert 0 <= ep.support_x.min() and ep.support_x.max() <= 1
+
+
+def test_nway_kshot_classes_examples_and_labels():
+    images = _labelled_images()
+    ep = sample_nway_kshot(images, 5, 2, 3, 64, torch.Generator().manual_seed(1))
+    s_class, s_example = _ids(ep.support_x)
+    q_class, q_example = _ids(ep.query_x)
+    for b in range(64):
+        # N distinct classes, labels 0..N-1, one class per label, the same in support and query.
+        assert sorted(ep.support_y[b].unique().tolist()) == list(range(5))
+        mapping = {}
+        for cls, lab in zip(s_class[b].tolist() + q_class[b].tolist(),
+                            ep.support_y[b].tolist() + ep.query_y[b].tolist()):
+            assert mapping.setdefault(lab, cls) == cls
+        assert len(set(mapping.values())) == 5
+        assert (ep.support_y[b].bincount(minlength=5) == 2).all()
+        assert (ep.query_y[b].bincount(minlength=5) == 3).all()
+        # Support and query examples of a class are disjoint.
+        for lab in range(5):
+            s = set(s_example[b][ep.support_y[b] == lab].tolist())
+            q = set(q_example[b][ep.query_y[b] == lab].tolist())
+            assert len(s) == 2 and len(q) == 3 and not s & q
+    # The label of a class is shuffled: the smallest class id is not always label 0.
+    first = [min(range(5), key=lambda lab: s_class[b][ep.support_y[b] == lab][0].item()) for b in range(64)]
+    assert len(set(first)) > 1
+
+
+def test_nway_kshot_respects_class_subset_and_is_deterministic():
+    images = _labelled_images()
+    allowed = torch.tensor([1, 3, 5, 7, 9, 11])
+    ep1 = sample_nway_kshot(images, 4, 1, 1, 32, torch.Generator().manual_seed(5), classes=allowed)
+    ep2 = sample_nway_kshot(images, 4, 1, 1, 32, torch.Generator().manual_seed(5), classes=allowed)
+    ep3 = sample_nway_kshot(images, 4, 1, 1, 32, torch.Generator().manual_seed(6), classes=allowed)
+    assert set(_ids(ep1.support_x)[0].unique().tolist()) <= set(allowed.tolist())
+    for a, b in zip((ep1.support_x, ep1.support_y, ep1.query_x, ep1.query_y),
+                    (ep2.support_x, ep2.support_y, ep2.query_x, ep2.query_y)):
+        assert torch.equal(a, b)
+    assert not torch.equal(ep1.support_x, ep3.support_x)
+
+
+def test_rotation_makes_new_classes():
+    images = torch.zeros(2, 4, 5, 5, dtype=torch.uint8)
+    images[:, :, 0, 0] = 255                      # a marker in the top-left corner
+    images[1, :, 0, 1] = 255                      # class 1 has a second marker
+    ep = sample_nway_kshot(images, ways=8, shots=1, queries=1, batch_size=16,
+                           generator=torch.Generator().manual_seed(0), rotate=True)
+    # Two classes x four turns = eight classes: all of them in every 8-way episode.
+    corners = ep.support_x[:, :, 0][..., [0, 0, -1, -1], [0, -1, 0, -1]]   # [B, 8, 4]
+    for b in range(16):
+        kinds = {(tuple(c.tolist()), int(x.sum().item())) for c, x in zip(corners[b], ep.support_x[b])}
+        assert len(kinds) == 8
+    with pytest.raises(ValueError, match="ways"):
+        sample_nway_kshot(images, 9, 1, 1, 1, torch.Generator(), rotate=True)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(ways=13), "ways=13 is larger than the 12"),
+    (dict(shots=15, queries=6), "shots \\+ queries = 21"),
+    (dict(ways=0), "ways must be a positive integer"),
+    (dict(shots=-1), "shots must be a positive integer"),
+    (dict(queries=0), "queries"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(classes=torch.tensor([0, 99])), "classes must index"),
+])
+def test_nway_kshot_bad_input(kwargs, match):
+    args = dict(images=_labelled_images(), ways=5, shots=1, queries=1, batch_size=2,
+                generator=torch.Generator())
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        sample_nway_kshot(**args)
+
+
+def test_wrong_rank_images():
+    with pytest.raises(ValueError, match="rank 3"):
+        sample_nway_kshot(torch.zeros(5, 20, 28), 2, 1, 1, 1, torch.Generator())
+    with pytest.raises(ValueError, match="rank 2"):
+        ImageClassFamily(torch.zeros(5, 20))
+
+
+def test_image_class_family():
+    family = ImageClassFamily(_labelled_images(), ways=3, shots=1, queries=2, classes=[0, 1, 2, 3])
+    ep = family.sample(5, torch.Generator().manual_seed(0))
+    assert ep.support_x.shape == (5, 3, 1, 8, 8) and ep.query_y.shape == (5, 6)
+    assert family.num_classes == 4
+    assert family.with_shape(ways=4).sample(1, torch.Generator()).support_y.shape == (1, 4)
+    with pytest.raises(ValueError, match="ways=5"):
+        ImageClassFamily(_labelled_images(), ways=5, classes=[0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("family", [SinusoidFamily(shots=5, queries=7), LineFamily(shots=5, queries=7),
+                                    PolynomialFamily(shots=5, queries=7, degree=3)])
+def test_regression_families(family):
+    ep, params = family.sample_with_parameters(16, torch.Generator().manual_seed(0))
+    assert ep.support_x.shape == (16, 5, 1) and ep.query_y.shape == (16, 7, 1)
+    assert torch.allclose(family.function(params, ep.support_x), ep.support_y, atol=1e-5)
+    again = family.sample(16, torch.Generator().manual_seed(0))
+    assert torch.equal(again.query_y, ep.query_y)
+    assert ep.support_x.abs().max() <= 5
+
+
+def test_sinusoid_ranges_are_the_maml_papers():
+    family = SinusoidFamily()
+    params = family.sample_parameters(4000, torch.Generator().manual_seed(0))
+    assert 0.1 <= params[:, 0].min() < 0.3 and 4.8 < params[:, 0].max() <= 5.0
+    assert 0 <= params[:, 1].min() < 0.1 and math.pi - 0.1 < params[:, 1].max() <= math.pi
+
+
+def test_polynomial_family_range_and_bad_input():
+    family = PolynomialFamily(degree=2, scale=1.0)
+    ep = family.sample(200, torch.Generator().manual_seed(0))
+    assert ep.support_y.abs().max() <= 3.0 + 1e-5       # (degree + 1) * scale
+    with pytest.raises(ValueError, match="degree"):
+        PolynomialFamily(degree=-1)
+    with pytest.raises(ValueError, match="scale"):
+        PolynomialFamily(scale=0)
+
+
+ALPHABETS = ["a"] * 3 + ["b"] * 4 + ["c"] * 2 + ["d"] * 5 + ["e"] * 3
+
+
+def test_alphabet_split_respects_alphabets():
+    splits = alphabet_split(ALPHABETS, (0.6, 0.2, 0.2), seed=0)
+    assert set(splits) == {"train", "val", "test"}
+    everything = torch.cat(list(splits.values()))
+    assert sorted(everything.tolist()) == list(range(len(ALPHABETS)))
+    owners = {k: {ALPHABETS[i] for i in v.tolist()} for k, v in splits.items()}
+    assert not owners["train"] & owners["val"] and not owners["train"] & owners["test"]
+    assert not owners["val"] & owners["test"]
+    assert len(owners["train"]) == 3 and len(owners["val"]) == 1 and len(owners["test"]) == 1
+    again = alphabet_split(ALPHABETS, (0.6, 0.2, 0.2), seed=0)
+    assert all(torch.equal(splits[k], again[k]) for k in splits)
+    seeds = {tuple(alphabet_split(ALPHABETS, (0.6, 0.2, 0.2), seed=s)["test"].tolist()) for s in range(10)}
+    assert len(seeds) > 1
+
+
+def test_alphabet_split_by_name_and_one_split():
+    test = alphabet_split(ALPHABETS, {"test": ["b"], "val": "e"}, split="test")
+    assert test.tolist() == [3, 4, 5, 6]
+    train = alphabet_split(ALPHABETS, {"test": ["b"], "val": "e"}, split="train")
+    assert {ALPHABETS[i] for i in train.tolist()} == {"a", "c", "d"}
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(split="validation"), "split must be one of 'train', 'val', 'test'"),
+    (dict(fractions={"holdout": ["a"]}), "keys must be among 'train', 'val', 'test'"),
+    (dict(fractions={"test": ["z"]}), "unknown alphabets"),
+    (dict(fractions=(0.5, 0.5)), "three non-negative numbers"),
+    (dict(fractions=(0.5, 0.2, 0.2)), "summing to 1"),
+    (dict(fractions={"test": ["a"], "val": ["a"]}), "in both"),
+])
+def test_alphabet_split_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        alphabet_split(ALPHABETS, **kwargs)
+
+
+def test_episode_checks_shapes():
+    with pytest.raises(ValueError, match="batch size"):
+        Episode(torch.zeros(2, 3, 1), torch.zeros(2, 3, 1), torch.zeros(3, 3, 1), torch.zeros(3, 3, 1))
