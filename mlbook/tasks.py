@@ -241,21 +241,28 @@ def sample_nway_kshot(images: torch.Tensor, ways: int, shots: int, queries: int,
     chosen = pool[pick % pool.numel()]                                             # [B, N]
     example_pick = torch.rand(batch_size, ways, images.shape[1], generator=generator,
                               device=device).argsort(2)[:, :, :per_class]          # [B, N, K+Q]
-    x = images[chosen[:, :, None], example_pick]                                   # [B, N, K+Q, H, W]
-    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-    if rotate:
-        turns = pick // pool.numel()                                               # [B, N] in 0..3
-        for k in range(1, 4):
-            mask = turns == k
-            if mask.any():
-                x[mask] = torch.rot90(x[mask], k, dims=(-2, -1))
+    # Gather uint8 rows of the flattened [classes * examples, H, W] store straight into the
+    # support and query layouts: memory traffic, not arithmetic, is what costs here.
+    examples = images.shape[1]
+    flat = images.reshape(-1, *images.shape[2:])
+    rows = chosen[:, :, None] * examples + example_pick                          # [B, N, K+Q]
+    parts = []
+    for lo, hi in ((0, shots), (shots, per_class)):
+        x = flat.index_select(0, rows[:, :, lo:hi].reshape(-1)).view(batch_size, ways, hi - lo, *images.shape[2:])
+        if rotate:
+            turns = pick // pool.numel()                                           # [B, N] in 0..3
+            for k in range(1, 4):
+                mask = turns == k
+                if mask.any():
+                    x[mask] = torch.rot90(x[mask], k, dims=(-2, -1))
+        x = x.reshape(batch_size, ways * (hi - lo), 1, *images.shape[2:])
+        # One pass from uint8 to float in [0, 1] (a multiply promotes the type).
+        parts.append(x.float().mul_(1.0 / 255.0) if x.dtype == torch.uint8 else x.float())
+    support_x, query_x = parts
     # Labels are a random relabelling of the N chosen classes, so position says nothing.
     labels = torch.rand(batch_size, ways, generator=generator, device=device).argsort(1)  # [B, N]
-    y = labels[:, :, None].expand(batch_size, ways, per_class)
-    support_x = x[:, :, :shots].reshape(batch_size, ways * shots, 1, *x.shape[-2:])
-    query_x = x[:, :, shots:].reshape(batch_size, ways * queries, 1, *x.shape[-2:])
-    support_y = y[:, :, :shots].reshape(batch_size, ways * shots)
-    query_y = y[:, :, shots:].reshape(batch_size, ways * queries)
+    support_y = labels.repeat_interleave(shots, dim=1)
+    query_y = labels.repeat_interleave(queries, dim=1)
     return Episode(support_x, support_y, query_x, query_y)
 
 
@@ -338,6 +345,9 @@ class ImageClassFamily:
         self.images = images.to(self.device)
         self.classes = None if classes is None else _class_pool(self.images, classes)
         self.rotate = bool(rotate)
+        # Convert to float once here, not per episode: sampling then only gathers rows, which
+        # is what makes it memory-bound and fast (benchmarks/episode_sampling.py).
+        self._pixels = self.images * (1.0 / 255.0) if self.images.dtype == torch.uint8 else self.images.float()
         available = (images.shape[0] if classes is None else self.classes.numel()) * (4 if self.rotate else 1)
         self.ways = check_positive_int("ways", ways)
         self.shots = check_positive_int("shots", shots)
@@ -357,7 +367,7 @@ class ImageClassFamily:
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Episode:
         """Draw ``batch_size`` episodes (Chapter 2)."""
-        return sample_nway_kshot(self.images, self.ways, self.shots, self.queries, batch_size,
+        return sample_nway_kshot(self._pixels, self.ways, self.shots, self.queries, batch_size,
                                  generator, classes=self.classes, rotate=self.rotate)
 
     def with_shape(self, ways: int | None = None, shots: int | None = None,
