@@ -19,6 +19,12 @@
       Queue: function (job) {
         var m = window.MathJax;
         if (!Array.isArray(job) || job[0] !== "Typeset" || !m || !m.startup) return;
+        // Widget labels write inline math as $...$, which the site's MathJax does not treat
+        // as a delimiter (prose math arrives as \(...\)); rewrite it before typesetting.
+        var el = job[2];
+        if (el && el.childElementCount === 0 && /\$[^$]+\$/.test(el.textContent)) {
+          el.textContent = el.textContent.replace(/\$([^$]+)\$/g, "\\($1\\)");
+        }
         m.startup.promise
           .then(function () { return m.typesetPromise([job[2]]); })
           .catch(function (err) { console.warn("MathJax could not typeset a widget label", err); });
