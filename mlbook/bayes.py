@@ -41,7 +41,7 @@ __all__ = [
     "FourierFeatures", "PolynomialFeatures", "LinearGaussianFamily", "FeatureLinear",
     "BayesianLinearRegression", "ImpliedPrior", "maml_implied_prior", "gradient_descent_linear",
     "map_estimate", "gaussian_nll", "interval_coverage", "calibration", "predictive_calibration",
-    "CalibrationResult",
+    "CalibrationResult", "VariableShotsFamily",
 ]
 
 LOG_2PI = math.log(2 * math.pi)
@@ -557,6 +557,34 @@ def map_estimate(prior_mean: torch.Tensor, prior_precision: torch.Tensor, featur
 
 
 # -- calibration for any learner that predicts a mean and a variance ------------------------------
+class VariableShotsFamily:
+    """Keep a random number K in [min_shots, family.shots] of each meta-batch's support points (Chapter 6).
+
+    A neural process trained only with K = 10 context points has never seen K = 1 and is
+    over-confident there; drawing K afresh for every meta-batch (from the same generator, so
+    runs stay reproducible) teaches it how uncertainty shrinks with the number of points.
+    Support points are drawn independently, so keeping the first K is a fair subsample.
+    """
+
+    def __init__(self, family, min_shots: int = 1):
+        shots = getattr(family, "shots", None)
+        if shots is None:
+            raise ValueError("family must have a shots attribute (e.g. SinusoidFamily)")
+        self.family = family
+        self.min_shots = check_positive_int("min_shots", min_shots)
+        if self.min_shots > shots:
+            raise ValueError(f"min_shots must be at most the family's shots ({shots}), got {min_shots}")
+        self.shots = shots
+        self.device = family.device
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Episode:
+        """A meta-batch whose tasks all keep the same random number of support points."""
+        episode = self.family.sample(batch_size, generator)
+        k = int(torch.randint(self.min_shots, self.shots + 1, (1,), generator=generator, device=self.device))
+        return Episode(episode.support_x[:, :k], episode.support_y[:, :k], episode.query_x, episode.query_y)
+
+
+
 def _check_mv(mean, var, y):
     for name, t in (("mean", mean), ("var", var), ("y", y)):
         if not isinstance(t, torch.Tensor):

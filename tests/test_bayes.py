@@ -321,3 +321,18 @@ def test_linear_gaussian_family_is_seeded_and_validates():
     assert torch.equal(a.support_y, b.support_y) and a.support_x.shape == (4, 10, 1)
     with pytest.raises(ValueError, match="prior_mean"):
         LinearGaussianFamily(PolynomialFeatures(2), [0.0, 1.0], [[1.0, 0.0], [0.0, 1.0]])
+
+
+def test_variable_shots_family_is_seeded_and_keeps_a_prefix():
+    from mlbook.bayes import VariableShotsFamily
+
+    family = VariableShotsFamily(SinusoidFamily(shots=10, queries=5), min_shots=2)
+    sizes = set()
+    for seed in range(30):
+        a = family.sample(3, torch.Generator().manual_seed(seed))
+        b = family.sample(3, torch.Generator().manual_seed(seed))
+        assert torch.equal(a.support_x, b.support_x) and a.query_x.shape == (3, 5, 1)
+        sizes.add(a.support_x.shape[1])
+    assert min(sizes) >= 2 and max(sizes) <= 10 and len(sizes) > 4
+    with pytest.raises(ValueError, match="min_shots"):
+        VariableShotsFamily(SinusoidFamily(shots=3), min_shots=4)

@@ -1,0 +1,162 @@
+"""Graders for Chapter 6, "The Bayesian view"."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .core import Case, assert_close, grade
+
+__all__ = ["check_posterior_update", "check_log_evidence", "check_predictive_variance"]
+
+F64 = torch.float64
+
+
+def _problem(seed, d=3, k=5, m=4, zero_mean=False):
+    g = torch.Generator().manual_seed(seed)
+    prior_mean = torch.zeros(d, dtype=F64) if zero_mean else torch.randn(d, generator=g, dtype=F64)
+    a = torch.randn(d, d, generator=g, dtype=F64)
+    prior_cov = a @ a.T + 0.3 * torch.eye(d, dtype=F64)
+    features = torch.randn(k, d, generator=g, dtype=F64)
+    y = torch.randn(k, generator=g, dtype=F64)
+    new_features = torch.randn(m, d, generator=g, dtype=F64)
+    return prior_mean, prior_cov, features, y, new_features
+
+
+def _copies(*tensors):
+    return [t.clone() for t in tensors]
+
+
+# -- Exercise 1: the Gaussian posterior update --------------------------------------------
+def reference_posterior_update(prior_mean, prior_cov, features, y, noise_var):
+    precision = torch.linalg.inv(prior_cov) + features.T @ features / noise_var
+    cov = torch.linalg.inv(precision)
+    mean = cov @ (torch.linalg.solve(prior_cov, prior_mean) + features.T @ y / noise_var)
+    return mean, cov
+
+
+def _posterior_case(seed, d, k, noise_var, zero_mean=False):
+    def test(fn):
+        m, s, phi, y, _ = _problem(seed, d, k, zero_mean=zero_mean)
+        out = fn(*_copies(m, s, phi, y), noise_var)
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise AssertionError("return a pair (posterior_mean, posterior_cov)")
+        mean, cov = reference_posterior_update(m, s, phi, y, noise_var)
+        assert_close(out[0], mean, "posterior mean", atol=1e-6)
+        assert_close(out[1], cov, "posterior covariance", atol=1e-6)
+    return test
+
+
+def check_posterior_update(fn):
+    """Grade ``fn(prior_mean, prior_cov, features, y, noise_var) -> (mean, cov)`` (Chapter 6)."""
+    return grade("Exercise 6.1: the Gaussian posterior update", fn, [
+        Case("zero prior mean, 3 weights, 5 points", _posterior_case(0, 3, 5, 0.5, zero_mean=True),
+             "precision = inv(S) + Phi^T Phi / noise_var; cov = inv(precision)"),
+        Case("a prior mean pulls the posterior", _posterior_case(1, 3, 5, 0.5),
+             "the mean is cov @ (inv(S) @ m + Phi^T y / noise_var): keep the prior term"),
+        Case("noise_var is a variance", _posterior_case(2, 2, 4, 0.09),
+             "divide by noise_var itself (sigma^2), not by its square root", hidden=True),
+        Case("fewer points than weights", _posterior_case(3, 5, 2, 0.2), "", hidden=True),
+    ])
+
+
+# -- Exercise 2: the marginal likelihood ---------------------------------------------------
+def reference_log_evidence(prior_mean, prior_cov, features, y, noise_var):
+    cov = features @ prior_cov @ features.T + noise_var * torch.eye(len(y), dtype=y.dtype)
+    r = y - features @ prior_mean
+    chol = torch.linalg.cholesky(cov)
+    alpha = torch.cholesky_solve(r[:, None], chol)[:, 0]
+    return -0.5 * (r @ alpha + 2 * chol.diagonal().log().sum() + len(y) * math.log(2 * math.pi))
+
+
+def _evidence_case(seed, d, k, noise_var, zero_mean=False):
+    def test(fn):
+        m, s, phi, y, _ = _problem(seed, d, k, zero_mean=zero_mean)
+        out = fn(*_copies(m, s, phi, y), noise_var)
+        if isinstance(out, torch.Tensor) and out.numel() == 1:
+            out = out.reshape(())
+        assert_close(out, reference_log_evidence(m, s, phi, y, noise_var), "log evidence", atol=1e-6)
+    return test
+
+
+def check_log_evidence(fn):
+    """Grade ``fn(prior_mean, prior_cov, features, y, noise_var) -> log p(y)`` as a scalar tensor (Chapter 6)."""
+    return grade("Exercise 6.2: the marginal likelihood", fn, [
+        Case("zero prior mean", _evidence_case(0, 3, 5, 0.5, zero_mean=True),
+             "y ~ N(Phi m, Phi S Phi^T + noise_var I); include the -K/2 log(2 pi) constant"),
+        Case("with a prior mean", _evidence_case(1, 3, 5, 0.5),
+             "the mean of y is Phi @ m"),
+        Case("small noise, one point", _evidence_case(2, 2, 1, 0.01), "", hidden=True),
+        Case("many points", _evidence_case(3, 4, 12, 0.3), "", hidden=True),
+    ])
+
+
+# -- Exercise 3: the posterior predictive variance -----------------------------------------
+def reference_predictive_variance(post_cov, features, noise_var):
+    return ((features @ post_cov) * features).sum(-1) + noise_var
+
+
+def _variance_case(seed, d, m, noise_var):
+    def test(fn):
+        _, s, phi, y, new = _problem(seed, d, 4, m)
+        _, cov = reference_posterior_update(torch.zeros(d, dtype=F64), s, phi, y, 0.3)
+        out = fn(*_copies(cov, new), noise_var)
+        assert_close(out, reference_predictive_variance(cov, new, noise_var), "predictive variance", atol=1e-6)
+    return test
+
+
+def check_predictive_variance(fn):
+    """Grade ``fn(post_cov, features, noise_var) -> variance [M]`` at M new inputs (Chapter 6)."""
+    return grade("Exercise 6.3: the posterior predictive variance", fn, [
+        Case("four new inputs", _variance_case(0, 3, 4, 0.1),
+             "variance = phi(x)^T Sigma phi(x) + noise_var, one number per row of features"),
+        Case("the noise is part of the prediction", _variance_case(1, 2, 6, 1.5),
+             "a new observation carries its own noise: add noise_var"),
+        Case("one input, many weights", _variance_case(2, 6, 1, 0.05), "", hidden=True),
+    ])
+
+
+# -- stubs and plausible wrong answers, used by the tests ---------------------------------
+def _stub(*args):
+    raise NotImplementedError
+
+
+def _wrong_posterior_no_prior_mean(prior_mean, prior_cov, features, y, noise_var):
+    return reference_posterior_update(torch.zeros_like(prior_mean), prior_cov, features, y, noise_var)
+
+
+def _wrong_posterior_noise_std(prior_mean, prior_cov, features, y, noise_var):
+    return reference_posterior_update(prior_mean, prior_cov, features, y, math.sqrt(noise_var))
+
+
+def _wrong_evidence_no_constant(prior_mean, prior_cov, features, y, noise_var):
+    return reference_log_evidence(prior_mean, prior_cov, features, y, noise_var) + 0.5 * len(y) * math.log(2 * math.pi)
+
+
+def _wrong_evidence_zero_mean(prior_mean, prior_cov, features, y, noise_var):
+    return reference_log_evidence(torch.zeros_like(prior_mean), prior_cov, features, y, noise_var)
+
+
+def _wrong_evidence_no_noise_in_logdet(prior_mean, prior_cov, features, y, noise_var):
+    # the likelihood at the prior mean alone: ignores the prior's spread
+    r = y - features @ prior_mean
+    return -0.5 * (r @ r / noise_var + len(y) * math.log(2 * math.pi * noise_var))
+
+
+def _wrong_variance_no_noise(post_cov, features, noise_var):
+    return reference_predictive_variance(post_cov, features, 0.0)
+
+
+def _wrong_variance_diagonal_only(post_cov, features, noise_var):
+    return (features ** 2 @ post_cov.diagonal()) + noise_var
+
+
+GRADERS = {
+    "check_posterior_update": (check_posterior_update, reference_posterior_update, _stub,
+                               [_wrong_posterior_no_prior_mean, _wrong_posterior_noise_std]),
+    "check_log_evidence": (check_log_evidence, reference_log_evidence, _stub,
+                           [_wrong_evidence_no_constant, _wrong_evidence_zero_mean,
+                            _wrong_evidence_no_noise_in_logdet]),
+    "check_predictive_variance": (check_predictive_variance, reference_predictive_variance, _stub,
+                                  [_wrong_variance_no_noise, _wrong_variance_diagonal_only]),
+}
