@@ -1,0 +1,121 @@
+"""Prototypical Networks (Snell et al., 2017): classify by distance to class means (Chapter 5).
+
+    c_n      = 1/K  sum_{(x, y) in D_i^train, y = n}  f_phi(x)          (one prototype per class)
+    p(y=n|x) = softmax_n( -d(f_phi(x), c_n) )                            (d: squared Euclidean)
+    L_outer  = - mean_{(x, y) in D_i^test}  log p(y|x)
+
+"Adapt" is a forward pass: the task parameters theta_i are the N prototypes. Nothing is
+differentiated twice, so a meta-step costs one forward and one backward pass of the backbone.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ..models import Conv4, init_params
+from ..tasks import Episode
+from ..utils import check_choice, check_positive
+from .base import Learner
+
+__all__ = ["ProtoNet", "prototypes", "squared_distances", "DISTANCES"]
+
+DISTANCES = ("euclidean", "cosine")
+
+
+def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
+    """Class means of ``embeddings [..., S, D]`` with ``labels [..., S]`` in ``0..ways-1`` (Chapter 5).
+
+    Works with or without leading batch axes; returns ``[..., ways, D]``.
+    """
+    onehot = F.one_hot(labels, ways).to(embeddings.dtype)                 # [..., S, N]
+    sums = onehot.transpose(-1, -2) @ embeddings                          # [..., N, D]
+    counts = onehot.sum(-2).clamp_min(1.0)[..., None]                     # [..., N, 1]
+    return sums / counts
+
+
+def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances between rows: ``a [..., M, D]``, ``b [..., N, D]`` -> ``[..., M, N]`` (Chapter 5)."""
+    # The expanded form uses one matrix product instead of an [M, N, D] difference tensor.
+    return (a.pow(2).sum(-1)[..., :, None] + b.pow(2).sum(-1)[..., None, :]
+            - 2 * a @ b.transpose(-1, -2)).clamp_min(0.0)
+
+
+class ProtoNet(Learner):
+    """Prototypical Networks behind the one learner interface (Chapter 5).
+
+    ``model`` maps images to embeddings (default: ``Conv4(out_features=0)``, 64 channels,
+    GroupNorm). ``distance`` is 'euclidean' (squared, as in the paper) or 'cosine';
+    ``scale`` multiplies the negative distances before the softmax (a temperature).
+    ``meta_loss`` embeds every image of a meta-batch in one backbone call, which is exact here
+    because GroupNorm (or no normalisation) treats each image on its own.
+    """
+
+    name = "ProtoNet"
+    family = "metric"
+
+    def __init__(self, model: nn.Module | None = None, distance: str = "euclidean", scale: float = 1.0,
+                 strategy: str = "auto", chunk_size: int | None = None):
+        super().__init__(loss="cross_entropy", strategy=strategy, chunk_size=chunk_size)
+        self.model = Conv4(out_features=0) if model is None else model
+        if not isinstance(self.model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.distance = check_choice("distance", distance, DISTANCES)
+        self.scale = check_positive("scale", scale)
+
+    def init(self, seed: int, dtype=None, device=None) -> dict:
+        """phi: the embedding network's parameters."""
+        return {"params": init_params(self.model, seed, dtype=dtype, device=device)}
+
+    def embed(self, state, x: torch.Tensor) -> torch.Tensor:
+        """f_phi(x) for images with any number of leading axes: ``[..., C, H, W]`` -> ``[..., D]``."""
+        lead = x.shape[:-3]
+        z = functional_call(self.model, state["params"], (x.reshape(-1, *x.shape[-3:]),))
+        return z.reshape(*lead, z.shape[-1])
+
+    def _logits(self, query: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+        if self.distance == "cosine":
+            return self.scale * F.normalize(query, dim=-1) @ F.normalize(protos, dim=-1).transpose(-1, -2)
+        return -self.scale * squared_distances(query, protos)
+
+    def adapt(self, state, support_x, support_y):
+        """theta_i = the N class prototypes of one task's support set."""
+        ways = int(support_y.max().item()) + 1
+        return {"params": state["params"], "prototypes": prototypes(self.embed(state, support_x), support_y, ways)}
+
+    def predict(self, task_state, x):
+        """Logits: negative (scaled) distances from f_phi(x) to each prototype."""
+        return self._logits(self.embed(task_state, x), task_state["prototypes"])
+
+    def episode_logits(self, state, episode: Episode) -> torch.Tensor:
+        """Query logits ``[B, N*Q, N]`` for every task of ``episode`` from one backbone call."""
+        ways = int(episode.support_y.max().item()) + 1
+        sx, qx = episode.support_x, episode.query_x
+        z = self.embed(state, torch.cat([sx, qx], dim=1))                 # [B, S+Q, D]
+        support, query = z[:, :sx.shape[1]], z[:, sx.shape[1]:]
+        return self._logits(query, prototypes(support, episode.support_y, ways))
+
+    def meta_loss(self, state, episode: Episode) -> torch.Tensor:
+        """The prototypical loss averaged over tasks (each task's query mean, then the task mean)."""
+        return self.meta_loss_and_accuracy(state, episode)[0]
+
+    def meta_loss_and_accuracy(self, state, episode: Episode):
+        """(meta-loss, mean query accuracy) of a meta-batch; the trainer shows both live."""
+        logits = self.episode_logits(state, episode)
+        per_task = F.cross_entropy(logits.flatten(0, 1), episode.query_y.flatten(), reduction="none")
+        loss = per_task.view(episode.query_y.shape).mean(1).mean()
+        accuracy = (logits.argmax(-1) == episode.query_y).float().mean().detach()
+        return loss, accuracy
+
+    def evaluate_batch(self, state, episode: Episode) -> dict[str, torch.Tensor]:
+        """Per-task query loss and accuracy, without gradients."""
+        with torch.no_grad():
+            logits = self.episode_logits(state, episode)
+            loss = F.cross_entropy(logits.flatten(0, 1), episode.query_y.flatten(),
+                                   reduction="none").view(episode.query_y.shape).mean(1)
+            accuracy = (logits.argmax(-1) == episode.query_y).float().mean(1)
+        return {"loss": loss, "accuracy": accuracy}
+
+    def __repr__(self) -> str:
+        return f"ProtoNet(distance={self.distance!r}, scale={self.scale})"
