@@ -5,6 +5,17 @@
 
 Parameters are dicts of tensors. ``torch.func.grad`` computes the inner gradient; outer
 autograd differentiates through it (second order) unless ``first_order`` detaches it.
+
+Three ways to get the meta-gradient d L_outer / d phi live here:
+
+* second order: differentiate through the unrolled inner loop (memory grows with the steps);
+* first order: treat the inner gradients as constants (FOMAML);
+* implicit: solve a proximal inner problem, then ``(I + H / lam) v = grad L_outer`` with
+  conjugate gradient and Hessian-vector products (iMAML; memory independent of the steps).
+
+Reptile and iMAML produce a meta-gradient *direction* rather than a differentiable loss;
+:func:`with_gradient` wraps such a direction in a surrogate scalar so the one trainer, which
+calls ``loss.backward()``, serves them too.
 """
 from __future__ import annotations
 
@@ -13,12 +24,14 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch.func import functional_call, grad
 
-from .utils import check_choice, check_positive_int
+from .utils import check_choice, check_positive, check_positive_int
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
 
-__all__ = ["sgd_step", "inner_loop", "task_loss_fn", "map_tasks", "check_params", "STRATEGIES"]
+__all__ = ["sgd_step", "inner_loop", "task_loss_fn", "map_tasks", "check_params", "check_lrs",
+           "hvp", "conjugate_gradient", "proximal_inner_loop", "implicit_meta_grad",
+           "with_gradient", "tree_dot", "choose_strategy", "STRATEGIES"]
 
 STRATEGIES = ("auto", "vmap", "loop")
 
@@ -58,6 +71,29 @@ def task_loss_fn(module: torch.nn.Module, loss: Callable) -> LossFn:
     return inner_loss
 
 
+def check_lrs(name: str, lr, steps: int) -> torch.Tensor | float | Mapping:
+    """Validate inner learning rates: a positive number, or ``steps`` positive values (Chapter 3).
+
+    Returns a number, or a 1-D tensor with one rate per inner step. Dicts (per-parameter rates,
+    Meta-SGD) pass through unchanged.
+    """
+    if isinstance(lr, Mapping):
+        return lr
+    if isinstance(lr, torch.Tensor) and lr.dim() == 0:
+        lr = lr.reshape(1).expand(steps) if lr.requires_grad else float(lr)
+    if isinstance(lr, (list, tuple)):
+        values = [check_positive(name, v) for v in lr]
+        if len(values) != steps:
+            raise ValueError(f"{name} must have one rate per inner step ({steps}), got {len(values)}")
+        return torch.tensor(values, dtype=torch.float64)
+    if isinstance(lr, torch.Tensor):
+        if lr.dim() != 1 or lr.shape[0] != steps:
+            raise ValueError(f"{name} must be a number or have one rate per inner step "
+                             f"({steps}), got shape {tuple(lr.shape)}")
+        return lr
+    return check_positive(name, lr)
+
+
 def inner_loop(loss_fn: LossFn, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int,
                lr, first_order: bool = False, adapt_keys: Iterable[str] | None = None) -> Params:
     """Adapt(phi, D_train): ``steps`` gradient steps on ``loss_fn`` from ``params`` (Chapter 3).
@@ -69,7 +105,11 @@ def inner_loop(loss_fn: LossFn, params: Params, x: torch.Tensor, y: torch.Tensor
     steps = check_positive_int("steps", steps)
     if x.shape[0] == 0:
         raise ValueError("the support set has no examples: Adapt needs at least one")
+    lr = check_lrs("lr", lr, steps)
     keys = list(params) if adapt_keys is None else list(adapt_keys)
+    unknown = [k for k in keys if k not in params]
+    if unknown or not keys:
+        raise ValueError(f"adapt_keys must name parameters of the model, got {keys}")
     for step in range(steps):
         fast = {k: params[k] for k in keys}
         frozen = {k: v for k, v in params.items() if k not in fast}
@@ -79,6 +119,108 @@ def inner_loop(loss_fn: LossFn, params: Params, x: torch.Tensor, y: torch.Tensor
         step_lr = lr[step] if isinstance(lr, torch.Tensor) and lr.dim() == 1 else lr
         params = sgd_step(params, grads, step_lr)
     return params
+
+
+# -- implicit meta-gradients (iMAML) ---------------------------------------------------------
+def tree_dot(a: Params, b: Params) -> torch.Tensor:
+    """Sum over names of <a[name], b[name]>: the inner product of two parameter dicts (Chapter 3)."""
+    return sum((a[k] * b[k]).sum() for k in a)
+
+
+def hvp(loss_fn: LossFn, params: Params, x: torch.Tensor, y: torch.Tensor, vector: Params) -> Params:
+    """Hessian-vector product H v of ``loss_fn`` at ``params``, without forming H (Chapter 3).
+
+    Reverse over reverse: the gradient of <grad L(params), v> with respect to params costs
+    about two backward passes, so CG never needs the (parameters x parameters) Hessian.
+    """
+    return grad(lambda p: tree_dot(grad(loss_fn)(p, x, y), vector))(params)
+
+
+def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int = 5) -> Params:
+    """Approximately solve ``A v = b`` for a symmetric positive definite ``A`` given as ``matvec`` (Chapter 3).
+
+    A fixed number of iterations (no data-dependent stopping), so it runs unchanged under
+    ``vmap``; with ``steps`` equal to the number of unknowns it is exact in exact arithmetic.
+    """
+    steps = check_positive_int("steps", steps)
+    solution = {k: torch.zeros_like(v) for k, v in b.items()}
+    residual = dict(b)
+    direction = dict(b)
+    rs = tree_dot(residual, residual)
+    for _ in range(steps):
+        a_dir = matvec(direction)
+        alpha = _safe_ratio(rs, tree_dot(direction, a_dir))
+        solution = {k: solution[k] + alpha * direction[k] for k in b}
+        residual = {k: residual[k] - alpha * a_dir[k] for k in b}
+        rs_new = tree_dot(residual, residual)
+        beta = _safe_ratio(rs_new, rs)
+        direction = {k: residual[k] + beta * direction[k] for k in b}
+        rs = rs_new
+    return solution
+
+
+def _safe_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    # Once the residual is exactly zero, 0/0 would turn the iterate into NaN: stop moving instead.
+    # (A branch would not run under vmap, hence torch.where.)
+    ok = den != 0
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
+
+
+def proximal_inner_loop(loss_fn: LossFn, params: Params, x: torch.Tensor, y: torch.Tensor,
+                        steps: int, lr, lam: float) -> Params:
+    """iMAML's inner problem: ``steps`` gradient steps on L_inner(theta) + lam/2 ||theta - phi||^2 (Chapter 3).
+
+    Starts at phi = ``params``, which are detached: the implicit meta-gradient never
+    differentiates through these steps, so their number does not change the memory.
+    """
+    steps = check_positive_int("steps", steps)
+    lam = check_positive("lam", lam)
+    if x.shape[0] == 0:
+        raise ValueError("the support set has no examples: Adapt needs at least one")
+    lr = check_lrs("lr", lr, steps)
+    anchor = {k: v.detach() for k, v in params.items()}
+
+    def regularised(theta):
+        return loss_fn(theta, x, y) + 0.5 * lam * sum(((theta[k] - anchor[k]) ** 2).sum() for k in theta)
+
+    theta = dict(anchor)
+    for step in range(steps):
+        g = grad(regularised)(theta)
+        step_lr = lr[step] if isinstance(lr, torch.Tensor) and lr.dim() == 1 else lr
+        theta = sgd_step(theta, {k: v.detach() for k, v in g.items()}, step_lr)
+    return theta
+
+
+def implicit_meta_grad(loss_fn: LossFn, theta: Params, x: torch.Tensor, y: torch.Tensor,
+                       outer_grad: Params, lam: float, cg_steps: int = 5) -> Params:
+    """The implicit meta-gradient (I + H / lam)^{-1} grad L_outer(theta) of iMAML (Chapter 3).
+
+    ``H`` is the Hessian of L_inner at the adapted ``theta``; the linear system is solved by
+    :func:`conjugate_gradient` with :func:`hvp`, so memory does not grow with the inner steps.
+    """
+    lam = check_positive("lam", lam)
+    theta = {k: v.detach() for k, v in theta.items()}
+    return conjugate_gradient(
+        lambda v: {k: v[k] + hvp(loss_fn, theta, x, y, v)[k] / lam for k in v}, outer_grad, cg_steps)
+
+
+def with_gradient(value: torch.Tensor, params: Params, direction: Params) -> torch.Tensor:
+    """A scalar equal to ``value`` whose gradient with respect to ``params`` is ``direction`` (Chapter 3).
+
+    ``value + sum <p - stop_grad(p), stop_grad(d)>``: the added term is zero, its gradient is
+    ``d``. Reptile and iMAML compute their meta-gradient directly and hand it to the one trainer
+    this way; the reported loss stays the honest query loss.
+    """
+    total = value.detach()
+    for name, d in direction.items():
+        p = params[name]
+        total = total + ((p - p.detach()) * d.detach()).sum()
+    return total
+
+
+def choose_strategy(x: torch.Tensor) -> str:
+    """The execution strategy 'auto' picks for a meta-batch whose first input is ``x`` (Chapter 3)."""
+    return _auto_strategy(x)
 
 
 def _auto_strategy(x: torch.Tensor) -> str:

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..bilevel import check_params, inner_loop, task_loss_fn
+from ..bilevel import check_lrs, check_params, inner_loop, task_loss_fn
 from ..models import init_params
-from ..utils import check_positive, check_positive_int
+from ..utils import check_positive_int
 from .base import Learner, task_loss
 
 __all__ = ["MAML", "FOMAML"]
@@ -22,9 +22,10 @@ __all__ = ["MAML", "FOMAML"]
 class MAML(Learner):
     """MAML and first-order MAML behind the one learner interface (Chapters 1 and 3).
 
-    ``inner_lr`` is alpha, ``steps`` the number of inner steps. With ``learn_inner_lr`` the
-    per-step learning rates are part of the meta-learned state. ``adapt_keys`` restricts the
-    inner loop to some parameters (ANIL adapts only ``head.*``).
+    ``inner_lr`` is alpha: one number, or a sequence with one rate per inner step. ``steps``
+    is the number of inner steps. With ``learn_inner_lr`` the per-step learning rates are part
+    of the meta-learned state. ``adapt_keys`` restricts the inner loop to some parameters
+    (ANIL adapts only ``head.*``).
     """
 
     name = "MAML"
@@ -37,8 +38,15 @@ class MAML(Learner):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.inner_lr = check_positive("inner_lr", inner_lr)
         self.steps = check_positive_int("steps", steps)
+        lrs = check_lrs("inner_lr", list(inner_lr) if isinstance(inner_lr, (list, tuple)) else inner_lr,
+                        self.steps)
+        if isinstance(lrs, torch.Tensor):
+            if not bool((lrs > 0).all()):
+                raise ValueError(f"inner_lr must be positive numbers, got {lrs.tolist()}")
+            self.inner_lr = tuple(float(v) for v in lrs)
+        else:
+            self.inner_lr = lrs
         self.first_order = bool(first_order)
         self.learn_inner_lr = bool(learn_inner_lr)
         self.adapt_keys = None if adapt_keys is None else list(adapt_keys)
@@ -48,7 +56,8 @@ class MAML(Learner):
         """phi: fresh model parameters (and learnable per-step inner learning rates)."""
         params = init_params(self.model, seed, dtype=dtype, device=device)
         any_param = next(iter(params.values()))
-        lr = torch.full((self.steps,), self.inner_lr, dtype=any_param.dtype, device=any_param.device)
+        rates = self.inner_lr if isinstance(self.inner_lr, tuple) else (self.inner_lr,) * self.steps
+        lr = torch.tensor(rates, dtype=any_param.dtype, device=any_param.device)
         return {"params": params, "inner_lr": lr.requires_grad_(self.learn_inner_lr)}
 
     def adapt(self, state, support_x, support_y):
