@@ -1,0 +1,106 @@
+"""Prototypical and Matching Networks: formulas, batched == per-task paths, and they learn."""
+import pytest
+import torch
+
+from mlbook.learners.base import Learner
+from mlbook.learners.matching import MatchingNet, attention_predict
+from mlbook.learners.protonet import ProtoNet, prototypes, squared_distances
+from mlbook.models import Conv4
+from mlbook.tasks import Episode, ImageClassFamily
+from mlbook.train import evaluate, meta_train
+
+
+def small_conv():
+    return Conv4(out_features=0, channels=8, image_size=16)
+
+
+def easy_images(classes=24, examples=20, size=16, seed=0):
+    """Each class is a random template plus per-example noise: learnable in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    templates = (torch.rand(classes, 1, size, size, generator=g) > 0.7).float()
+    noise = 0.25 * torch.rand(classes, examples, size, size, generator=g)
+    return ((0.75 * templates + noise).clamp(0, 1) * 255).to(torch.uint8)
+
+
+def double(episode):
+    return Episode(episode.support_x.double(), episode.support_y, episode.query_x.double(), episode.query_y)
+
+
+def test_prototypes_are_class_means():
+    z = torch.tensor([[0.0, 2.0], [2.0, 4.0], [10.0, 0.0], [5.0, 5.0]])
+    y = torch.tensor([0, 0, 1, 2])
+    expected = torch.tensor([[1.0, 3.0], [10.0, 0.0], [5.0, 5.0]])
+    assert torch.allclose(prototypes(z, y, 3), expected)
+    batched = prototypes(torch.stack([z, z + 1]), torch.stack([y, y]), 3)
+    assert torch.allclose(batched[1], expected + 1)
+
+
+def test_squared_distances_match_cdist():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(7, 5, generator=g, dtype=torch.float64), torch.randn(3, 5, generator=g, dtype=torch.float64)
+    assert torch.allclose(squared_distances(a, b), torch.cdist(a, b) ** 2, atol=1e-10)
+
+
+def test_attention_predict_is_a_distribution_and_a_nearest_neighbour_when_sharp():
+    support = torch.eye(3)
+    query = torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.2, 1.0]])
+    p = attention_predict(query, support, torch.tensor([2, 0, 1]), 3, scale=100.0)
+    assert torch.allclose(p.sum(-1), torch.ones(2))
+    assert p.argmax(-1).tolist() == [2, 1]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ProtoNet(small_conv()),
+    lambda: ProtoNet(small_conv(), distance="cosine", scale=5.0),
+    lambda: MatchingNet(small_conv()),
+    lambda: MatchingNet(small_conv(), fce=True),
+], ids=["protonet", "protonet-cosine", "matching", "matching-fce"])
+def test_batched_paths_equal_the_per_task_interface(make):
+    """The fast batched meta-loss and evaluation equal adapt/predict task by task (float64)."""
+    learner = make()
+    episode = double(ImageClassFamily(easy_images(), 5, 2, 3).sample(3, torch.Generator().manual_seed(1)))
+    state = learner.init(0, dtype=torch.float64)
+    fast, slow = learner.evaluate_batch(state, episode), Learner.evaluate_batch(learner, state, episode)
+    assert torch.allclose(fast["loss"], slow["loss"], atol=1e-12)
+    assert torch.equal(fast["accuracy"], slow["accuracy"])
+    params = learner.parameters(state)
+    g_fast = torch.autograd.grad(learner.meta_loss(state, episode), params)
+    g_slow = torch.autograd.grad(Learner.meta_loss(learner, state, episode), params)
+    for a, b in zip(g_fast, g_slow):
+        assert torch.allclose(a, b, atol=1e-12)
+    assert all(g.abs().sum() > 0 for g in g_fast), "every parameter (LSTMs included) gets a gradient"
+
+
+def test_protonet_logits_are_negative_squared_distances_to_prototypes():
+    learner = ProtoNet(small_conv())
+    episode = ImageClassFamily(easy_images(), 4, 3, 2).sample(1, torch.Generator().manual_seed(2))
+    state = learner.init(0)
+    sx, sy, qx = episode.support_x[0], episode.support_y[0], episode.query_x[0]
+    task = learner.adapt(state, sx, sy)
+    zs, zq = learner.embed(state, sx), learner.embed(state, qx)
+    protos = torch.stack([zs[sy == n].mean(0) for n in range(4)])
+    assert torch.allclose(task["prototypes"], protos, atol=1e-5)
+    assert torch.allclose(learner.predict(task, qx), -torch.cdist(zq, protos) ** 2, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("make", [lambda: ProtoNet(small_conv()), lambda: MatchingNet(small_conv())],
+                         ids=["protonet", "matching"])
+def test_metric_learners_learn_unseen_classes(make):
+    images = easy_images(classes=30)
+    train = ImageClassFamily(images, 5, 1, 5, classes=torch.arange(20))
+    test = ImageClassFamily(images, 5, 1, 5, classes=torch.arange(20, 30))
+    learner = make()
+    before = evaluate(learner, learner.init(0), test, episodes=40).mean
+    result = meta_train(learner, train, steps=30, meta_batch_size=2, outer_lr=3e-3, seed=0)
+    after = evaluate(learner, result.state, test, episodes=40).mean
+    assert after > max(before + 0.1, 0.5), (before, after)
+    assert all(a == a for a in result.accuracies), "metric learners report a live accuracy"
+
+
+def test_bad_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="distance"):
+        ProtoNet(small_conv(), distance="manhattan")
+    with pytest.raises(ValueError, match="scale"):
+        MatchingNet(small_conv(), scale=0)
+    with pytest.raises(ValueError, match="model"):
+        ProtoNet(model="conv4")
