@@ -405,8 +405,11 @@ class BayesianLinearRegression(Learner):
 
     def predict_distribution(self, task_state, x):
         """Posterior predictive (mean, variance) at ``x [M, 1]``, each ``[M, 1]``."""
-        belief = Gaussian(task_state["mean"], root=task_state["root"])
-        mean, var = predictive(belief, self.features(x), task_state["noise_var"])
+        # The same algebra as :func:`predictive`, without its value checks, so that it also
+        # runs under vmap (task_state was validated when adapt built it).
+        features = self.features(x)
+        mean = features @ task_state["mean"]
+        var = (features @ task_state["root"]).pow(2).sum(-1) + task_state["noise_var"]
         return mean.unsqueeze(-1), var.unsqueeze(-1)
 
     def prior_state(self, state) -> dict:
@@ -652,19 +655,31 @@ def predictive_calibration(learner, state, family, episodes: int = 200, batch_si
     episodes = check_positive_int("episodes", episodes)
     batch_size = check_positive_int("batch_size", batch_size)
     generator = make_generator(seed, family.device)
+    def one_task(support_x, support_y, query_x):
+        mean, var = learner.predict_distribution(learner.adapt(state, support_x, support_y), query_x)
+        return mean.reshape(-1), var.reshape(-1)
+
     means, variances, targets = [], [], []
     remaining = episodes
+    batched = torch.func.vmap(one_task)
     with torch.no_grad():
         while remaining > 0:
             batch = family.sample(min(batch_size, remaining), generator)
-            for i in range(batch.batch_size):
-                task_state = learner.adapt(state, batch.support_x[i], batch.support_y[i])
-                mean, var = learner.predict_distribution(task_state, batch.query_x[i])
-                means.append(mean.reshape(-1))
-                variances.append(var.reshape(-1))
-                targets.append(batch.query_y[i].reshape(-1))
+            try:
+                # One batched call over the tasks; learners whose adapt branches on the data
+                # cannot be vmapped and take the loop below.
+                mean, var = batched(batch.support_x, batch.support_y, batch.query_x)
+            except RuntimeError:
+                batched = None
+            if batched is None:
+                outs = [one_task(batch.support_x[i], batch.support_y[i], batch.query_x[i])
+                        for i in range(batch.batch_size)]
+                mean, var = torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
+            means.append(mean)
+            variances.append(var)
+            targets.append(batch.query_y.reshape(batch.batch_size, -1))
             remaining -= batch.batch_size
-    mean, var, y = torch.stack(means), torch.stack(variances), torch.stack(targets)
+    mean, var, y = torch.cat(means), torch.cat(variances), torch.cat(targets)
     per_task = gaussian_nll(mean, var, y, reduction="none").mean(-1).float().cpu()
     ci = 1.96 * per_task.std().item() / math.sqrt(len(per_task)) if len(per_task) > 1 else float("nan")
     return CalibrationResult(per_task.mean().item(), ci, (mean - y).pow(2).mean().item(),
