@@ -1,0 +1,166 @@
+"""The trainer: resume bit-for-bit, atomic checkpoints, NaN guard, validation, early stopping."""
+import math
+import os
+
+import pytest
+import torch
+
+from mlbook.learners import MAML
+from mlbook.learners.protonet import ProtoNet
+from mlbook.lake import AffineJitter
+from mlbook.models import MLP, Conv4
+from mlbook.tasks import ImageClassFamily, SinusoidFamily
+from mlbook.train import (CheckpointError, NonFiniteError, confidence_interval, evaluate, load_checkpoint,
+                          meta_train, save_checkpoint)
+
+
+def sinusoid_maml():
+    return MAML(MLP(hidden=(16, 16)), inner_lr=0.01, loss="mse")
+
+
+def image_protonet():
+    return ProtoNet(Conv4(out_features=0, channels=8, image_size=16))
+
+
+def images():
+    g = torch.Generator().manual_seed(0)
+    return (torch.rand(12, 20, 16, 16, generator=g) * 255).to(torch.uint8)
+
+
+def same_state(a, b):
+    la, lb = torch.utils._pytree.tree_leaves(a), torch.utils._pytree.tree_leaves(b)
+    return len(la) == len(lb) and all(torch.equal(x, y) for x, y in zip(la, lb))
+
+
+def test_meta_train_keeps_its_simple_signature():
+    result = meta_train(sinusoid_maml(), SinusoidFamily(shots=5, queries=5), 3, 4, 1e-3, 0)
+    state, losses = result.state, result.losses
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert result.stopped == "steps" and result.step == 3
+
+
+@pytest.mark.parametrize("case", ["sinusoid-maml", "images-protonet-jitter-cosine"])
+def test_resume_continues_bit_for_bit(tmp_path, case):
+    """Stop after 3 of 7 steps, resume from the checkpoint: identical to an uninterrupted run."""
+    if case == "sinusoid-maml":
+        make, family, kwargs = sinusoid_maml, SinusoidFamily(shots=5, queries=5), {}
+    else:
+        make, family = image_protonet, ImageClassFamily(images(), 3, 1, 2, rotate=True)
+        kwargs = {"augment": AffineJitter(), "schedule": "cosine", "warmup": 2}
+    full = meta_train(make(), family, 7, meta_batch_size=3, seed=5, **kwargs)
+    path = tmp_path / "run.pt"
+    first = meta_train(make(), family, 7, meta_batch_size=3, seed=5, checkpoint=path, stop_after=3, **kwargs)
+    assert first.stopped == "stop_after" and first.step == 3 and load_checkpoint(path)["step"] == 3
+    resumed = meta_train(make(), family, 7, meta_batch_size=3, seed=5, checkpoint=path, resume=True, **kwargs)
+    assert resumed.losses == full.losses, "the loss history continues exactly"
+    assert same_state(resumed.state, full.state), "the final state is bit-for-bit the same"
+    assert load_checkpoint(path)["step"] == 7
+
+
+def test_a_run_without_the_checkpoint_differs_so_the_resume_test_can_fail(tmp_path):
+    family = SinusoidFamily(shots=5, queries=5)
+    full = meta_train(sinusoid_maml(), family, 6, meta_batch_size=3, seed=5)
+    meta_train(sinusoid_maml(), family, 6, meta_batch_size=3, seed=5, checkpoint=tmp_path / "a.pt", stop_after=3)
+    restarted = meta_train(sinusoid_maml(), family, 3, meta_batch_size=3, seed=5)   # fresh generator, fresh Adam
+    assert restarted.losses != full.losses[3:]
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"state": {"w": torch.ones(2)}, "step": 1})
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint(path, {"state": {"w": torch.zeros(2)}, "step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1, "a failed write leaves the old checkpoint intact"
+    assert os.listdir(tmp_path) == ["ckpt.pt"], "and no temporary file behind"
+
+
+def test_missing_and_corrupt_checkpoints_raise_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(bad)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.ones(1)}, other)
+    with pytest.raises(CheckpointError, match="not an mlbook checkpoint"):
+        load_checkpoint(other)
+
+
+class _Bad(MAML):
+    """A learner whose loss (or gradient) goes bad at a chosen step."""
+
+    def __init__(self, bad_step, where):
+        super().__init__(MLP(hidden=(4,)), inner_lr=0.01, loss="mse")
+        self.calls, self.bad_step, self.where = 0, bad_step, where
+
+    def meta_loss(self, state, episode):
+        loss = super().meta_loss(state, episode)
+        self.calls += 1
+        if self.calls - 1 == self.bad_step:
+            w = state["params"]["head.weight"]
+            if self.where == "loss":
+                return loss * float("nan")
+            return loss + torch.sqrt((w - w.detach()).abs().sum())   # finite value, infinite gradient
+        return loss
+
+
+def test_nan_guard_names_the_step_and_the_tensor():
+    family = SinusoidFamily(shots=5, queries=5)
+    with pytest.raises(NonFiniteError, match=r"step 2: the meta-loss is nan"):
+        meta_train(_Bad(2, "loss"), family, 5, meta_batch_size=2)
+    with pytest.raises(NonFiniteError, match=r"step 1: the gradient of state\['params'\]\['head.weight'\]"):
+        meta_train(_Bad(1, "grad"), family, 5, meta_batch_size=2)
+
+
+def test_validation_and_early_stopping_restore_the_best_state():
+    family = SinusoidFamily(shots=5, queries=5)
+    # A vanishing learning rate never improves validation: patience 2 stops at the third validation.
+    result = meta_train(sinusoid_maml(), family, 50, meta_batch_size=2, outer_lr=1e-30, val_family=family,
+                        val_every=2, val_episodes=10, patience=2)
+    assert result.stopped == "early_stopping" and result.step == 6
+    assert [row[0] for row in result.validation] == [2, 4, 6]
+    assert result.best_step == 2
+    assert all(len(row) == 3 and row[2] > 0 for row in result.validation), "each validation has a CI"
+
+
+def test_validation_improves_while_learning():
+    family = SinusoidFamily(shots=5, queries=5)
+    result = meta_train(sinusoid_maml(), family, 60, meta_batch_size=4, outer_lr=1e-2, val_family=family,
+                        val_every=20, val_episodes=20)
+    assert result.validation[-1][1] < result.validation[0][1], result.validation     # loss goes down
+
+
+def test_cosine_schedule_and_time_limit(tmp_path):
+    family = SinusoidFamily(shots=5, queries=5)
+    path = tmp_path / "s.pt"
+    meta_train(sinusoid_maml(), family, 10, meta_batch_size=2, schedule="cosine", checkpoint=path)
+    saved = load_checkpoint(path)
+    assert saved["scheduler"]["_last_lr"][0] < 1e-4 * 1e-3, "cosine decays to zero at the last step"
+    limited = meta_train(sinusoid_maml(), family, 10_000, meta_batch_size=2, time_limit=0.0)
+    assert limited.stopped == "time_limit" and limited.step == 1
+
+
+def test_bad_trainer_arguments():
+    family = SinusoidFamily()
+    with pytest.raises(ValueError, match="schedule"):
+        meta_train(sinusoid_maml(), family, 2, schedule="linear")
+    with pytest.raises(ValueError, match="val_family"):
+        meta_train(sinusoid_maml(), family, 2, val_every=1)
+    with pytest.raises(ValueError, match="checkpoint"):
+        meta_train(sinusoid_maml(), family, 2, resume=True)
+    with pytest.raises(ValueError, match="steps"):
+        meta_train(sinusoid_maml(), family, 0)
+
+
+def test_evaluate_reports_a_95_percent_interval():
+    learner, family = image_protonet(), ImageClassFamily(images(), 3, 1, 2)
+    result = evaluate(learner, learner.init(0), family, episodes=30, batch_size=7)
+    assert result.values.shape == (30,) and result.metric == "accuracy"
+    assert math.isclose(result.ci95, 1.96 * result.values.double().std().item() / math.sqrt(30), rel_tol=1e-9)
+    mean, ci = confidence_interval(torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    assert mean == 0.5 and math.isclose(ci, 1.96 * (1 / 3) ** 0.5 / 2)
