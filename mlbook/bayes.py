@@ -665,12 +665,13 @@ def predictive_calibration(learner, state, family, episodes: int = 200, batch_si
     with torch.no_grad():
         while remaining > 0:
             batch = family.sample(min(batch_size, remaining), generator)
-            try:
-                # One batched call over the tasks; learners whose adapt branches on the data
-                # cannot be vmapped and take the loop below.
-                mean, var = batched(batch.support_x, batch.support_y, batch.query_x)
-            except RuntimeError:
-                batched = None
+            if batched is not None:
+                try:
+                    # One batched call over the tasks; learners whose adapt branches on the
+                    # data cannot be vmapped and take the loop below from then on.
+                    mean, var = batched(batch.support_x, batch.support_y, batch.query_x)
+                except RuntimeError:
+                    batched = None
             if batched is None:
                 outs = [one_task(batch.support_x[i], batch.support_y[i], batch.query_x[i])
                         for i in range(batch.batch_size)]

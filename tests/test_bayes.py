@@ -336,3 +336,21 @@ def test_variable_shots_family_is_seeded_and_keeps_a_prefix():
     assert min(sizes) >= 2 and max(sizes) <= 10 and len(sizes) > 4
     with pytest.raises(ValueError, match="min_shots"):
         VariableShotsFamily(SinusoidFamily(shots=3), min_shots=4)
+
+
+def test_predictive_calibration_loop_fallback_matches_batched_path():
+    class NotVmappable(BayesianLinearRegression):
+        def adapt(self, state, support_x, support_y):
+            if float(support_y.abs().max()) < 0:  # data-dependent Python: vmap cannot trace it
+                raise AssertionError
+            return super().adapt(state, support_x, support_y)
+
+    features = FourierFeatures(10, seed=0)
+    family = SinusoidFamily(shots=4, queries=6, noise=0.1)
+    plain = BayesianLinearRegression(features)
+    looped = NotVmappable(features)
+    state = plain.init(0)
+    a = predictive_calibration(plain, state, family, episodes=30, batch_size=7)
+    b = predictive_calibration(looped, state, family, episodes=30, batch_size=7)
+    assert torch.allclose(a.per_task_nll, b.per_task_nll, atol=1e-5)
+    assert a.coverage == pytest.approx(b.coverage)
