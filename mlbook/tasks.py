@@ -16,7 +16,7 @@ from .utils import check_positive, check_positive_int
 
 __all__ = [
     "Episode", "TaskFamily", "SinusoidFamily", "LineFamily", "ImageClassFamily",
-    "PolynomialFamily", "sample_nway_kshot", "alphabet_split", "SPLITS",
+    "PolynomialFamily", "ScrambledFamily", "sample_nway_kshot", "alphabet_split", "SPLITS",
 ]
 
 
@@ -182,6 +182,31 @@ class PolynomialFamily(_RegressionFamily):
     def function(self, parameters, x):
         powers = (x / 5.0) ** torch.arange(self.degree + 1, device=x.device, dtype=x.dtype)  # [B, M, D+1]
         return (powers * parameters[:, None, :]).sum(-1, keepdim=True)
+
+
+class ScrambledFamily:
+    """A family whose tasks share no input-output structure (Chapter 2, structural similarity).
+
+    Each task of ``base`` keeps its inputs and its outputs, but the outputs are shuffled
+    among the inputs (separately in support and query), so x says nothing about y and there
+    is nothing for a meta-learner to carry from one task to the next.
+    """
+
+    def __init__(self, base):
+        if not hasattr(base, "sample") or not hasattr(base, "device"):
+            raise ValueError(f"base must be a task family with .sample and .device, got {type(base).__name__}")
+        self.base = base
+        self.device = base.device
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Episode:
+        """Draw ``batch_size`` tasks of ``base`` and shuffle each one's outputs (Chapter 2)."""
+        episode = self.base.sample(batch_size, generator)
+
+        def shuffle(y):
+            order = torch.rand(y.shape[:2], generator=generator, device=y.device).argsort(1)
+            return y.gather(1, order.view(*order.shape, *([1] * (y.dim() - 2))).expand_as(y))
+
+        return Episode(episode.support_x, shuffle(episode.support_y), episode.query_x, shuffle(episode.query_y))
 
 
 def _check_images(images) -> None:

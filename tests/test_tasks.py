@@ -187,3 +187,16 @@ def test_alphabet_split_bad_input(kwargs, match):
 def test_episode_checks_shapes():
     with pytest.raises(ValueError, match="batch size"):
         Episode(torch.zeros(2, 3, 1), torch.zeros(2, 3, 1), torch.zeros(3, 3, 1), torch.zeros(3, 3, 1))
+
+
+def test_scrambled_family_keeps_values_and_breaks_structure():
+    from mlbook.tasks import ScrambledFamily
+
+    base = SinusoidFamily(shots=20, queries=20)
+    plain = base.sample(64, torch.Generator().manual_seed(0))
+    scrambled = ScrambledFamily(base).sample(64, torch.Generator().manual_seed(0))
+    assert torch.equal(plain.support_x, scrambled.support_x)
+    assert torch.equal(plain.support_y.sort(1).values, scrambled.support_y.sort(1).values)
+    assert not torch.equal(plain.support_y, scrambled.support_y)
+    with pytest.raises(ValueError, match="base"):
+        ScrambledFamily(object())
