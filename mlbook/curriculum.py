@@ -65,6 +65,9 @@ class CurriculumFamily:
     uses the current step's difficulty and then advances the step counter, so pass it
     straight to ``meta_train`` as the family (one sample per outer step). After ``steps``
     samples it stays at the schedule's last difficulty. :meth:`reset` rewinds it.
+
+    The step counter lives here, not in the trainer's checkpoint: when resuming a run from a
+    checkpoint, set ``family.step`` to the step it resumes from.
     """
 
     def __init__(self, make_family: Callable[[float], TaskFamily], steps: int,
