@@ -278,6 +278,9 @@ settle().then(() => {
     solutions: solutions.map((s) => ({id: s.id, cls: s.className})),
     widgetScripts: widgetScripts,
     widgetViews: article.querySelectorAll(".widget-subarea").length,
+    widgetsWithoutFigure: Array.from(article.querySelectorAll(".widget-subarea"))
+        .filter((w) => !Array.from(w.querySelectorAll("img")).some((im) => im.naturalWidth > 0)).length,
+    pageText: article.textContent,
     assets: assets,
   });
 });
@@ -447,6 +450,13 @@ def check_page(driver, base_url: str, page_html: str, source: str, screenshot_di
     report.widgets = data["widgetScripts"]
     if data["widgetViews"] < data["widgetScripts"]:
         problems.append(("widget", f"{data['widgetScripts']} widgets in the page, {data['widgetViews']} drawn"))
+    if data["widgetScripts"]:
+        # Without a kernel a demo can only show the figure saved at build time; the page
+        # must show it and tell the reader where the sliders work.
+        if data["widgetsWithoutFigure"]:
+            problems.append(("widget", f"{data['widgetsWithoutFigure']} widget demos show no static figure"))
+        if "Colab" not in data["pageText"] and "Jupyter" not in data["pageText"]:
+            problems.append(("widget", "a page with widget demos does not say to open it in Colab or Jupyter"))
 
     if screenshot_dir is not None:
         report.screenshot = str(save_screenshot(driver, screenshot_dir / (page_html.replace("/", "__")[:-5] + ".png")))

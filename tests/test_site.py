@@ -177,7 +177,7 @@ def _open_solution(html: str) -> str:
 def _offsite_script(html: str) -> str:
     # Another loopback address: off the site for the checker, yet the request never leaves
     # this machine.
-    return html.replace("</head>", '<script src="http://127.0.0.2:9/tracker.js"></script></head>', 1)
+    return html.replace("</head>", '<script src="http://127.0.0.2:8999/tracker.js"></script></head>', 1)
 
 
 PLANTS = {
@@ -199,6 +199,28 @@ def planted_base(site, server, browser):
     clean = check_page(browser, server.base_url, _html(source), source)
     assert not clean.problems, f"the unplanted page must be clean first: {clean.problems}"
     return source
+
+
+def _drop_widget_manager(html: str) -> str:
+    new, count = re.subn(r'<script[^>]*src="[^"]*html-manager/embed-amd\.js[^"]*"[^>]*></script>', "", html)
+    assert count == 1, "the page does not load the widget manager"
+    return new
+
+
+def test_planted_widget_fault_is_reported(site, server, browser):
+    """A page whose widget manager does not load shows undrawn widgets: reported."""
+    pages = [s for s in CHAPTERS if "widget-view+json" in (site / _html(s)).read_text()]
+    if not pages:
+        pytest.skip("no chapter has an ipywidgets demo yet")
+    original = site / _html(pages[0])
+    planted = original.with_name("zz_planted_widget.html")
+    planted.write_text(_drop_widget_manager(original.read_text()))
+    try:
+        report = check_page(browser, server.base_url, str(planted.relative_to(site)), pages[0])
+    finally:
+        planted.unlink()
+    print(f"\nplanted widget fault: {report.problems}")
+    assert "widget" in report.kinds(), report.problems
 
 
 @pytest.mark.parametrize("plant", sorted(PLANTS))
