@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("MLBOOK_FAST", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("MLBOOK_NO_PROGRESS", "1")
 _shared_omniglot = Path(__file__).resolve().parent.parent / "shared" / "data" / "omniglot"
 if _shared_omniglot.is_dir():
