@@ -77,9 +77,9 @@ def posterior_demo(learner: BayesianLinearRegression, state, x, y, grid, truth, 
     """Sliders for the number of support points and the prior strength (Chapter 6).
 
     Needs ipywidgets and a live kernel (Jupyter or Colab); on the static website use
-    :func:`posterior_grid` instead. Returns the widget.
+    :func:`posterior_grid` instead. Returns the widget, or draws one fixed view and returns
+    None when ipywidgets is not installed.
     """
-    import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
     max_k = x.shape[0] if max_k is None else min(int(max_k), x.shape[0])
@@ -91,6 +91,13 @@ def posterior_demo(learner: BayesianLinearRegression, state, x, y, grid, truth, 
         ax.legend(fontsize=8, loc="lower left")
         plt.show()
 
+    try:
+        import ipywidgets as widgets
+    except ImportError:
+        print("ipywidgets is not installed (pip install ipywidgets), so here is one fixed view: "
+              "K = 2, prior strength 1")
+        draw(min(2, max_k), 0.0)
+        return None
     return widgets.interactive(
         draw,
         k=widgets.IntSlider(value=2, min=0, max=max_k, description="K"),
