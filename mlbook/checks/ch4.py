@@ -1,0 +1,154 @@
+"""Graders for Chapter 4, "Inductive biases"."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .core import Case, assert_close, grade
+
+__all__ = ["check_metasgd_step", "check_class_aggregation", "check_gaussian_nll"]
+
+
+def _tensors(seed, shapes):
+    g = torch.Generator().manual_seed(seed)
+    return {name: torch.randn(*shape, generator=g) for name, shape in shapes.items()}
+
+
+# -- Exercise 1: the Meta-SGD update ------------------------------------------------------
+def reference_metasgd_step(params, grads, rates):
+    return {name: params[name] - rates[name] * grads[name] for name in params}
+
+
+def _metasgd_case(seed, shapes):
+    def test(fn):
+        params, grads = _tensors(seed, shapes), _tensors(seed + 1, shapes)
+        # Some rates negative: Meta-SGD learns a direction as well as a size.
+        rates = {k: 0.1 * v for k, v in _tensors(seed + 2, shapes).items()}
+        before = {k: v.clone() for k, v in params.items()}
+        out = fn(params, grads, rates)
+        if not isinstance(out, dict) or set(out) != set(params):
+            raise AssertionError("return a dict with the same names as params")
+        expected = reference_metasgd_step(before, grads, rates)
+        for name in params:
+            assert_close(out[name], expected[name], f"new {name!r}")
+            if not torch.equal(params[name], before[name]):
+                raise AssertionError("your function changed params in place; return new tensors")
+    return test
+
+
+def check_metasgd_step(fn):
+    """Grade ``fn(params, grads, rates) -> new params``: theta = phi - alpha ⊙ g (Chapter 4)."""
+    return grade("Exercise 4.1: the Meta-SGD update", fn, [
+        Case("a weight matrix and a bias", _metasgd_case(0, {"w": (3, 2), "b": (3,)}),
+             "multiply each gradient entry by its own rate: rates[name] * grads[name]"),
+        Case("three tensors, some rates negative", _metasgd_case(5, {"a": (4, 4), "b": (4,), "c": (2, 4)}),
+             "a negative rate steps uphill on purpose: do not take its absolute value", hidden=True),
+    ])
+
+
+# -- Exercise 2: the CNP's per-class aggregation ------------------------------------------
+def reference_class_aggregation(r, labels, ways):
+    onehot = torch.nn.functional.one_hot(labels, ways).to(r.dtype)        # [M, N]
+    return onehot.T @ r / onehot.sum(0).clamp(min=1)[:, None]
+
+
+def _aggregation_case(seed, shots, ways, dim, drop_last=False):
+    def test(fn):
+        g = torch.Generator().manual_seed(seed)
+        labels = torch.arange(ways).repeat_interleave(shots)
+        labels = labels[torch.randperm(labels.numel(), generator=g)]
+        if drop_last:  # one class has no example: its representation must be all zeros
+            labels = labels[labels != ways - 1]
+        r = torch.randn(labels.numel(), dim, generator=g)
+        out = fn(r, labels, ways)
+        assert_close(out, reference_class_aggregation(r, labels, ways), "class representations")
+    return test
+
+
+def check_class_aggregation(fn):
+    """Grade ``fn(r [M, D], labels [M], ways) -> [ways, D]``: per-class mean of r (Chapter 4)."""
+    return grade("Exercise 4.2: a CNP's aggregation step", fn, [
+        Case("5-way 1-shot", _aggregation_case(0, 1, 5, 4), "row c is the mean of r over the examples labelled c"),
+        Case("3-way 4-shot, shuffled labels", _aggregation_case(1, 4, 3, 6),
+             "a mean, not a sum: divide by the number of examples of each class"),
+        Case("a class with no examples gives zeros", _aggregation_case(2, 2, 4, 3, drop_last=True),
+             "guard the division: clamp the counts to at least 1", hidden=True),
+    ])
+
+
+# -- Exercise 3: the Gaussian negative log-likelihood ------------------------------------
+def reference_gaussian_nll(mean, variance, y):
+    return (0.5 * torch.log(2 * math.pi * variance) + (y - mean) ** 2 / (2 * variance)).mean()
+
+
+def _nll_case(seed, shape, check_grad=False):
+    def test(fn):
+        g = torch.Generator().manual_seed(seed)
+        mean, y = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
+        variance = (0.05 + torch.rand(*shape, generator=g) * 2).requires_grad_(check_grad)
+        out = fn(mean, variance, y)
+        expected = reference_gaussian_nll(mean, variance, y)
+        assert_close(out, expected, "negative log-likelihood")
+        if check_grad:
+            if not out.requires_grad:
+                raise AssertionError("no gradient flows to the variance: do not detach")
+            got = torch.autograd.grad(out, variance)[0]
+            want = torch.autograd.grad(expected, variance)[0]
+            assert_close(got, want, "gradient with respect to the variance")
+    return test
+
+
+def check_gaussian_nll(fn):
+    """Grade ``fn(mean, variance, y) -> scalar``: mean Gaussian NLL, the CNP's meta-loss (Chapter 4)."""
+    return grade("Exercise 4.3: the neural process's loss", fn, [
+        Case("ten points", _nll_case(0, (10, 1)),
+             "-log N(y; mu, s2) = 0.5 log(2 pi s2) + (y - mu)^2 / (2 s2), averaged"),
+        Case("gradient reaches the variance", _nll_case(1, (6, 2), check_grad=True),
+             "use the variance argument as a variance (not a standard deviation)"),
+        Case("a batch of tasks", _nll_case(2, (3, 8, 1)), "", hidden=True),
+    ])
+
+
+# -- stubs and plausible wrong answers, used by the tests ---------------------------------
+def _stub(*args):
+    raise NotImplementedError
+
+
+def _wrong_metasgd_scalar(params, grads, rates):
+    return {k: params[k] - rates[k].mean() * grads[k] for k in params}
+
+
+def _wrong_metasgd_abs(params, grads, rates):
+    return {k: params[k] - rates[k].abs() * grads[k] for k in params}
+
+
+def _wrong_aggregation_sum(r, labels, ways):
+    return torch.nn.functional.one_hot(labels, ways).to(r.dtype).T @ r
+
+
+def _wrong_aggregation_global(r, labels, ways):
+    return r.mean(0, keepdim=True).expand(ways, -1)
+
+
+def _wrong_aggregation_nan(r, labels, ways):
+    onehot = torch.nn.functional.one_hot(labels, ways).to(r.dtype)
+    return onehot.T @ r / onehot.sum(0)[:, None]
+
+
+def _wrong_nll_no_log(mean, variance, y):
+    return ((y - mean) ** 2 / (2 * variance)).mean()
+
+
+def _wrong_nll_std(mean, variance, y):
+    return reference_gaussian_nll(mean, variance.sqrt(), y)
+
+
+GRADERS = {
+    "check_metasgd_step": (check_metasgd_step, reference_metasgd_step, _stub,
+                           [_wrong_metasgd_scalar, _wrong_metasgd_abs]),
+    "check_class_aggregation": (check_class_aggregation, reference_class_aggregation, _stub,
+                                [_wrong_aggregation_sum, _wrong_aggregation_global, _wrong_aggregation_nan]),
+    "check_gaussian_nll": (check_gaussian_nll, reference_gaussian_nll, _stub,
+                           [_wrong_nll_no_log, _wrong_nll_std]),
+}
