@@ -200,8 +200,12 @@ def implicit_meta_grad(loss_fn: LossFn, theta: Params, x: torch.Tensor, y: torch
     """
     lam = check_positive("lam", lam)
     theta = {k: v.detach() for k, v in theta.items()}
-    return conjugate_gradient(
-        lambda v: {k: v[k] + hvp(loss_fn, theta, x, y, v)[k] / lam for k in v}, outer_grad, cg_steps)
+
+    def matvec(v: Params) -> Params:
+        hv = hvp(loss_fn, theta, x, y, v)
+        return {k: v[k] + hv[k] / lam for k in v}
+
+    return conjugate_gradient(matvec, outer_grad, cg_steps)
 
 
 def with_gradient(value: torch.Tensor, params: Params, direction: Params) -> torch.Tensor:

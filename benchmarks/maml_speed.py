@@ -1,0 +1,398 @@
+"""MAML meta-training speed: mlbook against learn2learn and higher, side by side (Chapter 3).
+
+Workloads (the standard MAML settings):
+
+* ``conv4``: Omniglot-style 5-way 1-shot, 15 queries per class, 28x28 inputs, Conv4 (4 x
+  [conv3x3 64, normalisation without running statistics, ReLU, max-pool 2] + linear head),
+  meta-batch 32;
+* ``sinusoid``: the 1-40-40-1 MLP on sinusoid regression, K = 10 support and 10 query
+  points, meta-batch 25.
+
+Each is run with 1 and 5 inner steps, second and first order, with an Adam outer step. All
+implementations start from the same weights and see the same batches. The script first checks
+that they agree on the meta-loss and meta-gradient of one batch, then times them
+*alternately* in one process (shared machines drift by 2x between runs, so only ratios taken
+side by side mean anything) and prints tasks per second, peak memory and the ratio of mlbook
+to the fastest peer. mlbook's execution strategy is picked by ``mlbook.bilevel.choose_strategy``
+(the 'auto' rule) and printed; ``--strategies`` also times the others.
+
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` around each implementation; on
+CPU, the growth of the peak resident set of a fresh subprocess that runs two meta-steps of
+one implementation (``--no-memory`` skips this).
+
+Allocator: on CPU the script re-executes itself with jemalloc preloaded when Debian's
+``libjemalloc2`` is installed (``apt-get install libjemalloc2``), configured never to hand
+memory back; glibc's malloc otherwise costs vmap-style code millions of page faults per step.
+Every implementation runs in the same process, so all are measured under the same allocator,
+which the output names. ``--allocator glibc`` keeps the default one.
+
+The peers (never project dependencies) live in their own virtual environment::
+
+    python3 -m venv /work/peers-venv
+    /work/peers-venv/bin/pip install "torch==2.14.1" "torchvision==0.29.1" "numpy<2" \
+        cython wheel setuptools tqdm higher gym scipy requests
+    # learn2learn 0.2.0 ships Cython sources that do not build on Python 3.11: regenerate them.
+    /work/peers-venv/bin/pip download learn2learn==0.2.0 --no-deps --no-binary :all: -d /tmp/l2l
+    cd /tmp/l2l && tar xzf learn2learn-0.2.0.tar.gz && cd learn2learn-0.2.0
+    for f in learn2learn/data/*.pyx; do /work/peers-venv/bin/cython -3 "$f"; done
+    /work/peers-venv/bin/pip install --no-build-isolation --no-deps .
+
+(learn2learn imports torchvision and gym at import time; torchvision imports only beside the
+matching torch, hence the pins.) Then run from the repository root::
+
+    PYTHONPATH=. /work/peers-venv/bin/python benchmarks/maml_speed.py
+
+Without the peers (``python benchmarks/maml_speed.py``) the script says which are missing and
+compares the rest.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import mlbook  # noqa: E402
+from mlbook.bilevel import choose_strategy  # noqa: E402
+from mlbook.learners import MAML  # noqa: E402
+from mlbook.models import MLP, Conv4, init_params  # noqa: E402
+
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+JEMALLOC_CONF = "retain:true,dirty_decay_ms:-1,muzzy_decay_ms:-1"
+
+WORKLOADS = {
+    "conv4": dict(batch=32, inner_lr=0.4, loss="cross_entropy"),
+    "sinusoid": dict(batch=25, inner_lr=0.01, loss="mse"),
+}
+
+
+def allocator_name() -> str:
+    return "jemalloc (retain, no decay)" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc malloc"
+
+
+def maybe_reexec_with_jemalloc(args) -> None:
+    if args.allocator != "jemalloc" or args.device != "cpu" or "jemalloc" in os.environ.get("LD_PRELOAD", ""):
+        return
+    if not os.path.exists(JEMALLOC):
+        print(f"[allocator] {JEMALLOC} not found: using glibc malloc for every implementation")
+        return
+    env = dict(os.environ, LD_PRELOAD=JEMALLOC, MALLOC_CONF=JEMALLOC_CONF)
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+# -- data ----------------------------------------------------------------------------------
+def make_family(workload: str, device):
+    if workload == "sinusoid":
+        return mlbook.SinusoidFamily(shots=10, queries=10, device=device), "sinusoids"
+    try:
+        from mlbook.data import load_image_classes
+
+        data = load_image_classes("auto", image_size=28, download=False, verbose=False)
+        images, source = data.images, data.source
+    except Exception as error:  # the speed of a step does not depend on what the pixels show
+        images = (torch.rand(100, 20, 28, 28, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+        source = f"random pixels ({type(error).__name__})"
+    return mlbook.ImageClassFamily(images, ways=5, shots=1, queries=15, device=device), source
+
+
+def make_model(workload: str, norm: str):
+    return Conv4(5, norm=norm) if workload == "conv4" else MLP()
+
+
+def loss_of(workload):
+    return F.cross_entropy if workload == "conv4" else F.mse_loss
+
+
+# -- implementations: each returns step(episode, update) -> loss ---------------------------
+class MlbookImpl:
+    def __init__(self, model, phi, workload, steps, first_order, strategy, chunk_size=None):
+        cfg = WORKLOADS[workload]
+        self.learner = MAML(model, inner_lr=cfg["inner_lr"], steps=steps, first_order=first_order,
+                            loss=cfg["loss"], strategy=strategy, chunk_size=chunk_size)
+        self.state = self.learner.init(0, device=next(iter(phi.values())).device)
+        self.state["params"] = {k: v.detach().clone().requires_grad_() for k, v in phi.items()}
+        self.opt = torch.optim.Adam(self.learner.parameters(self.state), lr=1e-3)
+        self.names = list(phi)
+
+    def step(self, ep, update=True):
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.learner.meta_loss(self.state, ep)
+        loss.backward()
+        if update:
+            self.opt.step()
+        return loss.detach()
+
+    def grads(self):
+        return [self.state["params"][k].grad for k in self.names]
+
+
+class L2LImpl:
+    def __init__(self, model, phi, workload, steps, first_order):
+        import learn2learn as l2l
+
+        self.model = _module_with(model, phi)
+        self.maml = l2l.algorithms.MAML(self.model, lr=WORKLOADS[workload]["inner_lr"], first_order=first_order)
+        self.opt = torch.optim.Adam(self.maml.parameters(), lr=1e-3)
+        self.steps, self.loss = steps, loss_of(workload)
+
+    def step(self, ep, update=True):
+        self.opt.zero_grad(set_to_none=True)
+        total = 0.0
+        b = ep.batch_size
+        for i in range(b):
+            learner = self.maml.clone()
+            for _ in range(self.steps):
+                learner.adapt(self.loss(learner(ep.support_x[i]), ep.support_y[i]))
+            q = self.loss(learner(ep.query_x[i]), ep.query_y[i]) / b
+            q.backward()
+            total += q.detach()
+        if update:
+            self.opt.step()
+        return total
+
+    def grads(self):
+        return [p.grad for p in self.model.parameters()]
+
+
+class HigherImpl:
+    def __init__(self, model, phi, workload, steps, first_order):
+        import higher
+
+        self.higher = higher
+        self.model = _module_with(model, phi)
+        self.inner_opt = torch.optim.SGD(self.model.parameters(), lr=WORKLOADS[workload]["inner_lr"])
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.steps, self.loss, self.first_order = steps, loss_of(workload), first_order
+
+    def step(self, ep, update=True):
+        self.opt.zero_grad(set_to_none=True)
+        total = 0.0
+        b = ep.batch_size
+        # higher's first order detaches the inner gradients by callback; it still records the graph.
+        callback = (lambda gs: [g.detach() for g in gs]) if self.first_order else None
+        for i in range(b):
+            with self.higher.innerloop_ctx(self.model, self.inner_opt, copy_initial_weights=False) as (fmodel, diffopt):
+                for _ in range(self.steps):
+                    diffopt.step(self.loss(fmodel(ep.support_x[i]), ep.support_y[i]), grad_callback=callback)
+                q = self.loss(fmodel(ep.query_x[i]), ep.query_y[i]) / b
+                q.backward()
+                total += q.detach()
+        if update:
+            self.opt.step()
+        return total
+
+    def grads(self):
+        return [p.grad for p in self.model.parameters()]
+
+
+def _module_with(model, phi):
+    module = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(phi[name])
+    return module
+
+
+def available_peers():
+    peers, missing = {}, {}
+    for name, module, cls in (("learn2learn", "learn2learn", L2LImpl), ("higher", "higher", HigherImpl)):
+        try:
+            __import__(module)
+            peers[name] = cls
+        except Exception as error:
+            missing[name] = f"{type(error).__name__}: {error}"
+    return peers, missing
+
+
+def build(name, model, phi, workload, steps, first_order, strategy):
+    if name.startswith("mlbook"):
+        chunk = None
+        if ":" in strategy:
+            strategy, chunk = strategy.split(":")
+            chunk = int(chunk)
+        return MlbookImpl(model, phi, workload, steps, first_order, strategy, chunk)
+    peers, _ = available_peers()
+    return peers[name](model, phi, workload, steps, first_order)
+
+
+# -- timing --------------------------------------------------------------------------------
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def check_agreement(impls, ep):
+    rows = {}
+    base_loss, base_grads = None, None
+    for name, impl in impls.items():
+        loss = impl.step(ep, update=False)
+        grads = torch.cat([g.flatten() for g in impl.grads()])
+        if base_loss is None:
+            base_loss, base_grads = loss, grads
+        rows[name] = (abs(loss - base_loss).item(), ((grads - base_grads).norm() / base_grads.norm()).item())
+    return rows
+
+
+def cpu_peak_subprocess(args, name, workload, steps, first_order, strategy):
+    """Peak-RSS growth of a fresh process running two meta-steps of one implementation."""
+    cmd = [sys.executable, __file__, "--memory-probe", json.dumps(
+        dict(name=name, workload=workload, steps=steps, first_order=first_order, strategy=strategy,
+             norm=args.norm, threads=torch.get_num_threads()))]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    try:
+        return float(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return float("nan")
+
+
+def _status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def memory_probe(spec):
+    spec = json.loads(spec)
+    torch.set_num_threads(spec["threads"])
+    device = torch.device("cpu")
+    family, _ = make_family(spec["workload"], device)
+    model = make_model(spec["workload"], spec["norm"])
+    phi = init_params(model, 0)
+    impl = build(spec["name"], model, phi, spec["workload"], spec["steps"], spec["first_order"], spec["strategy"])
+    ep = family.sample(WORKLOADS[spec["workload"]]["batch"], torch.Generator().manual_seed(0))
+    with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
+        f.write("5")
+    base = _status("VmRSS")
+    for _ in range(2):
+        impl.step(ep)
+    print(_status("VmHWM") - base)
+
+
+def run_config(args, device, workload, steps, first_order, peers):
+    family, source = make_family(workload, device)
+    model = make_model(workload, args.norm).to(device)
+    phi = init_params(model, 0, device=device)
+    gen = mlbook.make_generator(0, device)
+    batch = WORKLOADS[workload]["batch"]
+    check_ep = family.sample(batch, gen)
+    auto = choose_strategy(check_ep.support_x)
+    strategies = [auto]
+    if args.strategies and workload == "conv4" and steps == 1 and not first_order:
+        # Full vmap over 32 Conv4 tasks needs ~4.5 GB on CPU: only chunks are tried there.
+        strategies += [s for s in (("loop", "vmap:8") if device.type == "cpu" else ("loop", "vmap", "vmap:8")) if s != auto]
+    names = [f"mlbook[{s}]" for s in strategies] + list(peers)
+    impls = {}
+    for n in names:
+        strat = n[7:-1] if n.startswith("mlbook") else None
+        impls[n] = build(n, model, phi, workload, steps, first_order, strat)
+    agree = check_agreement(impls, check_ep)
+    episodes = [family.sample(batch, gen) for _ in range(args.batches)]
+    times = {n: [] for n in names}
+    for n in names:  # warm-up (kernels, allocator) outside the timing
+        impls[n].step(episodes[0])
+    for r in range(args.rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        for n in order:
+            sync(device)
+            t = time.perf_counter()
+            for ep in episodes:
+                impls[n].step(ep)
+            sync(device)
+            times[n].append(batch * len(episodes) / (time.perf_counter() - t))
+    peak = {}
+    for n in names:
+        strat = n[7:-1] if n.startswith("mlbook") else None
+        if args.no_memory:
+            peak[n] = float("nan")
+        elif device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            impls[n].step(episodes[0])
+            sync(device)
+            peak[n] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        else:
+            peak[n] = cpu_peak_subprocess(args, n, workload, steps, first_order, strat)
+    order_name = "first" if first_order else "second"
+    print(f"\n== {workload} ({source}), {steps} inner step{'s' if steps > 1 else ''}, {order_name} order, "
+          f"meta-batch {batch}, device {device}; mlbook strategy chosen by 'auto': {auto}")
+    print(f"{'implementation':<18}{'|dloss|':>10}{'grad rel.err':>14}{'tasks/s (median)':>18}"
+          f"{'runs':>22}{'peak MB':>10}")
+    med = {n: statistics.median(times[n]) for n in names}
+    for n in names:
+        runs = "/".join(f"{t:.1f}" for t in times[n])
+        print(f"{n:<18}{agree[n][0]:>10.2e}{agree[n][1]:>14.2e}{med[n]:>18.1f}{runs:>22}{peak[n]:>10.0f}")
+    result = dict(workload=workload, steps=steps, order=order_name, device=str(device), auto=auto,
+                  source=source, tasks_per_s=med, runs=times, peak_mb=peak, agreement=agree,
+                  allocator=allocator_name())
+    peer_names = [n for n in names if not n.startswith("mlbook")]
+    if peer_names:
+        best = max(peer_names, key=lambda n: med[n])
+        main = f"mlbook[{auto}]"
+        ratio = med[main] / med[best]
+        # Per-round ratios: both numbers come from the same stretch of time on a shared machine.
+        rounds = [a / b for a, b in zip(times[main], times[best])]
+        print(f"ratio mlbook[{auto}] / fastest peer ({best}): {ratio:.2f}x "
+              f"(per round: {', '.join(f'{x:.2f}' for x in rounds)})")
+        for n in peer_names:
+            print(f"  vs {n}: {med[main] / med[n]:.2f}x tasks/s, memory {peak[main] / peak[n]:.2f}x")
+        result["ratio_vs_fastest_peer"] = ratio
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    parser.add_argument("--workloads", default="conv4,sinusoid")
+    parser.add_argument("--steps", default="1,5", help="inner steps to run, comma separated")
+    parser.add_argument("--orders", default="second,first")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
+    parser.add_argument("--batches", type=int, default=2, help="meta-batches per implementation per round")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (on a loaded shared CPU, 1 avoids OpenMP threads waiting on each other)")
+    parser.add_argument("--norm", default="group", choices=["group", "batch", "none"])
+    parser.add_argument("--allocator", default="jemalloc", choices=["jemalloc", "glibc"])
+    parser.add_argument("--strategies", action="store_true", help="also time mlbook's other strategies on conv4")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_probe:
+        return memory_probe(args.memory_probe)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.device = str(mlbook.get_device(args.device))
+    maybe_reexec_with_jemalloc(args)
+    device = torch.device(args.device)
+    peers, missing = ({}, {"learn2learn": "--no-peers", "higher": "--no-peers"}) if args.no_peers else available_peers()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
+          f"allocator: {allocator_name()}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    for name, why in missing.items():
+        print(f"peer {name} is missing ({why}); comparing the rest")
+    results = []
+    for workload in args.workloads.split(","):
+        for steps in map(int, args.steps.split(",")):
+            for order in args.orders.split(","):
+                mlbook.utils.check_choice("order", order, ("second", "first"))
+                results.append(run_config(args, device, workload, steps, order == "first", peers))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1))
+        print(f"\nwrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

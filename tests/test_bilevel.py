@@ -1,0 +1,202 @@
+"""The bi-level building blocks of Chapter 3: errors at the boundary, CG, HVPs, surrogates, training."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+import mlbook
+from mlbook import learners
+from mlbook.bilevel import (choose_strategy, conjugate_gradient, hvp, inner_loop, map_tasks,
+                            proximal_inner_loop, task_loss_fn, with_gradient)
+from mlbook.learners import ANIL, FOMAML, IMAML, MAML, Reptile
+from mlbook.models import MLP, Conv4, init_params
+from mlbook.tasks import Episode, SinusoidFamily
+
+DT = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # On a shared, loaded CPU two OpenMP threads wait on each other for every tiny kernel.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _loss_fn():
+    return task_loss_fn(MLP(hidden=(4,)), F.mse_loss)
+
+
+def _xy(n=5):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 1, generator=g), torch.randn(n, 1, generator=g)
+
+
+@pytest.mark.parametrize("steps", [0, -1, 1.5, True])
+def test_inner_loop_rejects_bad_steps(steps):
+    x, y = _xy()
+    with pytest.raises(ValueError, match="steps"):
+        inner_loop(_loss_fn(), init_params(MLP(hidden=(4,)), 0), x, y, steps, 0.1)
+
+
+@pytest.mark.parametrize("lr", [0, -0.1, float("nan"), "fast", [0.1, -0.1], [0.1]])
+def test_inner_loop_rejects_bad_learning_rates(lr):
+    x, y = _xy()
+    with pytest.raises(ValueError, match="lr"):
+        inner_loop(_loss_fn(), init_params(MLP(hidden=(4,)), 0), x, y, 2, lr)
+
+
+@pytest.mark.parametrize("cls", [MAML, FOMAML, ANIL, Reptile, IMAML])
+@pytest.mark.parametrize("kwargs,argument", [
+    (dict(steps=0), "steps"), (dict(inner_lr=0.0), "inner_lr"), (dict(inner_lr=-1.0), "inner_lr"),
+    (dict(steps=2, inner_lr=[0.1, 0.2, 0.3]), "inner_lr"), (dict(steps=2, inner_lr=[0.1, -0.2]), "inner_lr"),
+])
+def test_learners_name_the_bad_argument(cls, kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        cls(MLP(), loss="mse", **kwargs)
+
+
+def test_imaml_rejects_bad_lam_and_cg_steps():
+    with pytest.raises(ValueError, match="lam"):
+        IMAML(MLP(), lam=0.0)
+    with pytest.raises(ValueError, match="cg_steps"):
+        IMAML(MLP(), cg_steps=0)
+    with pytest.raises(ValueError, match="learn_inner_lr"):
+        IMAML(MLP(), learn_inner_lr=True)
+    with pytest.raises(ValueError, match="learn_inner_lr"):
+        Reptile(MLP(), learn_inner_lr=True)
+
+
+def test_anil_rejects_a_prefix_that_matches_nothing():
+    with pytest.raises(ValueError, match="head_prefix"):
+        ANIL(MLP(), head_prefix="classifier.")
+
+
+def test_empty_support_set_is_rejected_by_every_learner():
+    empty_x, empty_y = torch.zeros(0, 1), torch.zeros(0, 1)
+    for cls in (MAML, FOMAML, ANIL, Reptile, IMAML):
+        learner = cls(MLP(), loss="mse")
+        with pytest.raises(ValueError, match="support"):
+            learner.adapt(learner.init(0), empty_x, empty_y)
+
+
+def test_params_that_do_not_fit_the_model_are_rejected():
+    for cls in (MAML, ANIL, Reptile, IMAML):
+        learner = cls(MLP(), loss="mse")
+        state = learner.init(0)
+        x, y = _xy()
+        missing = dict(state, params={k: v for k, v in state["params"].items() if k != "head.bias"})
+        with pytest.raises(ValueError, match="params"):
+            learner.adapt(missing, x, y)
+        wrong = dict(state, params=init_params(MLP(hidden=(8, 8)), 0))
+        with pytest.raises(ValueError, match="params"):
+            learner.adapt(wrong, x, y)
+        episode = SinusoidFamily().sample(2, torch.Generator().manual_seed(0))
+        with pytest.raises(ValueError, match="params"):
+            learner.meta_loss(wrong, episode)
+
+
+def test_map_tasks_rejects_bad_strategy_and_chunk_size():
+    x = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match="strategy"):
+        map_tasks(lambda t: t.sum(), x, strategy="threads")
+    with pytest.raises(ValueError, match="chunk_size"):
+        map_tasks(lambda t: t.sum(), x, strategy="vmap", chunk_size=0)
+
+
+def test_auto_strategy_is_vmap_for_small_models_and_loop_for_convolutions_on_cpu():
+    assert choose_strategy(torch.zeros(4, 10, 1)) == "vmap"
+    assert choose_strategy(torch.zeros(4, 5, 1, 28, 28)) == "loop"
+
+
+def test_conjugate_gradient_solves_a_positive_definite_system():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(6, 6, generator=g, dtype=DT)
+    a = m @ m.T + 0.5 * torch.eye(6, dtype=DT)
+    b = {"u": torch.randn(4, generator=g, dtype=DT), "v": torch.randn(2, generator=g, dtype=DT)}
+
+    def matvec(d):
+        out = a @ torch.cat([d["u"], d["v"]])
+        return {"u": out[:4], "v": out[4:]}
+
+    x = conjugate_gradient(matvec, b, steps=6)
+    want = torch.linalg.solve(a, torch.cat([b["u"], b["v"]]))
+    assert torch.allclose(torch.cat([x["u"], x["v"]]), want, atol=1e-8)
+    few = conjugate_gradient(matvec, b, steps=1)
+    assert not torch.allclose(torch.cat([few["u"], few["v"]]), want, atol=1e-3)
+
+
+def test_conjugate_gradient_stays_finite_once_converged():
+    x = conjugate_gradient(lambda d: {"u": 2 * d["u"]}, {"u": torch.ones(3, dtype=DT)}, steps=5)
+    assert torch.allclose(x["u"], torch.full((3,), 0.5, dtype=DT))
+
+
+def test_hvp_matches_the_explicit_hessian():
+    model = MLP(hidden=(3,))
+    loss_fn = task_loss_fn(model, F.mse_loss)
+    params = {k: v.detach().to(DT) for k, v in init_params(model, 0).items()}
+    x, y = (t.to(DT) for t in _xy())
+    names = list(params)
+    shapes = [params[k].shape for k in names]
+    flat = torch.cat([params[k].flatten() for k in names])
+
+    def f(vec):
+        parts = vec.split([s.numel() for s in shapes])
+        return loss_fn({k: p.view(s) for k, p, s in zip(names, parts, shapes)}, x, y)
+
+    hessian = torch.autograd.functional.hessian(f, flat)
+    v = torch.randn(flat.shape, generator=torch.Generator().manual_seed(1), dtype=DT)
+    vd = {k: p.view(s) for k, p, s in zip(names, v.split([s.numel() for s in shapes]), shapes)}
+    got = hvp(loss_fn, params, x, y, vd)
+    assert torch.allclose(torch.cat([got[k].flatten() for k in names]), hessian @ v, atol=1e-10)
+
+
+def test_proximal_inner_loop_approaches_the_proximal_minimiser():
+    # L(theta) = 0.5 * ||theta - target||^2 has proximal minimiser (target + lam phi) / (1 + lam).
+    target = torch.tensor([1.0, -2.0], dtype=DT)
+    loss_fn = lambda p, x, y: 0.5 * ((p["w"] - target) ** 2).sum()  # noqa: E731
+    phi = {"w": torch.zeros(2, dtype=DT)}
+    theta = proximal_inner_loop(loss_fn, phi, torch.zeros(1), torch.zeros(1), 200, 0.3, lam=2.0)
+    assert torch.allclose(theta["w"], target / 3.0, atol=1e-10)
+
+
+def test_with_gradient_keeps_the_value_and_sets_the_gradient():
+    p = {"w": torch.tensor([1.0, 2.0], requires_grad=True)}
+    out = with_gradient(torch.tensor(3.5), p, {"w": torch.tensor([0.25, -1.0])})
+    assert out.item() == 3.5
+    out.backward()
+    assert torch.equal(p["w"].grad, torch.tensor([0.25, -1.0]))
+
+
+def test_registry_exposes_every_bilevel_learner():
+    for name in ("MAML", "FOMAML", "ANIL", "Reptile", "IMAML"):
+        assert getattr(learners, name).__name__ == name
+
+
+def test_same_seed_gives_the_same_losses():
+    def run():
+        learner = Reptile(MLP(hidden=(16,)), inner_lr=0.02, steps=3, loss="mse")
+        return mlbook.meta_train(learner, SinusoidFamily(), steps=5, meta_batch_size=4, seed=3).losses
+
+    assert run() == run()
+
+
+@pytest.mark.parametrize("cls,kwargs", [
+    (MAML, dict(inner_lr=0.01, steps=1)), (FOMAML, dict(inner_lr=0.01, steps=1)),
+    (ANIL, dict(inner_lr=0.01, steps=1)), (Reptile, dict(inner_lr=0.01, steps=5)),
+    (IMAML, dict(inner_lr=0.05, steps=5, lam=2.0, cg_steps=3)),
+    (MAML, dict(inner_lr=[0.01, 0.005], steps=2, learn_inner_lr=True)),
+])
+def test_each_learner_improves_on_sinusoids_through_the_one_trainer(cls, kwargs):
+    family = SinusoidFamily(shots=10, queries=10)
+    learner = cls(MLP(hidden=(32, 32)), loss="mse", **kwargs)
+    state = learner.init(0)
+    before = mlbook.evaluate(learner, state, family, episodes=100, seed=7).mean
+    result = mlbook.meta_train(learner, family, steps=150, meta_batch_size=10, outer_lr=3e-3, seed=0)
+    after = mlbook.evaluate(learner, result.state, family, episodes=100, seed=7).mean
+    assert after < 0.9 * before, (before, after)
+    if kwargs.get("learn_inner_lr"):
+        assert not torch.allclose(result.state["inner_lr"].detach(), torch.tensor([0.01, 0.005]))
