@@ -327,8 +327,8 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, default=1000, help="outer steps")
     train.add_argument("--meta-batch-size", type=int, default=4, help="tasks per outer step")
     train.add_argument("--lr", type=float, default=1e-3, help="outer (Adam) learning rate")
-    train.add_argument("--schedule", default="constant", choices=("constant", "cosine", "step"),
-                       help="learning-rate schedule")
+    train.add_argument("--schedule", default="constant", choices=("constant", "cosine", "step", "cosine_time"),
+                       help="learning-rate schedule (cosine_time: a cosine over --time-limit seconds)")
     train.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
     train.add_argument("--channels", type=int, default=64, help="Conv4 channels")
     train.add_argument("--norm", default="group", choices=("group", "batch", "none"), help="Conv4 normalisation")

@@ -33,7 +33,7 @@ __all__ = [
     "save_checkpoint", "load_checkpoint", "CheckpointError", "NonFiniteError", "SCHEDULES",
 ]
 
-SCHEDULES = ("constant", "cosine", "step")
+SCHEDULES = ("constant", "cosine", "step", "cosine_time")
 CHECKPOINT_FORMAT = "mlbook-checkpoint"
 CHECKPOINT_VERSION = 1
 
@@ -155,10 +155,15 @@ def _load_state_into(state, saved):
 
 
 # -- the loop -----------------------------------------------------------------------------
-def _make_schedule(optimiser, schedule: str, steps: int, warmup: int, step_every: int | None):
+def _make_schedule(optimiser, schedule: str, steps: int, warmup: int, step_every: int | None,
+                   clock: Callable[[], float] | None = None):
     def factor(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
+        if schedule == "cosine_time":
+            # A cosine over the wall-clock budget: on a shared machine the number of steps that
+            # fit is unknown in advance. Not reproducible step for step, unlike the others.
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, clock())))
         if schedule == "cosine":
             progress_ = min(1.0, (step - warmup) / max(1, steps - warmup))
             return 0.5 * (1 + math.cos(math.pi * progress_))
@@ -210,7 +215,8 @@ def meta_train(learner, family: TaskFamily, steps: int, meta_batch_size: int = 1
 
     Each step draws ``meta_batch_size`` tasks with a generator seeded by ``seed``, computes the
     learner's meta-loss and takes one Adam step of size ``outer_lr`` (shaped by ``schedule``:
-    'constant', 'cosine' or 'step', after ``warmup`` linear steps). Starts from ``state`` when
+    'constant', 'cosine' or 'step', after ``warmup`` linear steps; 'cosine_time' anneals over
+    the ``time_limit`` instead of the steps, for a wall-clock budget on a shared machine). Starts from ``state`` when
     given, else from ``learner.init(seed)``.
 
     Validation: every ``val_every`` steps (and at the end) the learner is evaluated on
@@ -228,6 +234,8 @@ def meta_train(learner, family: TaskFamily, steps: int, meta_batch_size: int = 1
     meta_batch_size = check_positive_int("meta_batch_size", meta_batch_size)
     outer_lr = check_positive("outer_lr", outer_lr)
     check_choice("schedule", schedule, SCHEDULES)
+    if schedule == "cosine_time" and time_limit is None:
+        raise ValueError("schedule 'cosine_time' needs time_limit, the wall-clock budget in seconds")
     if val_every is not None:
         val_every = check_positive_int("val_every", val_every)
         if val_family is None:
@@ -254,7 +262,9 @@ def meta_train(learner, family: TaskFamily, steps: int, meta_batch_size: int = 1
     if not parameters:
         raise ValueError("the learner's state has no tensor that requires grad: nothing to train")
     optimiser = torch.optim.Adam(parameters, lr=outer_lr, weight_decay=weight_decay)
-    scheduler = _make_schedule(optimiser, schedule, steps, warmup, step_every)
+    elapsed_before, started = 0.0, time.perf_counter()
+    scheduler = _make_schedule(optimiser, schedule, steps, warmup, step_every,
+                               clock=lambda: (elapsed_before + time.perf_counter() - started) / time_limit)
     generator = make_generator(seed, family.device)
     world = dist_utils.world()
     if world.size > 1:
@@ -274,6 +284,7 @@ def meta_train(learner, family: TaskFamily, steps: int, meta_batch_size: int = 1
         if saved.get("torch_rng") is not None:
             torch.set_rng_state(saved["torch_rng"])
         start_step = int(saved["step"])
+        elapsed_before = float(saved.get("elapsed", 0.0))
         losses, accuracies = list(saved.get("losses", [])), list(saved.get("accuracies", []))
         validation = [tuple(v) for v in saved.get("validation", [])]
         best = saved.get("best") or {}
@@ -290,6 +301,7 @@ def meta_train(learner, family: TaskFamily, steps: int, meta_batch_size: int = 1
             "state": _detached(state), "optimiser": optimiser.state_dict(),
             "scheduler": scheduler.state_dict(), "generator": generator.get_state().cpu(),
             "torch_rng": torch.get_rng_state(), "step": step, "steps": steps,
+            "elapsed": elapsed_before + time.perf_counter() - started,
             "losses": losses, "accuracies": accuracies, "validation": validation,
             "best": {"score": best_score, "step": best_step, "state": best_state,
                      "bad_validations": bad_validations},
@@ -360,7 +372,8 @@ def meta_train(learner, family: TaskFamily, steps: int, meta_batch_size: int = 1
                 stopped = "early_stopping"
         if stop_after is not None and done >= stop_after and not stop_now:
             stopped, stop_now = "stop_after", True
-        if time_limit is not None and time.perf_counter() - started > time_limit and not stop_now:
+        if (time_limit is not None and elapsed_before + time.perf_counter() - started > time_limit
+                and not stop_now):
             stopped, stop_now = "time_limit", True
         if checkpoint_every is not None and (done % checkpoint_every == 0 or stop_now):
             write_checkpoint(done)
