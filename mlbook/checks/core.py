@@ -49,6 +49,7 @@ class Report:
 
     title: str
     results: list[CaseResult] = field(default_factory=list)
+    printed: bool = False
 
     @property
     def passed(self) -> bool:
@@ -75,6 +76,12 @@ class Report:
     def __repr__(self) -> str:
         good, total = self.score
         return f"<Report {self.title!r}: {good}/{total} passed>"
+
+    def _ipython_display_(self) -> None:
+        # The grader has already printed the report; showing it again as a cell's value
+        # would only repeat it.
+        if not self.printed:
+            print(self.text())
 
 
 def _run_with_time_limit(fn: Callable[[], Any], seconds: float) -> None:
@@ -154,6 +161,7 @@ def grade(title: str, student_fn: Callable, cases: list[Case], time_limit: float
             report.results.append(result)
     if not quiet:
         print(report.text())
+        report.printed = True
     return report
 
 
