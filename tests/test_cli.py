@@ -1,0 +1,198 @@
+"""`python -m mlbook train|evaluate|lake`: help, clear one-line errors, kill-and-resume, Lake's runs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mlbook.__main__ import main
+from mlbook.train import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
+TINY_IMAGES = ["--data", "glyphs", "--glyph-classes", "200", "--image-size", "16", "--channels", "8"]
+
+
+def run_cli(*args, timeout=600):
+    env = {**os.environ, "MLBOOK_NO_PROGRESS": "1"}
+    return subprocess.run([sys.executable, "-m", "mlbook", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def call(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["lake"]])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(command + ["--help"])
+    assert exit_.value.code == 0
+    assert "usage: python -m mlbook" in capsys.readouterr().out
+
+
+def test_help_as_a_module():
+    done = run_cli("train", "--help")
+    assert done.returncode == 0 and "--learner" in done.stdout and "--out" in done.stdout
+
+
+def one_line_error(code, err, pattern):
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert pattern in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["train", "--learner", "Foo", "--out", "x.pt"], "unknown learner 'Foo'"),
+    (["train", "--data", "mnist", "--out", "x.pt"], "unknown data 'mnist'"),
+    (["train", *TINY_IMAGES, "--shots", "10", "--queries", "15", "--out", "x.pt"], "impossible 5-way 10-shot"),
+    (["train", *TINY_IMAGES, "--ways", "500", "--out", "x.pt"], "ways = 500 is more than"),
+    (["train", "--data", "sinusoid", "--learner", "ProtoNet", "--out", "x.pt"], "regression"),
+    (["train", *TINY_IMAGES, "--ways", "0", "--out", "x.pt"], "--ways must be a positive integer"),
+    (["evaluate", "missing.pt"], "does not exist"),
+    (["lake", "missing.pt", "--proxy"], "does not exist"),
+], ids=["learner", "data", "shots", "ways", "regression", "zero-ways", "missing-eval", "missing-lake"])
+def test_mistakes_give_one_line_and_a_nonzero_exit(args, pattern, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = call(capsys, *args)
+    one_line_error(code, err, pattern)
+
+
+def test_corrupt_checkpoint_as_a_real_process(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage")
+    done = run_cli("evaluate", str(bad))
+    one_line_error(done.returncode, done.stderr, "corrupt")
+
+
+@pytest.fixture(scope="module")
+def glyph_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "proto.pt"
+    assert main(["train", "--learner", "ProtoNet", *TINY_IMAGES, "--ways", "5", "--queries", "3", "--steps", "3",
+                 "--meta-batch-size", "2", "--out", str(out)]) == 0
+    return out
+
+
+def test_train_then_evaluate(glyph_checkpoint, capsys):
+    saved = load_checkpoint(glyph_checkpoint)
+    assert saved["step"] == 3 and saved["metadata"]["config"]["learner"] == "ProtoNet"
+    code, out, _ = call(capsys, "evaluate", str(glyph_checkpoint), "--ways", "5", "--shots", "1",
+                        "--episodes", "20", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["metric"] == "accuracy" and 0 <= result["mean"] <= 1 and result["ci95"] > 0
+    code, out, _ = call(capsys, "evaluate", str(glyph_checkpoint), "--ways", "10", "--episodes", "10")
+    assert code == 0 and "10-way 1-shot" in out and "±" in out
+    code, _, err = call(capsys, "evaluate", str(glyph_checkpoint), "--shots", "19", "--queries", "5")
+    one_line_error(code, err, "impossible")
+
+
+def write_lake_runs(folder: Path, runs=20, ways=20, seed=0):
+    """Runs in the release's layout, drawn from procedural glyphs (black strokes on white)."""
+    from PIL import Image
+
+    from mlbook.data.glyphs import make_glyphs
+
+    images = make_glyphs(runs * ways, 2, 32, seed).numpy()
+    rng = np.random.default_rng(seed)
+    for r in range(1, runs + 1):
+        run = folder / f"run{r:02d}"
+        (run / "training").mkdir(parents=True)
+        (run / "test").mkdir()
+        order = rng.permutation(ways)
+        lines = []
+        for c in range(ways):
+            Image.fromarray(255 - images[(r - 1) * ways + c, 0]).save(run / "training" / f"class{c + 1:02d}.png")
+        for i, c in enumerate(order):
+            Image.fromarray(255 - images[(r - 1) * ways + c, 1]).save(run / "test" / f"item{i + 1:02d}.png")
+            lines.append(f"run{r:02d}/test/item{i + 1:02d}.png run{r:02d}/training/class{c + 1:02d}.png")
+        (run / "class_labels.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_lake_runs_json(glyph_checkpoint, tmp_path, capsys):
+    write_lake_runs(tmp_path / "all_runs")
+    code, out, _ = call(capsys, "lake", str(glyph_checkpoint), "--runs", str(tmp_path / "all_runs"))
+    result = json.loads(out)
+    assert code == 0 and len(result["per_run_error_pct"]) == 20 and result["runs"][0] == "run01"
+    assert result["mean_error_pct"] == pytest.approx(np.mean(result["per_run_error_pct"]), abs=1e-3)
+    assert all(0 <= e <= 100 and (e / 5) == int(e / 5) for e in result["per_run_error_pct"])  # 20 items a run
+    code, _, err = call(capsys, "lake", str(glyph_checkpoint), "--runs", str(tmp_path / "nowhere"))
+    one_line_error(code, err, "does not exist")
+    code, _, err = call(capsys, "lake", str(glyph_checkpoint), "--proxy")
+    one_line_error(code, err, "--proxy needs a checkpoint trained on --data omniglot")
+
+
+def test_lake_scores_a_perfect_oracle(tmp_path):
+    """An identity-like embedding on identical support and query images makes no errors."""
+    from mlbook.lake import lake_runs_result
+    from mlbook.learners.protonet import ProtoNet
+
+    class Flatten(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1)
+
+    folder = tmp_path / "runs"
+    write_lake_runs(folder, runs=3, ways=20)
+    for run in folder.iterdir():        # make every test item a copy of its class's training image
+        for line in (run / "class_labels.txt").read_text().split("\n"):
+            if line:
+                test, train = line.split()
+                (folder / test).write_bytes((folder / train).read_bytes())
+    result = lake_runs_result(ProtoNet(Flatten()), {"params": {}}, folder)
+    assert result["per_run_error_pct"] == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.skipif(not (OMNIGLOT / "images_background_small1.zip").exists(), reason="Omniglot archives absent")
+def test_proxy_on_held_out_omniglot_alphabets(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MLBOOK_OMNIGLOT", str(OMNIGLOT))
+    monkeypatch.setenv("MLBOOK_DATA", str(tmp_path / "data"))
+    out = tmp_path / "omni.pt"
+    assert main(["train", "--data", "omniglot", "--no-download", "--channels", "8", "--ways", "5", "--queries", "2",
+                 "--steps", "2", "--meta-batch-size", "1", "--within-alphabet", "0.5", "--rotate",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    code, out_text, _ = call(capsys, "lake", str(out), "--proxy", "--episodes", "30")
+    result = json.loads(out_text)
+    assert code == 0 and result["alphabets"] == ["Early_Aramaic", "Korean"]
+    assert len(result["per_run_error_pct"]) == 30 and 0 < result["mean_error_pct"] <= 100
+    code, _, err = call(capsys, "train", "--data", "omniglot", "--holdout-alphabets", "Klingon", "--out", str(out))
+    one_line_error(code, err, "not in these archives")
+
+
+def test_killed_training_resumes_bit_for_bit(tmp_path, capsys):
+    """SIGKILL a real training process mid-run, resume from its last checkpoint, compare."""
+    args = ["train", "--learner", "MAML", "--data", "sinusoid", "--shots", "5", "--queries", "5",
+            "--meta-batch-size", "4", "--steps", "120", "--checkpoint-every", "1", "--seed", "3"]
+    killed = tmp_path / "killed.pt"
+    env = {**os.environ, "MLBOOK_NO_PROGRESS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "mlbook", *args, "--out", str(killed)], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None:
+            if killed.exists() and load_checkpoint(killed)["step"] >= 3:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "training finished before it could be killed"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    stopped_at = load_checkpoint(killed)["step"]
+    assert 3 <= stopped_at < 120
+    assert main(args + ["--out", str(killed), "--resume"]) == 0
+    full = tmp_path / "full.pt"
+    assert main(args + ["--out", str(full)]) == 0
+    a, b = load_checkpoint(killed), load_checkpoint(full)
+    assert a["step"] == b["step"] == 120 and a["losses"] == b["losses"]
+    for x, y in zip(torch.utils._pytree.tree_leaves(a["state"]), torch.utils._pytree.tree_leaves(b["state"])):
+        assert torch.equal(x, y)
