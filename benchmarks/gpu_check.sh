@@ -20,7 +20,7 @@ echo "== 1. speed benchmark"
 timeout 150 "$PYTHON" benchmarks/maml_speed.py --device cuda --rounds 3 --batches 3 --strategies \
   --json "$DEST/maml_speed_cuda.json" 2>&1 | grep -v -i gym | tee "$DEST/maml_speed_cuda.txt" || status=1
 echo "== 2. memory study"
-timeout 60 "$PYTHON" benchmarks/memory_study.py --device cuda --steps 1,2,4,6,8,10 --meta-batch 8 \
+timeout 75 "$PYTHON" benchmarks/memory_study.py --device cuda --steps 1,2,4,8 --meta-batch 8 --repeats 1 \
   --channels 64 --out "$DEST/memory_study_cuda.json" 2>&1 | tee "$DEST/memory_study_cuda.txt" || status=1
 echo "== 3. chapters (fast mode)"
 MLBOOK_FAST=1 timeout 120 "$PYTHON" benchmarks/run_chapters.py 2>&1 | tee "$DEST/chapters.txt"
