@@ -24,6 +24,7 @@ from ..tasks import Episode
 from ..utils import check_positive_int
 from ._context import check_inputs, check_support, check_ways_and_image_size
 from .base import Learner
+from .cnp import _feature_size
 
 __all__ = ["BlackBox"]
 
@@ -84,6 +85,7 @@ class BlackBox(Learner):
     returns ``[M, y_dim]``, trained by MSE. Classification (``ways=N``): labels enter as
     one-hot vectors, ``predict`` returns ``[M, N]`` logits; images ``[M, 1, S, S]`` are read by
     a :class:`~mlbook.models.Conv4` with ``channels`` channels when ``image_size=S``.
+    ``features`` replaces that Conv4 by any module mapping images to ``[M, F]`` vectors.
     ``width``, ``heads`` and ``layers`` size the transformer.
 
     ``adapt`` only stores the support set: the black box adapts inside its forward pass,
@@ -95,7 +97,7 @@ class BlackBox(Learner):
 
     def __init__(self, x_dim: int = 1, y_dim: int = 1, ways: int | None = None,
                  image_size: int | None = None, width: int = 64, heads: int = 4, layers: int = 2,
-                 channels: int = 32):
+                 channels: int = 32, features: nn.Module | None = None):
         self.ways, self.image_size = check_ways_and_image_size(ways, image_size)
         super().__init__(loss="mse" if self.ways is None else "cross_entropy", strategy="loop")
         self.x_dim = check_positive_int("x_dim", x_dim)
@@ -106,9 +108,10 @@ class BlackBox(Learner):
         if width % heads:
             raise ValueError(f"width must be a multiple of heads; got width={width}, heads={heads}")
         if self.image_size is not None:
-            features = Conv4(0, channels=check_positive_int("channels", channels), image_size=self.image_size)
-            feature_size = features.embedding_size
             self.feature_shape = (1, self.image_size, self.image_size)
+            if features is None:
+                features = Conv4(0, channels=check_positive_int("channels", channels), image_size=self.image_size)
+            feature_size = _feature_size(features, self.feature_shape)
         elif self.ways is not None:
             features = MLP(self.x_dim, width, hidden=(width,))
             feature_size = width

@@ -35,6 +35,18 @@ def gaussian_nll(mean: torch.Tensor, variance: torch.Tensor, y: torch.Tensor) ->
     return 0.5 * (torch.log(2 * math.pi * variance) + (y - mean) ** 2 / variance).mean()
 
 
+def _feature_size(features: nn.Module, shape: tuple) -> int:
+    """The output width of an image feature extractor, found by one probe forward pass."""
+    if not isinstance(features, nn.Module):
+        raise ValueError(f"features must be a torch.nn.Module, got {type(features).__name__}")
+    with torch.no_grad():
+        out = features(torch.zeros(2, *shape))
+    if out.dim() != 2:
+        raise ValueError(f"features must map [M, {', '.join(map(str, shape))}] images to [M, F] "
+                         f"vectors; it gave shape {tuple(out.shape)}")
+    return out.shape[1]
+
+
 def _sub(params: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
 
@@ -48,7 +60,8 @@ class CNP(Learner):
     ``image_size=S`` (a :class:`~mlbook.models.Conv4` feature extractor with ``channels``
     channels reads them); ``predict`` returns ``[M, N]`` logits.
 
-    ``hidden`` is the width of every MLP, ``representation`` the size of r, ``min_std`` the
+    ``features`` replaces that Conv4 by any module mapping ``[M, 1, S, S]`` to ``[M, F]``
+    (Chapter 4 swaps in a fully connected one). ``hidden`` is the width of every MLP, ``representation`` the size of r, ``min_std`` the
     smallest predictive standard deviation (it keeps the likelihood finite).
     """
 
@@ -57,7 +70,7 @@ class CNP(Learner):
 
     def __init__(self, x_dim: int = 1, y_dim: int = 1, ways: int | None = None,
                  image_size: int | None = None, hidden: int = 64, representation: int = 64,
-                 channels: int = 32, min_std: float = 0.05):
+                 channels: int = 32, min_std: float = 0.05, features: nn.Module | None = None):
         self.ways, self.image_size = check_ways_and_image_size(ways, image_size)
         super().__init__(loss="mse" if self.ways is None else "cross_entropy", strategy="loop")
         self.x_dim = check_positive_int("x_dim", x_dim)
@@ -75,10 +88,11 @@ class CNP(Learner):
             }
         else:
             if self.image_size is not None:
-                features = Conv4(0, channels=check_positive_int("channels", channels),
-                                 image_size=self.image_size)
-                feature_size = features.embedding_size
                 self.feature_shape = (1, self.image_size, self.image_size)
+                if features is None:
+                    features = Conv4(0, channels=check_positive_int("channels", channels),
+                                     image_size=self.image_size)
+                feature_size = _feature_size(features, self.feature_shape)
             else:
                 features = MLP(self.x_dim, hidden, hidden=(hidden,))
                 feature_size = hidden
