@@ -217,7 +217,7 @@ def test_every_meta_parameter_gets_a_gradient(name, kind):
 
 
 # Outer steps and learning rate per learner; the black box learns in context slowly.
-_LEARN_BUDGET = {"BlackBox": (600, 1e-3)}
+_LEARN_BUDGET = {"BlackBox": (600, 1e-3), "IMAML": (80, 3e-3)}
 _DEFAULT_BUDGET = (200, 3e-3)
 
 # Known failures of learners written elsewhere, kept visible: strict, so a fix turns them red
