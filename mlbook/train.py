@@ -282,7 +282,7 @@ def meta_train(learner, family: TaskFamily, steps: int, meta_batch_size: int = 1
         scheduler.load_state_dict(saved["scheduler"])
         generator.set_state(saved["generator"].to(generator.get_state().device))
         if saved.get("torch_rng") is not None:
-            torch.set_rng_state(saved["torch_rng"])
+            torch.set_rng_state(saved["torch_rng"].cpu())
         start_step = int(saved["step"])
         elapsed_before = float(saved.get("elapsed", 0.0))
         losses, accuracies = list(saved.get("losses", [])), list(saved.get("accuracies", []))
