@@ -31,7 +31,27 @@ def code_of(notebook: Path) -> list[str]:
     return cells
 
 
+def _stand_in_ipython() -> None:
+    """Without IPython (a bare GPU image), let ``IPython.display`` print instead of render."""
+    try:
+        import IPython.display  # noqa: F401
+        return
+    except ImportError:
+        pass
+    import types
+
+    display_module = types.ModuleType("IPython.display")
+    display_module.display = lambda *objects, **kwargs: print(*objects)
+    for name in ("Markdown", "HTML", "Latex", "Image"):
+        setattr(display_module, name, lambda data=None, **kwargs: data)
+    package = types.ModuleType("IPython")
+    package.display = display_module
+    package.get_ipython = lambda: None
+    sys.modules.update({"IPython": package, "IPython.display": display_module})
+
+
 def run(notebook: Path) -> tuple[bool, float, str]:
+    _stand_in_ipython()
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,12 +1,15 @@
 """mlbook: the library under the course *Learning to Learn*.
 
 One import line per concept; each object's docstring names the chapter that explains it.
+Submodules: ``data`` (Omniglot, glyphs), ``bayes`` and ``curriculum`` (Chapter 6),
+``compare`` (Chapter 4), ``checks`` (exercise graders), ``distributed`` and ``lake`` (Chapter 5).
 """
 from .utils import budget, get_device, is_fast, make_generator, progress, seed_everything
 from .tasks import Episode, ImageClassFamily, LineFamily, SinusoidFamily, sample_nway_kshot
 from .models import MLP, Conv4, init_params
 from .bilevel import inner_loop, map_tasks, sgd_step
-from .learners import MAML, Learner
+from .learners import (ANIL, BlackBox, CNP, FOMAML, IMAML, MAML, Learner, MatchingNet, MetaSGD,
+                       ProtoNet, Reptile)
 from .train import evaluate, meta_train
 
 __version__ = "0.1.0"
