@@ -9,6 +9,9 @@ from pathlib import Path
 
 os.environ.setdefault("MLBOOK_FAST", "1")
 os.environ.setdefault("MLBOOK_NO_PROGRESS", "1")
+# The test models are tiny: one thread is as fast, and it does not collapse when another
+# process shares the two cores (two threads spin-waiting on each other did, 100x slower).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 _shared_omniglot = Path(__file__).resolve().parent.parent / "shared" / "data" / "omniglot"
 if _shared_omniglot.is_dir():
     os.environ.setdefault("MLBOOK_OMNIGLOT", str(_shared_omniglot))
