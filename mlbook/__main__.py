@@ -155,7 +155,7 @@ def _check_counts(args, names=("ways", "shots", "queries")):
 
 
 def cmd_train(args) -> int:
-    """``train``: meta-train a learner and write a checkpoint."""
+    """``train``: meta-train a learner and write a checkpoint (Chapter 5)."""
     _check_counts(args, ("ways", "shots", "queries", "steps", "meta_batch_size"))
     learner_name = args.learner
     if learner_name not in LEARNERS:
@@ -238,7 +238,7 @@ def _load(path, device):
 
 
 def cmd_evaluate(args) -> int:
-    """``evaluate``: accuracy (or loss) ± 95% CI of a checkpoint on N-way K-shot test episodes."""
+    """``evaluate``: accuracy (or loss) ± 95% CI of a checkpoint on N-way K-shot episodes (Chapter 5)."""
     _check_counts(args, ("ways", "shots", "queries", "episodes"))
     device = get_device(args.device)
     checkpoint, config, learner, state = _load(args.checkpoint, device)
@@ -268,7 +268,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_lake(args) -> int:
-    """``lake``: Lake's 20-way within-alphabet one-shot runs, or the held-out-alphabet proxy, as JSON."""
+    """``lake``: Lake's within-alphabet one-shot runs, or the held-out-alphabet proxy, as JSON (Chapter 5)."""
     device = get_device(args.device)
     checkpoint, config, learner, state = _load(args.checkpoint, device)
     if config["learner"] not in METRIC_LEARNERS and config["ways"] != 20:

@@ -23,7 +23,7 @@ __all__ = ["World", "world", "init_from_env", "shard_episode", "all_reduce_gradi
 
 @dataclass(frozen=True)
 class World:
-    """This process's rank among ``size`` processes (size 1 without ``torch.distributed``)."""
+    """This process's rank among ``size`` processes (size 1 without ``torch.distributed``; Chapter 5)."""
 
     rank: int = 0
     size: int = 1
