@@ -126,11 +126,10 @@ class MlbookImpl:
 
     def step(self, ep, update=True):
         self.opt.zero_grad(set_to_none=True)
-        loss = self.learner.meta_loss(self.state, ep)
-        loss.backward()
+        loss, _ = self.learner.meta_backward(self.state, ep)  # what the trainer runs
         if update:
             self.opt.step()
-        return loss.detach()
+        return loss
 
     def grads(self):
         return [self.state["params"][k].grad for k in self.names]

@@ -106,3 +106,17 @@ def test_episode_validation():
         mlbook.Episode(x, x, torch.zeros(3, 3, 1), torch.zeros(3, 3, 1))
     with pytest.raises(ValueError, match="non-empty support"):
         mlbook.Episode(torch.zeros(2, 0, 1), torch.zeros(2, 0, 1), x, x)
+
+
+def test_meta_backward_matches_meta_loss_gradient_for_every_strategy():
+    images = (torch.rand(12, 5, 28, 28, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    episode = mlbook.ImageClassFamily(images, ways=3, shots=1, queries=2).sample(3, torch.Generator().manual_seed(1))
+    for strategy in ("loop", "vmap"):
+        learner = MAML(Conv4(3, channels=8), inner_lr=0.4, steps=1, strategy=strategy)
+        reference_state, state = learner.init(0), learner.init(0)
+        loss = learner.meta_loss(reference_state, episode)
+        expected = torch.autograd.grad(loss, learner.parameters(reference_state))
+        got_loss, _ = learner.meta_backward(state, episode, scale=0.5)
+        torch.testing.assert_close(got_loss, loss.detach())
+        for g, p in zip(expected, learner.parameters(state)):
+            torch.testing.assert_close(p.grad, 0.5 * g, rtol=1e-4, atol=1e-6)

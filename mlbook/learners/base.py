@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..bilevel import map_tasks
+from ..bilevel import choose_strategy, map_tasks
 from ..tasks import Episode
 from ..utils import check_choice
 
@@ -74,6 +74,34 @@ class Learner:
                            episode.query_x, episode.query_y, strategy=self.strategy,
                            chunk_size=self.chunk_size)
         return losses.mean()
+
+    def meta_backward(self, state, episode: Episode, scale: float = 1.0):
+        """Backpropagate ``scale`` x the meta-loss into ``state``; return (loss, accuracy or None).
+
+        The trainer's step (Chapter 5). When tasks run one by one (the 'loop' strategy, chosen
+        for convolutions on CPU) and the learner's meta-loss is the plain mean of per-task query
+        losses, each task is backpropagated as soon as it is computed, so only one task's graph
+        is alive at a time: memory is that of one task, not of the whole meta-batch. The
+        gradient is the same sum either way.
+        """
+        strategy = self.strategy if self.strategy != "auto" else choose_strategy(episode.support_x)
+        per_task = (strategy == "loop" and type(self).meta_loss is Learner.meta_loss
+                    and not hasattr(self, "meta_loss_and_accuracy"))
+        if not per_task:
+            if hasattr(self, "meta_loss_and_accuracy"):
+                loss, accuracy = self.meta_loss_and_accuracy(state, episode)
+            else:
+                loss, accuracy = self.meta_loss(state, episode), None
+            (loss * scale).backward()
+            return loss.detach(), accuracy
+        tasks = episode.batch_size
+        total = torch.zeros((), device=episode.query_x.device)
+        for i in range(tasks):
+            loss = self.query_loss(state, episode.support_x[i], episode.support_y[i],
+                                   episode.query_x[i], episode.query_y[i]) / tasks
+            (loss * scale).backward()
+            total = total + loss.detach()
+        return total, None
 
     def evaluate_batch(self, state, episode: Episode) -> dict[str, torch.Tensor]:
         """Per-task query loss (and accuracy for classification), without outer gradients."""
