@@ -339,11 +339,15 @@ def meta_train(learner, family: TaskFamily, steps: int, meta_batch_size: int = 1
         if augment is not None:
             episode = augment(episode, generator)
         shard, weight = dist_utils.shard_episode(episode, world)
-        loss, accuracy = _loss_and_accuracy(learner, state, shard)
+        optimiser.zero_grad(set_to_none=True)
+        if hasattr(learner, "meta_backward"):
+            # Lets a learner free each task's graph as soon as it is backpropagated.
+            loss, accuracy = learner.meta_backward(state, shard, weight)
+        else:
+            loss, accuracy = _loss_and_accuracy(learner, state, shard)
+            (loss * weight).backward()
         if not torch.isfinite(loss):
             raise NonFiniteError(f"step {step}: the meta-loss is {loss.item()}; training stopped")
-        optimiser.zero_grad(set_to_none=True)
-        (loss * weight).backward()
         if world.size > 1:
             dist_utils.all_reduce_gradients(parameters)
             loss = dist_utils.all_reduce_mean(loss.detach() * weight) * world.size

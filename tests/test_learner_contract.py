@@ -229,32 +229,7 @@ def test_every_meta_parameter_gets_a_gradient(name, kind):
 _LEARN_BUDGET = {"BlackBox": (600, 1e-3), "IMAML": (200, 3e-3)}
 _DEFAULT_BUDGET = (200, 3e-3)
 
-# Known failures of learners written elsewhere, kept visible: strict, so a fix turns them red
-# until the mark is removed.
-_KNOWN = {
-    ("empty", "ProtoNet"): "ProtoNet.adapt does not check for an empty support set (RuntimeError)",
-    ("empty", "MatchingNet"): "MatchingNet.adapt does not check for an empty support set (RuntimeError)",
-    ("length", "ProtoNet"): "ProtoNet.adapt does not check support_y's length (RuntimeError)",
-    ("length", "MatchingNet"): "MatchingNet.adapt does not check support_y's length (RuntimeError)",
-}
-
-
-def _known(check, name):
-    if (check, name) in _KNOWN:
-        return pytest.mark.xfail(strict=True, reason=_KNOWN[(check, name)])
-    return ()
-
-
-def _params(check, cases):
-    out = []
-    for case in cases:
-        name = case.values[0]
-        mark = _known(check, name)
-        out.append(pytest.param(*case.values, id=case.id, marks=mark))
-    return out
-
-
-@pytest.mark.parametrize("name", _params("learn", NAMES))
+@pytest.mark.parametrize("name", NAMES)
 def test_learns_a_tiny_family(name):
     """Meta-training must lower the held-out query loss and beat chance clearly.
 
@@ -274,7 +249,7 @@ def test_learns_a_tiny_family(name):
     assert after_acc > 1 / WAYS + 0.25, after_acc
 
 
-@pytest.mark.parametrize("name,kind", _params("empty", CASES))
+@pytest.mark.parametrize("name,kind", CASES)
 def test_empty_support_set_is_rejected(name, kind):
     learner = _construct(_learner_class(name), kind)
     state = _state(learner)
@@ -283,7 +258,7 @@ def test_empty_support_set_is_rejected(name, kind):
         learner.adapt(state, ep.support_x[0][:0], ep.support_y[0][:0])
 
 
-@pytest.mark.parametrize("name", _params("length", NAMES))
+@pytest.mark.parametrize("name", NAMES)
 def test_support_labels_of_wrong_length_are_rejected(name):
     learner = _construct(_learner_class(name), "classification")
     state = _state(learner)

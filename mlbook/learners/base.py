@@ -20,7 +20,7 @@ from ..bilevel import choose_strategy, map_tasks
 from ..tasks import Episode
 from ..utils import check_choice
 
-__all__ = ["Learner", "LOSSES", "task_loss", "task_accuracy"]
+__all__ = ["Learner", "LOSSES", "task_loss", "task_accuracy", "check_labelled_support"]
 
 LOSSES = ("mse", "cross_entropy")
 
@@ -30,6 +30,15 @@ def task_loss(kind: str, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if kind == "mse":
         return F.mse_loss(output, y)
     return F.cross_entropy(output, y)
+
+
+def check_labelled_support(support_x: torch.Tensor, support_y: torch.Tensor) -> None:
+    """Raise a clear error for an empty support set or one label too many or too few (Chapter 5)."""
+    if support_x.shape[0] == 0:
+        raise ValueError("the support set has no examples: a learner needs at least one")
+    if support_y.dim() != 1 or support_y.shape[0] != support_x.shape[0]:
+        raise ValueError(f"support_y must hold one label per support example ({support_x.shape[0]}); "
+                         f"got shape {tuple(support_y.shape)}")
 
 
 def task_accuracy(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

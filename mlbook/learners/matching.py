@@ -18,7 +18,7 @@ from torch.func import functional_call
 from ..models import Conv4, init_params
 from ..tasks import Episode
 from ..utils import check_positive, check_positive_int
-from .base import Learner
+from .base import Learner, check_labelled_support
 
 __all__ = ["MatchingNet", "MatchingModel", "attention_predict"]
 
@@ -130,6 +130,7 @@ class MatchingNet(Learner):
 
     def adapt(self, state, support_x, support_y):
         """theta_i = the support set itself (embedded later, with the queries, for FCE)."""
+        check_labelled_support(support_x, support_y)
         return {"params": state["params"], "support_x": support_x, "support_y": support_y,
                 "ways": int(support_y.max().item()) + 1}
 

@@ -17,7 +17,7 @@ from torch.func import functional_call
 from ..models import Conv4, init_params
 from ..tasks import Episode
 from ..utils import check_choice, check_positive
-from .base import Learner
+from .base import Learner, check_labelled_support
 
 __all__ = ["ProtoNet", "prototypes", "squared_distances", "DISTANCES"]
 
@@ -81,6 +81,7 @@ class ProtoNet(Learner):
 
     def adapt(self, state, support_x, support_y):
         """theta_i = the N class prototypes of one task's support set."""
+        check_labelled_support(support_x, support_y)
         ways = int(support_y.max().item()) + 1
         return {"params": state["params"], "prototypes": prototypes(self.embed(state, support_x), support_y, ways)}
 
