@@ -46,7 +46,8 @@ def _stand_in_ipython() -> None:
         setattr(display_module, name, lambda data=None, **kwargs: data)
     package = types.ModuleType("IPython")
     package.display = display_module
-    package.get_ipython = lambda: None
+    package.get_ipython = lambda: None  # matplotlib asks: no shell, so no inline backend
+    package.version_info = (8, 0, 0)
     sys.modules.update({"IPython": package, "IPython.display": display_module})
 
 
