@@ -16,14 +16,6 @@ from mlbook.train import meta_train
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny batched solves: extra threads only spin against the other test workers on a busy CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _problem(seed, d=3, k=5, batch=()):
     g = torch.Generator().manual_seed(seed)

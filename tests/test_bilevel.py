@@ -17,14 +17,6 @@ from mlbook.tasks import Episode, SinusoidFamily
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared, loaded CPU two OpenMP threads wait on each other for every tiny kernel.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _loss_fn():
     return task_loss_fn(MLP(hidden=(4,)), F.mse_loss)

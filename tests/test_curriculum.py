@@ -8,13 +8,6 @@ from mlbook.models import MLP
 from mlbook.train import meta_train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_schedules_share_difficulties_and_differ_in_order():
     easy = difficulty_schedule(40, "easy_to_hard", start=0.1, ramp=0.5)

@@ -15,14 +15,6 @@ from mlbook.tasks import Episode, ImageClassFamily, SinusoidFamily
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared, loaded CPU two OpenMP threads wait on each other for every tiny kernel.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _sinusoid_episode(batch=3, shots=5, queries=6, seed=0):
     ep = SinusoidFamily(shots=shots, queries=queries).sample(batch, torch.Generator().manual_seed(seed))
