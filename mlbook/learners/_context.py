@@ -7,6 +7,7 @@ of taking gradient steps, so they check it at the boundary themselves.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..utils import check_positive_int
 
@@ -55,3 +56,11 @@ def check_support(support_x: torch.Tensor, support_y: torch.Tensor, feature_shap
         if support_y.min() < 0 or support_y.max() >= ways:
             raise ValueError(f"support_y must hold labels in 0..{ways - 1} (ways={ways}); "
                              f"got values from {support_y.min().item()} to {support_y.max().item()}")
+
+
+def batched_query_metrics(output: torch.Tensor, query_y: torch.Tensor, ways: int | None) -> dict:
+    """Per-task query 'loss' (MSE, or cross-entropy with 'accuracy') from batched outputs ``[B, M, ...]``."""
+    if ways is None:
+        return {"loss": ((output - query_y) ** 2).flatten(1).mean(1)}
+    cross_entropy = F.cross_entropy(output.transpose(1, 2), query_y, reduction="none").mean(1)
+    return {"loss": cross_entropy, "accuracy": (output.argmax(-1) == query_y).float().mean(1)}

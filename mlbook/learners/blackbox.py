@@ -22,7 +22,7 @@ from torch.func import functional_call
 from ..models import MLP, Conv4, init_params
 from ..tasks import Episode
 from ..utils import check_positive_int
-from ._context import check_inputs, check_support, check_ways_and_image_size
+from ._context import batched_query_metrics, check_inputs, check_support, check_ways_and_image_size
 from .base import Learner
 from .cnp import _feature_size
 
@@ -166,12 +166,7 @@ class BlackBox(Learner):
     def evaluate_batch(self, state, episode: Episode) -> dict[str, torch.Tensor]:
         """Per-task query 'loss' (MSE or cross-entropy) and 'accuracy' for classification."""
         with torch.no_grad():
-            out = self._query_outputs(state, episode)
-            y = episode.query_y
-            if self.ways is None:
-                return {"loss": ((out - y) ** 2).flatten(1).mean(1)}
-            ce = F.cross_entropy(out.transpose(1, 2), y, reduction="none").mean(1)
-            return {"loss": ce, "accuracy": (out.argmax(-1) == y).float().mean(1)}
+            return batched_query_metrics(self._query_outputs(state, episode), episode.query_y, self.ways)
 
     def __repr__(self) -> str:
         kind = "regression" if self.ways is None else f"{self.ways}-way classification"

@@ -24,7 +24,7 @@ from torch.func import functional_call
 from ..models import MLP, Conv4, init_params
 from ..tasks import Episode
 from ..utils import check_positive, check_positive_int
-from ._context import check_inputs, check_support, check_ways_and_image_size
+from ._context import batched_query_metrics, check_inputs, check_support, check_ways_and_image_size
 from .base import Learner
 
 __all__ = ["CNP", "gaussian_nll"]
@@ -195,9 +195,8 @@ class CNP(Learner):
             if self.ways is None:
                 mean, variance = out
                 nll = 0.5 * (torch.log(2 * math.pi * variance) + (y - mean) ** 2 / variance)
-                return {"loss": ((mean - y) ** 2).flatten(1).mean(1), "nll": nll.flatten(1).mean(1)}
-            ce = F.cross_entropy(out.transpose(1, 2), y, reduction="none").mean(1)
-            return {"loss": ce, "accuracy": (out.argmax(-1) == y).float().mean(1)}
+                return {**batched_query_metrics(mean, y, None), "nll": nll.flatten(1).mean(1)}
+            return batched_query_metrics(out, y, self.ways)
 
     def __repr__(self) -> str:
         kind = "regression" if self.ways is None else f"{self.ways}-way classification"
