@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..tasks import Episode
 from ..utils import check_positive_int
 
 __all__ = ["check_support", "check_inputs", "check_ways_and_image_size"]
@@ -59,8 +60,19 @@ def check_support(support_x: torch.Tensor, support_y: torch.Tensor, feature_shap
 
 
 def batched_query_metrics(output: torch.Tensor, query_y: torch.Tensor, ways: int | None) -> dict:
-    """Per-task query 'loss' (MSE, or cross-entropy with 'accuracy') from batched outputs ``[B, M, ...]``."""
+    """Per-task query 'loss' (MSE for ``ways=None``, else cross-entropy with 'accuracy') from ``[B, M, ...]``."""
     if ways is None:
         return {"loss": ((output - query_y) ** 2).flatten(1).mean(1)}
     cross_entropy = F.cross_entropy(output.transpose(1, 2), query_y, reduction="none").mean(1)
     return {"loss": cross_entropy, "accuracy": (output.argmax(-1) == query_y).float().mean(1)}
+
+
+def check_episode(episode, feature_shape: tuple) -> None:
+    """Raise a clear error unless ``episode`` is an Episode whose inputs end in ``feature_shape``."""
+    if not isinstance(episode, Episode):
+        raise ValueError(f"episode must be an mlbook.tasks.Episode, got {type(episode).__name__}")
+    for name in ("support_x", "query_x"):
+        x = getattr(episode, name)
+        if tuple(x.shape[2:]) != tuple(feature_shape):
+            raise ValueError(f"episode.{name} must have shape [B, M, "
+                             f"{', '.join(map(str, feature_shape))}]; got {tuple(x.shape)}")

@@ -22,7 +22,7 @@ from torch.func import functional_call
 from ..models import MLP, Conv4, init_params
 from ..tasks import Episode
 from ..utils import check_positive_int
-from ._context import batched_query_metrics, check_inputs, check_support, check_ways_and_image_size
+from ._context import batched_query_metrics, check_episode, check_inputs, check_support, check_ways_and_image_size
 from .base import Learner
 from .cnp import _feature_size
 
@@ -147,13 +147,7 @@ class BlackBox(Learner):
         return functional_call(self.net, params, (support_x, labels, query_x))
 
     def _query_outputs(self, state, episode: Episode) -> torch.Tensor:
-        if not isinstance(episode, Episode):
-            raise ValueError(f"episode must be an mlbook.tasks.Episode, got {type(episode).__name__}")
-        for name in ("support_x", "query_x"):
-            x = getattr(episode, name)
-            if tuple(x.shape[2:]) != self.feature_shape:
-                raise ValueError(f"episode.{name} must have shape [B, M, "
-                                 f"{', '.join(map(str, self.feature_shape))}]; got {tuple(x.shape)}")
+        check_episode(episode, self.feature_shape)
         return self.forward(state["params"], episode.support_x, episode.support_y, episode.query_x)
 
     def meta_loss(self, state, episode: Episode) -> torch.Tensor:

@@ -24,7 +24,7 @@ from torch.func import functional_call
 from ..models import MLP, Conv4, init_params
 from ..tasks import Episode
 from ..utils import check_positive, check_positive_int
-from ._context import batched_query_metrics, check_inputs, check_support, check_ways_and_image_size
+from ._context import batched_query_metrics, check_episode, check_inputs, check_support, check_ways_and_image_size
 from .base import Learner
 
 __all__ = ["CNP", "gaussian_nll"]
@@ -170,13 +170,7 @@ class CNP(Learner):
         return functional_call(decoder, p, (pairs,))[..., 0]
 
     def _query_outputs(self, state, episode: Episode):
-        if not isinstance(episode, Episode):
-            raise ValueError(f"episode must be an mlbook.tasks.Episode, got {type(episode).__name__}")
-        for name in ("support_x", "query_x"):
-            x = getattr(episode, name)
-            if tuple(x.shape[2:]) != self.feature_shape:
-                raise ValueError(f"episode.{name} must have shape [B, M, "
-                                 f"{', '.join(map(str, self.feature_shape))}]; got {tuple(x.shape)}")
+        check_episode(episode, self.feature_shape)
         r = self.represent(state["params"], episode.support_x, episode.support_y)
         return self.decode(state["params"], r, episode.query_x)
 

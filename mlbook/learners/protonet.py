@@ -17,6 +17,7 @@ from torch.func import functional_call
 from ..models import Conv4, init_params
 from ..tasks import Episode
 from ..utils import check_choice, check_positive
+from ._context import batched_query_metrics
 from .base import Learner, check_labelled_support
 
 __all__ = ["ProtoNet", "prototypes", "squared_distances", "DISTANCES"]
@@ -113,10 +114,7 @@ class ProtoNet(Learner):
         """Per-task query loss and accuracy, without gradients."""
         with torch.no_grad():
             logits = self.episode_logits(state, episode)
-            loss = F.cross_entropy(logits.flatten(0, 1), episode.query_y.flatten(),
-                                   reduction="none").view(episode.query_y.shape).mean(1)
-            accuracy = (logits.argmax(-1) == episode.query_y).float().mean(1)
-        return {"loss": loss, "accuracy": accuracy}
+            return batched_query_metrics(logits, episode.query_y, ways=logits.shape[-1])
 
     def __repr__(self) -> str:
         return f"ProtoNet(distance={self.distance!r}, scale={self.scale})"
