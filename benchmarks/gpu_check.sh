@@ -20,7 +20,7 @@ echo "== 1. chapters (fast mode)"
 MLBOOK_FAST=1 timeout 150 "$PYTHON" benchmarks/run_chapters.py 2>&1 | tee "$DEST/chapters.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 echo "== 2. speed benchmark"
-timeout 150 "$PYTHON" benchmarks/maml_speed.py --device cuda --rounds 3 --batches 3 --strategies \
+timeout 240 "$PYTHON" benchmarks/maml_speed.py --device cuda --rounds 3 --batches 3 --strategies \
   --json "$DEST/maml_speed_cuda.json" 2>&1 | grep -v -i gym | tee "$DEST/maml_speed_cuda.txt" || status=1
 echo "== 3. memory study"
 timeout 45 "$PYTHON" benchmarks/memory_study.py --device cuda --steps 1,2,4,8 --meta-batch 8 --repeats 1 \
