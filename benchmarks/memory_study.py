@@ -1,9 +1,10 @@
 """Memory and time of one meta-step against the number of inner steps (Chapter 3).
 
 For MAML (second order), first-order MAML, Reptile and iMAML on Conv4 5-way 1-shot episodes
-(15 queries per class), each configuration runs in a fresh subprocess that takes a few
-meta-steps; the script records the growth of the process's peak resident memory during those
-steps (on CUDA: ``torch.cuda.max_memory_allocated``) and the median time per meta-step.
+(15 queries per class), each configuration takes a few meta-steps; the script records the
+growth of peak memory during those steps and the median time per meta-step. On CPU each
+configuration runs in a fresh subprocess and the peak is that of its resident memory; on CUDA
+all run in one process and the peak is ``torch.cuda.max_memory_allocated``.
 Second-order MAML keeps every inner step's graph, so its memory grows with the steps;
 first-order MAML and Reptile keep less; iMAML's memory stays flat because it never
 differentiates through the inner loop.
@@ -111,11 +112,17 @@ def main(argv=None):
         for k in steps:
             spec = dict(algorithm=algorithm, steps=k, meta_batch=args.meta_batch, channels=args.channels,
                         repeats=args.repeats, threads=args.threads, device=args.device)
-            out = subprocess.run([sys.executable, __file__, "--probe", json.dumps(spec)], capture_output=True,
-                                 text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-            if out.returncode != 0:
-                raise RuntimeError(f"probe {spec} failed:\n{out.stderr[-2000:]}")
-            result = json.loads(out.stdout.strip().splitlines()[-1])
+            if args.device == "cuda":
+                # CUDA counts allocated bytes per process and resets its peak on request: one
+                # process serves every configuration and starts CUDA once.
+                result = probe(spec)
+                torch.cuda.empty_cache()
+            else:
+                out = subprocess.run([sys.executable, __file__, "--probe", json.dumps(spec)], capture_output=True,
+                                     text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                if out.returncode != 0:
+                    raise RuntimeError(f"probe {spec} failed:\n{out.stderr[-2000:]}")
+                result = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append({**spec, **result})
             print(f"{algorithm:<9}{k:>6}{result['peak_mb']:>10.1f}{result['seconds']:>9.3f}", flush=True)
     meta = dict(torch=torch.__version__, load_average=os.getloadavg()[0], cpus=os.cpu_count())

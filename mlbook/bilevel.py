@@ -19,6 +19,10 @@ calls ``loss.backward()``, serves them too.
 """
 from __future__ import annotations
 
+import copy
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Mapping
 
 import torch
@@ -31,9 +35,9 @@ LossFn = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
 
 __all__ = ["sgd_step", "inner_loop", "task_loss_fn", "map_tasks", "check_params", "check_lrs",
            "hvp", "conjugate_gradient", "proximal_inner_loop", "implicit_meta_grad",
-           "with_gradient", "tree_dot", "choose_strategy", "STRATEGIES"]
+           "with_gradient", "tree_dot", "choose_strategy", "STRATEGIES", "call", "run_tasks"]
 
-STRATEGIES = ("auto", "vmap", "loop")
+STRATEGIES = ("auto", "vmap", "loop", "threads")
 
 
 def check_params(module: torch.nn.Module, params: Mapping[str, torch.Tensor]) -> None:
@@ -66,7 +70,7 @@ def task_loss_fn(module: torch.nn.Module, loss: Callable) -> LossFn:
     """``(params, x, y) -> loss(functional_call(module, params, x), y)`` for one task (Chapter 3)."""
 
     def inner_loss(params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return loss(functional_call(module, params, (x,)), y)
+        return loss(call(module, params, x), y)
 
     return inner_loss
 
@@ -229,10 +233,81 @@ def choose_strategy(x: torch.Tensor) -> str:
 
 def _auto_strategy(x: torch.Tensor) -> str:
     # Measured (Chapter 3): on CPU, a batched convolution under vmap is slower and far larger in
-    # memory than a loop over tasks, while small dense models gain ~10x from vmap.
+    # memory than a loop over tasks, while small dense models gain ~10x from vmap. A convolution
+    # on a few dozen images keeps one core busy on its own: with several cores, whole tasks run
+    # side by side instead of splitting every small kernel between threads.
     if x.device.type == "cpu" and x.dim() >= 5:
-        return "loop"
+        return "threads" if _worker_count() > 1 and not _in_worker() else "loop"
     return "vmap"
+
+
+# -- tasks side by side on CPU threads -------------------------------------------------------
+_worker = threading.local()
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _in_worker() -> bool:
+    return getattr(_worker, "replicas", None) is not None
+
+
+def _worker_count() -> int:
+    return torch.get_num_threads()
+
+
+def _start_worker() -> None:
+    # One kernel thread per worker: the parallelism is across tasks, not inside each kernel.
+    torch.set_num_threads(1)
+    _worker.replicas = weakref.WeakKeyDictionary()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    with _pools_lock:
+        if workers not in _pools:
+            _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="mlbook-task",
+                                                 initializer=_start_worker)
+        return _pools[workers]
+
+
+def call(module: torch.nn.Module, params: Mapping[str, torch.Tensor], *args, **kwargs):
+    """``functional_call(module, params, args)`` that is safe in the task threads (Chapter 3).
+
+    ``functional_call`` swaps the parameters into ``module`` for the duration of the call, so two
+    threads must never share a module: in a task thread this uses that thread's own copy of it.
+    """
+    replicas = getattr(_worker, "replicas", None)
+    if replicas is not None:
+        replica = replicas.get(module)
+        if replica is None:
+            replica = replicas[module] = copy.deepcopy(module)
+        # Whatever ``params`` leaves out comes from the module itself, as it is now.
+        params = {**dict(module.named_parameters()), **dict(module.named_buffers()), **params}
+        module = replica
+    return functional_call(module, params, args, kwargs)
+
+
+def run_tasks(fn: Callable[[int], object], tasks: int, strategy: str) -> list:
+    """``[fn(0), ..., fn(tasks - 1)]``, one task after another ('loop') or side by side ('threads').
+
+    With 'threads' each of ``torch.get_num_threads()`` worker threads runs whole tasks with one
+    kernel thread; results come back in task order, so sums over them do not depend on timing
+    (Chapter 3). Per-task code must draw no random numbers, and must call models through
+    :func:`call`.
+    """
+    check_choice("strategy", strategy, ("loop", "threads"))
+    workers = min(_worker_count(), tasks)
+    # Under an outer torch.func transform the work must stay on this thread, where the
+    # transform can see it.
+    inside_transform = torch._C._functorch.peek_interpreter_stack() is not None
+    if strategy == "loop" or workers < 2 or _in_worker() or inside_transform:
+        return [fn(i) for i in range(tasks)]
+    grad_enabled = torch.is_grad_enabled()  # grad mode is per thread: take the caller's along
+
+    def in_worker(i):
+        with torch.set_grad_enabled(grad_enabled):
+            return fn(i)
+
+    return list(_pool(workers).map(in_worker, range(tasks)))
 
 
 def map_tasks(fn: Callable, *batched: torch.Tensor, strategy: str = "auto",
@@ -240,16 +315,17 @@ def map_tasks(fn: Callable, *batched: torch.Tensor, strategy: str = "auto",
     """Apply a per-task function to every task of a meta-batch and stack the results (Chapter 3).
 
     ``strategy``: 'vmap' (one batched call; best on GPUs and for small models), 'loop' (a
-    Python loop over tasks; best for convolutions on CPU) or 'auto' (chosen by device and
-    input rank). ``chunk_size`` bounds how many tasks are processed at once under vmap.
+    Python loop over tasks), 'threads' (that loop spread over one worker thread per core; best
+    for convolutions on a multi-core CPU) or 'auto' (chosen by device, input rank and cores).
+    ``chunk_size`` bounds how many tasks are processed at once under vmap.
     """
     check_choice("strategy", strategy, STRATEGIES)
     if chunk_size is not None:
         check_positive_int("chunk_size", chunk_size)
     if strategy == "auto":
         strategy = _auto_strategy(batched[0])
-    if strategy == "loop":
-        outputs = [fn(*(t[i] for t in batched)) for i in range(batched[0].shape[0])]
+    if strategy in ("loop", "threads"):
+        outputs = run_tasks(lambda i: fn(*(t[i] for t in batched)), batched[0].shape[0], strategy)
         return torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *outputs)
     vmapped = torch.func.vmap(fn, randomness="different")
     if chunk_size is None or chunk_size >= batched[0].shape[0]:

@@ -1,5 +1,7 @@
 """The bi-level building blocks of Chapter 3: errors at the boundary, CG, HVPs, surrogates, training."""
 import math
+import threading
+import time
 
 import pytest
 import torch
@@ -7,9 +9,9 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import mlbook
-from mlbook import learners
-from mlbook.bilevel import (choose_strategy, conjugate_gradient, hvp, inner_loop, map_tasks,
-                            proximal_inner_loop, task_loss_fn, with_gradient)
+from mlbook import bilevel, learners
+from mlbook.bilevel import (call, choose_strategy, conjugate_gradient, hvp, inner_loop, map_tasks,
+                            proximal_inner_loop, run_tasks, task_loss_fn, with_gradient)
 from mlbook.learners import ANIL, FOMAML, IMAML, MAML, Reptile
 from mlbook.models import MLP, Conv4, init_params
 from mlbook.tasks import Episode, SinusoidFamily
@@ -94,14 +96,68 @@ def test_params_that_do_not_fit_the_model_are_rejected():
 def test_map_tasks_rejects_bad_strategy_and_chunk_size():
     x = torch.zeros(3, 2)
     with pytest.raises(ValueError, match="strategy"):
-        map_tasks(lambda t: t.sum(), x, strategy="threads")
+        map_tasks(lambda t: t.sum(), x, strategy="parallel")
     with pytest.raises(ValueError, match="chunk_size"):
         map_tasks(lambda t: t.sum(), x, strategy="vmap", chunk_size=0)
 
 
-def test_auto_strategy_is_vmap_for_small_models_and_loop_for_convolutions_on_cpu():
+def test_auto_strategy_is_vmap_for_small_models_and_tasks_side_by_side_for_convolutions_on_cpu(monkeypatch):
     assert choose_strategy(torch.zeros(4, 10, 1)) == "vmap"
+    monkeypatch.setattr(bilevel, "_worker_count", lambda: 1)
     assert choose_strategy(torch.zeros(4, 5, 1, 28, 28)) == "loop"
+    monkeypatch.setattr(bilevel, "_worker_count", lambda: 2)
+    assert choose_strategy(torch.zeros(4, 5, 1, 28, 28)) == "threads"
+
+
+@pytest.fixture
+def two_workers(monkeypatch):
+    """Two task threads even where torch runs on one thread (as in this suite)."""
+    monkeypatch.setattr(bilevel, "_worker_count", lambda: 2)
+
+
+def test_run_tasks_uses_worker_threads_and_keeps_task_order(two_workers):
+    def one_task(i):
+        time.sleep(0.02 * (i % 2 == 0))  # even tasks finish last
+        return i, threading.current_thread().name, torch.get_num_threads()
+
+    results = run_tasks(one_task, 6, "threads")
+    assert [i for i, _, _ in results] == list(range(6))
+    assert {name for _, name, _ in results} <= {t.name for t in threading.enumerate()}
+    assert all(name.startswith("mlbook-task") for _, name, _ in results)
+    assert len({name for _, name, _ in results}) == 2
+    assert all(threads == 1 for _, _, threads in results), "a worker's kernels run on one thread"
+    assert [i for i, _, _ in run_tasks(one_task, 3, "loop")] == [0, 1, 2]
+    with pytest.raises(ValueError, match="strategy"):
+        run_tasks(one_task, 3, "vmap")
+
+
+def test_task_threads_follow_the_callers_grad_mode_and_transforms(two_workers):
+    x = torch.ones(4, 3, requires_grad=True)
+    with torch.no_grad():
+        assert not any(run_tasks(lambda i: (x[i] * 2).requires_grad, 4, "threads"))
+    assert all(run_tasks(lambda i: (x[i] * 2).requires_grad, 4, "threads"))
+    # Under torch.func.grad the tasks stay on the caller's thread, so the transform sees them.
+    g = torch.func.grad(lambda v: map_tasks(lambda row: (row ** 2).sum(), v, strategy="threads").sum())(
+        torch.arange(6.0).reshape(3, 2))
+    torch.testing.assert_close(g, 2 * torch.arange(6.0).reshape(3, 2))
+
+
+def test_call_gives_each_thread_its_own_module(two_workers):
+    model = Conv4(3, channels=4, image_size=16)
+    x = torch.rand(8, 2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    params = [init_params(model, seed) for seed in range(8)]
+    want = [call(model, params[i], x[i]) for i in range(8)]
+    got = run_tasks(lambda i: call(model, params[i], x[i]), 8, "threads")
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-6)
+
+
+def test_errors_in_a_task_thread_reach_the_caller(two_workers):
+    learner = MAML(MLP(hidden=(8,)), inner_lr=0.1, loss="mse", strategy="threads")
+    state = learner.init(0)
+    x = torch.zeros(2, 0, 1)
+    with pytest.raises(ValueError, match="support set"):
+        map_tasks(lambda sx: sum(v.sum() for v in learner.adapt(state, sx, sx).values()), x, strategy="threads")
 
 
 def test_conjugate_gradient_solves_a_positive_definite_system():

@@ -108,10 +108,11 @@ def test_episode_validation():
         mlbook.Episode(torch.zeros(2, 0, 1), torch.zeros(2, 0, 1), x, x)
 
 
-def test_meta_backward_matches_meta_loss_gradient_for_every_strategy():
+def test_meta_backward_matches_meta_loss_gradient_for_every_strategy(monkeypatch):
+    monkeypatch.setattr(mlbook.bilevel, "_worker_count", lambda: 2)  # 'threads' really uses two
     images = (torch.rand(12, 5, 28, 28, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     episode = mlbook.ImageClassFamily(images, ways=3, shots=1, queries=2).sample(3, torch.Generator().manual_seed(1))
-    for strategy in ("loop", "vmap"):
+    for strategy in ("loop", "vmap", "threads"):
         learner = MAML(Conv4(3, channels=8), inner_lr=0.4, steps=1, strategy=strategy)
         reference_state, state = learner.init(0), learner.init(0)
         loss = learner.meta_loss(reference_state, episode)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+import mlbook.bilevel
 from mlbook.learners import ANIL, FOMAML, IMAML, MAML, Reptile
 from mlbook.models import MLP, Conv4, init_params
 from mlbook.tasks import Episode, ImageClassFamily, SinusoidFamily
@@ -216,13 +217,14 @@ def test_imaml_vmap_matches_loop():
 
 
 @pytest.mark.parametrize("norm", ["group", "batch", "none"])
-def test_conv4_vmap_matches_loop_and_unrolled_reference_for_each_norm(norm):
+def test_conv4_vmap_loop_and_threads_match_unrolled_reference_for_each_norm(norm, monkeypatch):
+    monkeypatch.setattr(mlbook.bilevel, "_worker_count", lambda: 2)
     model = Conv4(3, channels=8, norm=norm, image_size=16)
     images = torch.rand(6, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     ep = ImageClassFamily(images, ways=3, shots=1, queries=2).sample(2, torch.Generator().manual_seed(1))
     ep = Episode(ep.support_x.to(DT), ep.support_y, ep.query_x.to(DT), ep.query_y)
     grads = {}
-    for strategy in ("vmap", "loop"):
+    for strategy in ("vmap", "loop", "threads"):
         learner = MAML(model, inner_lr=0.3, steps=2, strategy=strategy)
         state = learner.init(0, dtype=DT)
         grads[strategy] = _library_grad(learner, state, ep)
@@ -233,6 +235,7 @@ def test_conv4_vmap_matches_loop_and_unrolled_reference_for_each_norm(norm):
     want = _reference_maml_grad(model, state["params"], ep, (0.3, 0.3), loss=ce)
     assert _rel(grads["vmap"], want) < 1e-9
     assert _rel(grads["loop"], want) < 1e-9
+    assert _rel(grads["threads"], want) < 1e-9
 
 
 def test_chunked_vmap_matches_full_vmap():

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..bilevel import choose_strategy, map_tasks
+from ..bilevel import choose_strategy, map_tasks, run_tasks
 from ..tasks import Episode
 from ..utils import check_choice
 
@@ -87,14 +87,15 @@ class Learner:
     def meta_backward(self, state, episode: Episode, scale: float = 1.0):
         """Backpropagate ``scale`` x the meta-loss into ``state``; return (loss, accuracy or None).
 
-        The trainer's step (Chapter 5). When tasks run one by one (the 'loop' strategy, chosen
-        for convolutions on CPU) and the learner's meta-loss is the plain mean of per-task query
-        losses, each task is backpropagated as soon as it is computed, so only one task's graph
-        is alive at a time: memory is that of one task, not of the whole meta-batch. The
-        gradient is the same sum either way.
+        The trainer's step (Chapter 5). When tasks run one by one (the 'loop' and 'threads'
+        strategies, chosen for convolutions on CPU) and the learner's meta-loss is the plain
+        mean of per-task query losses, each task is backpropagated as soon as it is computed, so
+        only one task's graph per thread is alive at a time: memory is that of a task, not of
+        the whole meta-batch. With 'threads' the per-task gradients are added up in task order,
+        so the result does not depend on which thread finished first.
         """
         strategy = self.strategy if self.strategy != "auto" else choose_strategy(episode.support_x)
-        per_task = (strategy == "loop" and type(self).meta_loss is Learner.meta_loss
+        per_task = (strategy in ("loop", "threads") and type(self).meta_loss is Learner.meta_loss
                     and not hasattr(self, "meta_loss_and_accuracy"))
         if not per_task:
             if hasattr(self, "meta_loss_and_accuracy"):
@@ -104,12 +105,29 @@ class Learner:
             (loss * scale).backward()
             return loss.detach(), accuracy
         tasks = episode.batch_size
-        total = torch.zeros((), device=episode.query_x.device)
-        for i in range(tasks):
+        if strategy == "loop":
+            total = torch.zeros((), device=episode.query_x.device)
+            for i in range(tasks):
+                loss = self.query_loss(state, episode.support_x[i], episode.support_y[i],
+                                       episode.query_x[i], episode.query_y[i]) / tasks
+                (loss * scale).backward()
+                total = total + loss.detach()
+            return total, None
+        params = self.parameters(state)
+
+        def one_task(i):
             loss = self.query_loss(state, episode.support_x[i], episode.support_y[i],
                                    episode.query_x[i], episode.query_y[i]) / tasks
-            (loss * scale).backward()
-            total = total + loss.detach()
+            return loss.detach(), torch.autograd.grad(loss * scale, params, allow_unused=True)
+
+        results = run_tasks(one_task, tasks, "threads")
+        total = torch.zeros((), device=episode.query_x.device)
+        for loss, _ in results:
+            total = total + loss
+        for j, p in enumerate(params):
+            for _, grads in results:
+                if grads[j] is not None:
+                    p.grad = grads[j].clone() if p.grad is None else p.grad + grads[j]
         return total, None
 
     def evaluate_batch(self, state, episode: Episode) -> dict[str, torch.Tensor]:

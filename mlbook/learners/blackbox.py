@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
+from ..bilevel import call
 from ..models import MLP, Conv4, init_params
 from ..tasks import Episode
 from ..utils import check_positive_int
@@ -144,7 +144,7 @@ class BlackBox(Learner):
     def forward(self, params, support_x, support_y, query_x) -> torch.Tensor:
         """Query outputs for a batch of tasks: ``[B, M, ...]`` inputs -> ``[B, Q, out]``."""
         labels = support_y if self.ways is None else F.one_hot(support_y, self.ways).to(params["embed.weight"].dtype)
-        return functional_call(self.net, params, (support_x, labels, query_x))
+        return call(self.net, params, support_x, labels, query_x)
 
     def _query_outputs(self, state, episode: Episode) -> torch.Tensor:
         check_episode(episode, self.feature_shape)

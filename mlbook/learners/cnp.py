@@ -19,8 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
+from ..bilevel import call
 from ..models import MLP, Conv4, init_params
 from ..tasks import Episode
 from ..utils import check_positive, check_positive_int
@@ -139,18 +139,17 @@ class CNP(Learner):
     def embed(self, params, x: torch.Tensor) -> torch.Tensor:
         """Per-example features ``[B, M, F]`` of inputs ``[B, M, ...]`` (classification)."""
         if self.image_size is None:
-            return functional_call(self.net["features"], _sub(params, "features."), (x,))
+            return call(self.net["features"], _sub(params, "features."), x)
         b, m = x.shape[:2]
-        z = functional_call(self.net["features"], _sub(params, "features."), (x.reshape(b * m, *x.shape[2:]),))
+        z = call(self.net["features"], _sub(params, "features."), x.reshape(b * m, *x.shape[2:]))
         return z.reshape(b, m, -1)
 
     def represent(self, params, support_x, support_y) -> torch.Tensor:
         """The aggregation step: r ``[B, R]`` (regression) or per-class r_c ``[B, N, R]``."""
         if self.ways is None:
-            r_i = functional_call(self.net["encoder"], _sub(params, "encoder."),
-                                  (torch.cat([support_x, support_y], -1),))
+            r_i = call(self.net["encoder"], _sub(params, "encoder."), torch.cat([support_x, support_y], -1))
             return r_i.mean(1)
-        r_i = functional_call(self.net["encoder"], _sub(params, "encoder."), (self.embed(params, support_x),))
+        r_i = call(self.net["encoder"], _sub(params, "encoder."), self.embed(params, support_x))
         onehot = F.one_hot(support_y, self.ways).to(r_i.dtype)                # [B, M, N]
         counts = onehot.sum(1).clamp(min=1)                                     # [B, N]
         return torch.einsum("bmn,bmr->bnr", onehot, r_i) / counts[..., None]
@@ -160,14 +159,14 @@ class CNP(Learner):
         decoder, p = self.net["decoder"], _sub(params, "decoder.")
         if self.ways is None:
             r = r[:, None].expand(-1, x.shape[1], -1)
-            out = functional_call(decoder, p, (torch.cat([x, r], -1),))
+            out = call(decoder, p, torch.cat([x, r], -1))
             mean, raw = out.split(self.y_dim, -1)
             std = self.min_std + (1 - self.min_std) * F.softplus(raw)
             return mean, std ** 2
         z = self.embed(params, x)                                               # [B, M, F]
         pairs = torch.cat([z[:, :, None].expand(-1, -1, self.ways, -1),
                            r[:, None].expand(-1, z.shape[1], -1, -1)], -1)        # [B, M, N, F+R]
-        return functional_call(decoder, p, (pairs,))[..., 0]
+        return call(decoder, p, pairs)[..., 0]
 
     def _query_outputs(self, state, episode: Episode):
         check_episode(episode, self.feature_shape)

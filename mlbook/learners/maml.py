@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
-from ..bilevel import check_lrs, check_params, inner_loop, task_loss_fn
+from ..bilevel import call, check_lrs, check_params, inner_loop, task_loss_fn
 from ..models import init_params
 from ..utils import check_positive_int
 from .base import Learner, task_loss
@@ -68,7 +67,7 @@ class MAML(Learner):
 
     def predict(self, task_state, x):
         """f_theta(x) with the adapted parameters."""
-        return functional_call(self.model, task_state, (x,))
+        return call(self.model, task_state, x)
 
     def __repr__(self) -> str:
         order = "first" if self.first_order else "second"

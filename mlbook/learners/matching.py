@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
+from ..bilevel import call
 from ..models import Conv4, init_params
 from ..tasks import Episode
 from ..utils import check_positive, check_positive_int
@@ -117,7 +117,7 @@ class MatchingNet(Learner):
         return {"params": init_params(self.model, seed, dtype=dtype, device=device)}
 
     def _call(self, params, *args, **kwargs):
-        return functional_call(self.model, params, args, kwargs)
+        return call(self.model, params, *args, **kwargs)
 
     def _probabilities(self, params, sx, sy, qx, ways: int) -> torch.Tensor:
         """Batched over tasks: ``sx [B, S, ...]``, ``qx [B, M, ...]`` -> ``[B, M, N]``."""

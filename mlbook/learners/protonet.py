@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
+from ..bilevel import call
 from ..models import Conv4, init_params
 from ..tasks import Episode
 from ..utils import check_choice, check_positive
@@ -72,7 +72,7 @@ class ProtoNet(Learner):
     def embed(self, state, x: torch.Tensor) -> torch.Tensor:
         """f_phi(x) for images with any number of leading axes: ``[..., C, H, W]`` -> ``[..., D]``."""
         lead = x.shape[:-3]
-        z = functional_call(self.model, state["params"], (x.reshape(-1, *x.shape[-3:]),))
+        z = call(self.model, state["params"], x.reshape(-1, *x.shape[-3:]))
         return z.reshape(*lead, z.shape[-1])
 
     def _logits(self, query: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
