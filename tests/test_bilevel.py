@@ -232,6 +232,21 @@ def test_same_seed_gives_the_same_losses():
     assert run() == run()
 
 
+def test_tasks_side_by_side_give_the_same_losses_on_every_run(two_workers):
+    images = (torch.rand(12, 5, 16, 16, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    family = mlbook.ImageClassFamily(images, ways=3, shots=1, queries=2)
+
+    def run(strategy):
+        learner = MAML(Conv4(3, channels=8, image_size=16), inner_lr=0.4, strategy=strategy)
+        result = mlbook.meta_train(learner, family, steps=4, meta_batch_size=6, seed=3)
+        return result.losses, mlbook.evaluate(learner, result.state, family, episodes=6, seed=1).mean
+
+    first, second = run("threads"), run("threads")
+    assert first == second  # task order, not thread timing, fixes every sum
+    losses, accuracy = run("loop")
+    assert losses == pytest.approx(first[0], rel=1e-5) and accuracy == pytest.approx(first[1], abs=1e-6)
+
+
 @pytest.mark.parametrize("cls,kwargs", [
     (MAML, dict(inner_lr=0.01, steps=1)), (FOMAML, dict(inner_lr=0.01, steps=1)),
     (ANIL, dict(inner_lr=0.01, steps=1)), (Reptile, dict(inner_lr=0.01, steps=5)),
