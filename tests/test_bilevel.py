@@ -120,7 +120,13 @@ def test_run_tasks_uses_worker_threads_and_keeps_task_order(two_workers):
         time.sleep(0.02 * (i % 2 == 0))  # even tasks finish last
         return i, threading.current_thread().name, torch.get_num_threads()
 
-    results = run_tasks(one_task, 6, "threads")
+    callers_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = run_tasks(one_task, 6, "threads")
+        assert torch.get_num_threads() == 2, "the workers' setting must not leak to the caller"
+    finally:
+        torch.set_num_threads(callers_threads)
     assert [i for i, _, _ in results] == list(range(6))
     assert {name for _, name, _ in results} <= {t.name for t in threading.enumerate()}
     assert all(name.startswith("mlbook-task") for _, name, _ in results)
