@@ -91,8 +91,8 @@ class Learner:
         strategies, chosen for convolutions on CPU) and the learner's meta-loss is the plain
         mean of per-task query losses, each task is backpropagated as soon as it is computed, so
         only one task's graph per thread is alive at a time: memory is that of a task, not of
-        the whole meta-batch. With 'threads' the per-task gradients are added up in task order,
-        so the result does not depend on which thread finished first.
+        the whole meta-batch. The per-task gradients are added up in task order, so with
+        'threads' the result does not depend on which thread finished first.
         """
         strategy = self.strategy if self.strategy != "auto" else choose_strategy(episode.support_x)
         per_task = (strategy in ("loop", "threads") and type(self).meta_loss is Learner.meta_loss
@@ -105,14 +105,6 @@ class Learner:
             (loss * scale).backward()
             return loss.detach(), accuracy
         tasks = episode.batch_size
-        if strategy == "loop":
-            total = torch.zeros((), device=episode.query_x.device)
-            for i in range(tasks):
-                loss = self.query_loss(state, episode.support_x[i], episode.support_y[i],
-                                       episode.query_x[i], episode.query_y[i]) / tasks
-                (loss * scale).backward()
-                total = total + loss.detach()
-            return total, None
         params = self.parameters(state)
 
         def one_task(i):
@@ -120,7 +112,7 @@ class Learner:
                                    episode.query_x[i], episode.query_y[i]) / tasks
             return loss.detach(), torch.autograd.grad(loss * scale, params, allow_unused=True)
 
-        results = run_tasks(one_task, tasks, "threads")
+        results = run_tasks(one_task, tasks, strategy)
         total = torch.zeros((), device=episode.query_x.device)
         for loss, _ in results:
             total = total + loss
