@@ -136,24 +136,23 @@ class MlbookImpl:
         return [self.state["params"][k].grad for k in self.names]
 
 
-class L2LImpl:
-    def __init__(self, model, phi, workload, steps, first_order):
-        import learn2learn as l2l
+class PeerImpl:
+    """The peers' documented usage: a Python loop over tasks, each adapted and backpropagated."""
 
+    def __init__(self, model, phi, workload, steps, first_order):
         self.model = _module_with(model, phi)
-        self.maml = l2l.algorithms.MAML(self.model, lr=WORKLOADS[workload]["inner_lr"], first_order=first_order)
-        self.opt = torch.optim.Adam(self.maml.parameters(), lr=1e-3)
-        self.steps, self.loss = steps, loss_of(workload)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.steps, self.loss, self.first_order = steps, loss_of(workload), first_order
+        self.inner_lr = WORKLOADS[workload]["inner_lr"]
+
+    def query_loss(self, ep, i):
+        raise NotImplementedError
 
     def step(self, ep, update=True):
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
-        b = ep.batch_size
-        for i in range(b):
-            learner = self.maml.clone()
-            for _ in range(self.steps):
-                learner.adapt(self.loss(learner(ep.support_x[i]), ep.support_y[i]))
-            q = self.loss(learner(ep.query_x[i]), ep.query_y[i]) / b
+        for i in range(ep.batch_size):
+            q = self.query_loss(ep, i) / ep.batch_size
             q.backward()
             total += q.detach()
         if update:
@@ -164,35 +163,35 @@ class L2LImpl:
         return [p.grad for p in self.model.parameters()]
 
 
-class HigherImpl:
-    def __init__(self, model, phi, workload, steps, first_order):
+class L2LImpl(PeerImpl):
+    def __init__(self, *args):
+        super().__init__(*args)
+        import learn2learn as l2l
+
+        self.maml = l2l.algorithms.MAML(self.model, lr=self.inner_lr, first_order=self.first_order)
+
+    def query_loss(self, ep, i):
+        learner = self.maml.clone()
+        for _ in range(self.steps):
+            learner.adapt(self.loss(learner(ep.support_x[i]), ep.support_y[i]))
+        return self.loss(learner(ep.query_x[i]), ep.query_y[i])
+
+
+class HigherImpl(PeerImpl):
+    def __init__(self, *args):
+        super().__init__(*args)
         import higher
 
         self.higher = higher
-        self.model = _module_with(model, phi)
-        self.inner_opt = torch.optim.SGD(self.model.parameters(), lr=WORKLOADS[workload]["inner_lr"])
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
-        self.steps, self.loss, self.first_order = steps, loss_of(workload), first_order
-
-    def step(self, ep, update=True):
-        self.opt.zero_grad(set_to_none=True)
-        total = 0.0
-        b = ep.batch_size
+        self.inner_opt = torch.optim.SGD(self.model.parameters(), lr=self.inner_lr)
         # higher's first order detaches the inner gradients by callback; it still records the graph.
-        callback = (lambda gs: [g.detach() for g in gs]) if self.first_order else None
-        for i in range(b):
-            with self.higher.innerloop_ctx(self.model, self.inner_opt, copy_initial_weights=False) as (fmodel, diffopt):
-                for _ in range(self.steps):
-                    diffopt.step(self.loss(fmodel(ep.support_x[i]), ep.support_y[i]), grad_callback=callback)
-                q = self.loss(fmodel(ep.query_x[i]), ep.query_y[i]) / b
-                q.backward()
-                total += q.detach()
-        if update:
-            self.opt.step()
-        return total
+        self.callback = (lambda gs: [g.detach() for g in gs]) if self.first_order else None
 
-    def grads(self):
-        return [p.grad for p in self.model.parameters()]
+    def query_loss(self, ep, i):
+        with self.higher.innerloop_ctx(self.model, self.inner_opt, copy_initial_weights=False) as (fmodel, diffopt):
+            for _ in range(self.steps):
+                diffopt.step(self.loss(fmodel(ep.support_x[i]), ep.support_y[i]), grad_callback=self.callback)
+            return self.loss(fmodel(ep.query_x[i]), ep.query_y[i])
 
 
 def _module_with(model, phi):
