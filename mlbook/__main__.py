@@ -19,22 +19,26 @@ from pathlib import Path
 import torch
 
 from . import distributed as dist_utils
-from .learners import _LEARNER_MODULES
-from .train import CheckpointError, NonFiniteError, evaluate, load_checkpoint, meta_train
+from .learners import LearnerConfig, get_learner, registry
+from .storage import CheckpointError, load_checkpoint, load_state_into
+from .train import OPTIMISERS, NonFiniteError, evaluate, meta_train
 from .utils import check_choice, get_device
 
-__all__ = ["main", "build_learner", "build_data", "LEARNERS", "DATA"]
+__all__ = ["main", "build_learner", "build_data", "load_trained", "learner_names", "DATA"]
 
-LEARNERS = tuple(_LEARNER_MODULES)
 DATA = ("omniglot", "glyphs", "sinusoid")
-METRIC_LEARNERS = ("ProtoNet", "MatchingNet")
-GRADIENT_LEARNERS = ("MAML", "FOMAML", "ANIL", "Reptile", "IMAML", "MetaSGD")
 DEFAULT_HOLDOUT = "Early_Aramaic,Korean"
+GLYPH_CLASSES = 600
 EXIT_USAGE = 2
 
 
 class UsageError(ValueError):
     """A command-line mistake: reported as one line with a non-zero exit (Chapter 5)."""
+
+
+def learner_names() -> tuple[str, ...]:
+    """The names ``--learner`` accepts: every registered learner (Chapter 4's taxonomy)."""
+    return tuple(registry())
 
 
 def _names(text: str | None) -> list[str]:
@@ -43,39 +47,24 @@ def _names(text: str | None) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _task(config: dict) -> str:
+    return "regression" if config["data"] == "sinusoid" else "classification"
+
+
 # -- learners and data from a plain config dict (stored in every checkpoint) ----------------
 def build_learner(config: dict):
-    """The learner a config describes: name, data kind, ways, backbone size (Chapter 5).
+    """The learner a run's config describes, built by the learner's own ``from_config`` (Chapter 5).
 
     The same config is stored in the checkpoint, so ``evaluate`` and ``lake`` rebuild the
     exact learner that was trained.
     """
-    from . import learners
-    from .models import MLP, Conv4
-
-    name = check_choice("learner", config["learner"], LEARNERS)
-    regression = config["data"] == "sinusoid"
-    if regression and name in METRIC_LEARNERS:
-        raise UsageError(f"learner {name} classifies by distances to examples; data 'sinusoid' is "
-                         f"regression: choose one of {', '.join(n for n in LEARNERS if n not in METRIC_LEARNERS)}")
-    cls = getattr(learners, name)
-    size, channels, norm = config.get("image_size", 28), config.get("channels", 64), config.get("norm", "group")
-    if name in METRIC_LEARNERS:
-        backbone = Conv4(out_features=0, channels=channels, norm=norm, image_size=size)
-        if name == "ProtoNet":
-            return cls(backbone, distance=config.get("distance", "euclidean"))
-        return cls(backbone, fce=config.get("fce", False))
-    if name in GRADIENT_LEARNERS:
-        model = MLP() if regression else Conv4(out_features=config["ways"], channels=channels, norm=norm,
-                                               image_size=size)
-        kwargs = {"inner_lr": config.get("inner_lr") or (0.01 if regression else 0.4),
-                  "steps": config.get("inner_steps", 1), "loss": "mse" if regression else "cross_entropy"}
-        if name == "MAML" and config.get("first_order"):
-            kwargs["first_order"] = True
-        return cls(model, **kwargs)
-    if regression:
-        return cls()
-    return cls(ways=config["ways"], image_size=size, channels=min(channels, 32))
+    cls = get_learner(config["learner"])
+    task = _task(config)
+    if task not in cls.tasks:
+        able = [name for name, other in registry().items() if task in other.tasks]
+        raise UsageError(f"learner {cls.name} does not do {task} (data {config['data']!r}); "
+                         f"choose one of {', '.join(able)}")
+    return cls.from_config(LearnerConfig.from_dict({**config, "task": task}))
 
 
 def build_data(config: dict) -> dict:
@@ -88,40 +77,34 @@ def build_data(config: dict) -> dict:
     kind = check_choice("data", config["data"], DATA)
     if kind == "sinusoid":
         return {"kind": kind}
+    from .data import load_image_classes
     from .tasks import alphabet_split
 
-    size = config.get("image_size", 28)
+    try:
+        data = load_image_classes(kind, image_size=config.get("image_size", LearnerConfig.image_size),
+                                  archives=config.get("archives") or (), download=config.get("download", True),
+                                  glyph_classes=config.get("glyph_classes", GLYPH_CLASSES),
+                                  seed=config.get("data_seed", 0), verbose=False)
+    except (FileNotFoundError, OSError) as error:
+        raise UsageError(f"cannot load Omniglot archives {config['archives']}: {error}") from None
     if kind == "omniglot":
-        from .data.omniglot import load_omniglot
-
-        try:
-            data = load_omniglot(config["archives"], image_size=size, download=config.get("download", True))
-        except (FileNotFoundError, OSError) as error:
-            raise UsageError(f"cannot load Omniglot archives {config['archives']}: {error}") from None
-        images, alphabets = data.images, data.alphabets
         holdout, val = config.get("holdout_alphabets", []), config.get("val_alphabets", [])
-        known = sorted(set(alphabets))
+        known = sorted(set(data.alphabets))
         unknown = [a for a in holdout + val if a not in known]
         if unknown:
             raise UsageError(f"alphabets {unknown} are not in these archives; choose from {known}")
-        split = alphabet_split(alphabets, {"test": holdout, "val": val} if (holdout or val) else (1.0, 0.0, 0.0))
-        if isinstance(split, dict) and split["test"].numel() == 0:
+        split = alphabet_split(data.alphabets, {"test": holdout, "val": val} if (holdout or val) else (1.0, 0.0, 0.0))
+        if split["test"].numel() == 0:
             split["test"] = split["train"]                 # no held-out alphabets: say so when scoring
     else:
-        from .data.glyphs import glyph_alphabets, make_glyphs
-
-        classes = config.get("glyph_classes", 600)
-        images = make_glyphs(classes, 20, size, config.get("data_seed", 0))
-        alphabets = glyph_alphabets(classes)
-        split = alphabet_split(alphabets, (0.7, 0.1, 0.2), seed=config.get("data_seed", 0))
-    return {"kind": kind, "images": images, "alphabets": list(alphabets), "train": split["train"],
+        split = alphabet_split(data.alphabets, (0.7, 0.1, 0.2), seed=config.get("data_seed", 0))
+    return {"kind": kind, "images": data.images, "alphabets": list(data.alphabets), "train": split["train"],
             "val": split["val"], "test": split["test"]}
 
 
 def _image_family(data: dict, split: str, ways: int, shots: int, queries: int, within: float,
                   rotate: bool, device):
-    from .lake import AlphabetFamily
-    from .tasks import ImageClassFamily
+    from .tasks import AlphabetFamily, ImageClassFamily
 
     classes = data[split]
     if classes.numel() == 0:
@@ -154,12 +137,25 @@ def _check_counts(args, names=("ways", "shots", "queries")):
             raise UsageError(f"--{name} must be a positive integer, got {value}")
 
 
+_LEARNER_FLAGS = {"inner_lr": "--inner-lr", "inner_steps": "--inner-steps", "first_order": "--first-order",
+                  "distance": "--distance", "fce": "--fce"}
+
+
+def _warn_unused_options(args, learner_class) -> None:
+    """Say so when a learner option was set that the chosen learner does not read."""
+    defaults = LearnerConfig()
+    for option, flag in _LEARNER_FLAGS.items():
+        if option not in learner_class.options and getattr(args, option) != getattr(defaults, option):
+            print(f"warning: {flag} does not apply to {learner_class.name} and is ignored "
+                  f"(it reads: {', '.join(learner_class.options) or 'no learner options'})", file=sys.stderr)
+
+
 def cmd_train(args) -> int:
     """``train``: meta-train a learner and write a checkpoint (Chapter 5)."""
     _check_counts(args, ("ways", "shots", "queries", "steps", "meta_batch_size"))
     learner_name = args.learner
-    if learner_name not in LEARNERS:
-        raise UsageError(f"unknown learner {learner_name!r}; choose from {', '.join(LEARNERS)}")
+    if learner_name not in learner_names():
+        raise UsageError(f"unknown learner {learner_name!r}; choose from {', '.join(learner_names())}")
     if args.data not in DATA:
         raise UsageError(f"unknown data {args.data!r}; choose from {', '.join(DATA)}")
     device = get_device(args.device)
@@ -184,6 +180,7 @@ def cmd_train(args) -> int:
     if not 0 <= args.within_alphabet <= 1:
         raise UsageError(f"--within-alphabet must be a fraction in [0, 1], got {args.within_alphabet}")
     learner = build_learner(config)
+    _warn_unused_options(args, type(learner))
     data = build_data(config)
     family = _family(config, data, "train", args.ways, args.shots, args.queries, args.within_alphabet,
                      args.rotate, device)
@@ -197,7 +194,7 @@ def cmd_train(args) -> int:
     if args.jitter > 0:
         if data["kind"] == "sinusoid":
             raise UsageError("--jitter applies to image data only")
-        from .lake import AffineJitter
+        from .augment import AffineJitter
 
         j = args.jitter
         augment = AffineJitter(degrees=10 * j, scale=0.1 * j, shear=0.1 * j, shift=0.1 * j)
@@ -209,6 +206,7 @@ def cmd_train(args) -> int:
             f"{world.size} process(es)")
     started = time.perf_counter()
     result = meta_train(learner, family, args.steps, meta_batch_size=args.meta_batch_size, outer_lr=args.lr,
+                        optimiser=args.optimiser,
                         seed=args.seed, val_family=val_family, val_every=args.val_every or None,
                         val_episodes=args.val_episodes, patience=args.patience, schedule=args.schedule,
                         warmup=args.warmup, checkpoint=out, checkpoint_every=args.checkpoint_every,
@@ -222,18 +220,16 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _load(path, device):
+def load_trained(path, device):
+    """(checkpoint, config, learner, state) of a checkpoint written by ``train`` (Chapter 5)."""
     checkpoint = load_checkpoint(path, map_location=device)
     config = (checkpoint.get("metadata") or {}).get("config")
     if not config:
         raise CheckpointError(f"checkpoint {str(path)!r} was not written by `python -m mlbook train` "
                               f"(it has no learner config)")
     learner = build_learner(config)
-    state = learner.init(0, device=device) if "device" in __import__("inspect").signature(
-        learner.init).parameters else learner.init(0)
-    from .train import _load_state_into
-
-    _load_state_into(state, checkpoint["state"])
+    state = learner.init(0, device=device)
+    load_state_into(state, checkpoint["state"])
     return checkpoint, config, learner, state
 
 
@@ -241,11 +237,11 @@ def cmd_evaluate(args) -> int:
     """``evaluate``: accuracy (or loss) ± 95% CI of a checkpoint on N-way K-shot episodes (Chapter 5)."""
     _check_counts(args, ("ways", "shots", "queries", "episodes"))
     device = get_device(args.device)
-    checkpoint, config, learner, state = _load(args.checkpoint, device)
+    checkpoint, config, learner, state = load_trained(args.checkpoint, device)
     ways = args.ways or config["ways"]
     shots = args.shots or config["shots"]
     queries = args.queries or config["queries"]
-    if config["learner"] not in METRIC_LEARNERS and config["data"] != "sinusoid" and ways != config["ways"]:
+    if not learner.any_ways and config["data"] != "sinusoid" and ways != config["ways"]:
         raise UsageError(f"{config['learner']} was trained with a {config['ways']}-way output layer; "
                          f"evaluate it with --ways {config['ways']}")
     config = {**config, "download": False}
@@ -270,8 +266,8 @@ def cmd_evaluate(args) -> int:
 def cmd_lake(args) -> int:
     """``lake``: Lake's within-alphabet one-shot runs, or the held-out-alphabet proxy, as JSON (Chapter 5)."""
     device = get_device(args.device)
-    checkpoint, config, learner, state = _load(args.checkpoint, device)
-    if config["learner"] not in METRIC_LEARNERS and config["ways"] != 20:
+    checkpoint, config, learner, state = load_trained(args.checkpoint, device)
+    if not learner.any_ways and config["ways"] != 20:
         raise UsageError(f"{config['learner']} was trained with a {config['ways']}-way output layer; "
                          f"Lake's runs are 20-way")
     from .lake import lake_runs_result, proxy_result
@@ -282,7 +278,7 @@ def cmd_lake(args) -> int:
         if config["data"] == "sinusoid":
             raise UsageError("Lake's runs are images; this checkpoint was trained on sinusoids")
         try:
-            result = lake_runs_result(learner, state, args.runs, image_size=config.get("image_size", 28),
+            result = lake_runs_result(learner, state, args.runs, image_size=config.get("image_size", LearnerConfig.image_size),
                                       device=device)
         except FileNotFoundError as error:
             raise UsageError(str(error)) from None
@@ -307,7 +303,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="meta-train a learner and write a checkpoint",
                                 description="Meta-train a learner on episodes and write a checkpoint.")
-    train.add_argument("--learner", default="ProtoNet", help=f"one of {', '.join(LEARNERS)} (default ProtoNet)")
+    train.add_argument("--learner", default="ProtoNet", help=f"one of {', '.join(learner_names())} (default ProtoNet)")
     train.add_argument("--data", default="omniglot", help=f"one of {', '.join(DATA)} (default omniglot)")
     train.add_argument("--archives", default="images_background_small1.zip,images_background_small2.zip",
                        help="comma-separated Omniglot background archives (looked up in $MLBOOK_DATA and "
@@ -317,8 +313,9 @@ def make_parser() -> argparse.ArgumentParser:
                             "'none' trains on every alphabet)")
     train.add_argument("--val-alphabets", default=None, help="comma-separated alphabets for validation")
     train.add_argument("--no-download", action="store_true", help="never download Omniglot")
-    train.add_argument("--glyph-classes", type=int, default=600, help="classes of procedural glyphs (--data glyphs)")
-    train.add_argument("--image-size", type=int, default=28, help="image side in pixels (default 28)")
+    train.add_argument("--glyph-classes", type=int, default=GLYPH_CLASSES, help="classes of procedural glyphs (--data glyphs)")
+    train.add_argument("--image-size", type=int, default=LearnerConfig.image_size,
+                       help=f"image side in pixels (default {LearnerConfig.image_size})")
     train.add_argument("--ways", type=int, default=5, help="N: classes per training episode")
     train.add_argument("--shots", type=int, default=1, help="K: support examples per class")
     train.add_argument("--queries", type=int, default=15, help="Q: query examples per class")
@@ -326,7 +323,8 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--test-shots", type=int, default=None, help="shots of validation episodes (default --shots)")
     train.add_argument("--steps", type=int, default=1000, help="outer steps")
     train.add_argument("--meta-batch-size", type=int, default=4, help="tasks per outer step")
-    train.add_argument("--lr", type=float, default=1e-3, help="outer (Adam) learning rate")
+    train.add_argument("--lr", type=float, default=1e-3, help="outer learning rate")
+    train.add_argument("--optimiser", default="adam", choices=OPTIMISERS, help="outer optimiser (default adam)")
     train.add_argument("--schedule", default="constant", choices=("constant", "cosine", "step", "cosine_time"),
                        help="learning-rate schedule (cosine_time: a cosine over --time-limit seconds)")
     train.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")

@@ -25,26 +25,38 @@ mean and a variance.
 """
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import nn
 
-from .learners.base import Learner
-from .tasks import Episode
-from .utils import check_choice, check_positive, check_positive_int, make_generator
+from .metrics import LOG_2PI
+from .utils import check_positive, check_positive_int
+
+# The learner, the task families and the calibration metrics of Chapter 6 live with their kind
+# (learners, tasks, metrics); their names are importable from here too, as the chapter does.
+_ELSEWHERE = {
+    "BayesianLinearRegression": "mlbook.learners.bayes_linear",
+    "LinearGaussianFamily": "mlbook.tasks", "VariableShotsFamily": "mlbook.tasks",
+    "gaussian_nll": "mlbook.metrics", "interval_coverage": "mlbook.metrics",
+    "calibration": "mlbook.metrics", "predictive_calibration": "mlbook.metrics",
+    "CalibrationResult": "mlbook.metrics",
+}
 
 __all__ = [
     "Gaussian", "stable_cholesky", "posterior", "predictive", "log_marginal_likelihood",
-    "FourierFeatures", "PolynomialFeatures", "LinearGaussianFamily", "FeatureLinear",
-    "BayesianLinearRegression", "ImpliedPrior", "maml_implied_prior", "gradient_descent_linear",
-    "map_estimate", "gaussian_nll", "interval_coverage", "calibration", "predictive_calibration",
-    "CalibrationResult", "VariableShotsFamily",
+    "FourierFeatures", "PolynomialFeatures", "FeatureLinear", "num_features", "ImpliedPrior",
+    "maml_implied_prior", "gradient_descent_linear", "map_estimate", *_ELSEWHERE,
 ]
 
-LOG_2PI = math.log(2 * math.pi)
+
+def __getattr__(name):
+    if name in _ELSEWHERE:
+        return getattr(importlib.import_module(_ELSEWHERE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- Cholesky with a reported jitter ----------------------------------------------------------
@@ -279,52 +291,12 @@ class PolynomialFeatures(nn.Module):
         return torch.cat([(x / self.scale) ** p for p in range(self.degree + 1)], dim=-1)
 
 
-def _num_features(features: Callable) -> int:
+def num_features(features: Callable) -> int:
+    """D, the number of features a feature map produces (its ``num_features``; Chapter 6)."""
     number = getattr(features, "num_features", None)
     if number is None:
         raise ValueError("features must have a num_features attribute (e.g. FourierFeatures, PolynomialFeatures)")
     return int(number)
-
-
-# -- a task family with a known Gaussian prior ----------------------------------------------------
-class LinearGaussianFamily:
-    """Tasks y = phi(x)^T w + noise with w ~ N(prior_mean, prior_cov): a known prior (Chapter 6).
-
-    The ground truth for empirical Bayes: learning the prior from many tasks of this family
-    should recover ``prior_mean``, ``prior_cov`` and ``noise``. x ~ U[x_range].
-    """
-
-    def __init__(self, features: Callable, prior_mean, prior_cov, noise: float = 0.1,
-                 shots: int = 10, queries: int = 10, x_range=(-1.0, 1.0), device="cpu"):
-        self.features = features
-        self.device = torch.device(device)
-        dim = _num_features(features)
-        self.prior = Gaussian(torch.as_tensor(prior_mean, dtype=torch.float32, device=self.device),
-                              cov=torch.as_tensor(prior_cov, dtype=torch.float32, device=self.device))
-        if self.prior.dim != dim:
-            raise ValueError(f"prior_mean has {self.prior.dim} entries but the features have {dim}")
-        self.noise = check_positive("noise", noise)
-        self.shots = check_positive_int("shots", shots)
-        self.queries = check_positive_int("queries", queries)
-        low, high = map(float, x_range)
-        if not low < high:
-            raise ValueError(f"x_range must be (low, high) with low < high, got {x_range!r}")
-        self.x_range = (low, high)
-
-    def sample_with_weights(self, batch_size: int, generator: torch.Generator):
-        """An :class:`Episode` and the true weights ``[B, D]`` of its tasks."""
-        batch_size = check_positive_int("batch_size", batch_size)
-        n = self.shots + self.queries
-        weights = self.prior.sample(batch_size, generator)
-        low, high = self.x_range
-        x = low + (high - low) * torch.rand(batch_size, n, 1, generator=generator, device=self.device)
-        f = (self.features(x) @ weights.unsqueeze(-1))
-        y = f + self.noise * torch.randn(f.shape, generator=generator, device=self.device)
-        return Episode(x[:, :self.shots], y[:, :self.shots], x[:, self.shots:], y[:, self.shots:]), weights
-
-    def sample(self, batch_size: int, generator: torch.Generator) -> Episode:
-        """Draw ``batch_size`` tasks (Chapter 6)."""
-        return self.sample_with_weights(batch_size, generator)[0]
 
 
 class FeatureLinear(nn.Module):
@@ -336,113 +308,10 @@ class FeatureLinear(nn.Module):
     def __init__(self, features: Callable):
         super().__init__()
         self.features = features
-        self.head = nn.Linear(_num_features(features), 1, bias=False)
+        self.head = nn.Linear(num_features(features), 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
-
-
-# -- the meta-learner: empirical Bayes ------------------------------------------------------------
-class BayesianLinearRegression(Learner):
-    """Hierarchical Bayesian linear regression behind the learner interface (Chapter 6).
-
-    The meta-learned state phi is the prior: its mean ``m``, a Cholesky factor of its
-    covariance (``raw_tril``, with a softplus-positive diagonal) and the log noise variance.
-    ``adapt`` is the exact posterior given the support set; ``predict`` its mean and
-    ``predict_distribution`` the posterior predictive (mean, variance).
-
-    ``objective='evidence'`` (empirical Bayes, type-II maximum likelihood) makes ``meta_loss``
-    the negative log marginal likelihood of each task's support and query points together,
-    per point; ``objective='predictive'`` uses -log p(D^test | D^train) instead (the
-    conditional objective a neural process trains with). ``learn_prior=False`` keeps the
-    initial N(0, prior_scale^2 I) prior fixed (only the noise may be learned).
-    """
-
-    name = "BayesLR"
-    family = "bayesian"
-
-    def __init__(self, features: Callable, prior_scale: float = 1.0, noise: float = 0.1,
-                 learn_prior: bool = True, learn_noise: bool = True, objective: str = "evidence"):
-        super().__init__(loss="mse")
-        self.features = features
-        self.dim = _num_features(features)
-        self.prior_scale = check_positive("prior_scale", prior_scale)
-        self.noise = check_positive("noise", noise)
-        self.learn_prior = bool(learn_prior)
-        self.learn_noise = bool(learn_noise)
-        self.objective = check_choice("objective", objective, ("evidence", "predictive"))
-
-    def init(self, seed: int = 0, device=None, dtype=torch.float32) -> dict:
-        """phi: the prior N(0, prior_scale^2 I) and the noise variance noise^2 (``seed`` is unused: no randomness)."""
-        d = self.dim
-        kw = dict(dtype=dtype, device=device)
-        diag = torch.full((d,), self.prior_scale, **kw)
-        raw = torch.diag(diag + torch.log(-torch.expm1(-diag)))  # inverse softplus on the diagonal
-        return {"mean": torch.zeros(d, **kw).requires_grad_(self.learn_prior),
-                "raw_tril": raw.requires_grad_(self.learn_prior),
-                "log_noise_var": torch.tensor(2 * math.log(self.noise), **kw).requires_grad_(self.learn_noise)}
-
-    # -- the prior and noise the state describes
-    def prior(self, state) -> Gaussian:
-        """The Gaussian prior N(m, L L^T) over weights that ``state`` holds."""
-        raw = state["raw_tril"]
-        tril = torch.tril(raw, -1) + torch.diag_embed(nn.functional.softplus(raw.diagonal(dim1=-2, dim2=-1)))
-        return Gaussian(state["mean"], root=tril)
-
-    def noise_var(self, state) -> torch.Tensor:
-        """sigma^2, the observation noise variance."""
-        return state["log_noise_var"].exp()
-
-    # -- the interface
-    def adapt(self, state, support_x, support_y):
-        """theta_i: the exact posterior over the task's weights, as a dict of tensors."""
-        post = posterior(self.prior(state), self.features(support_x), support_y, self.noise_var(state))
-        return {"mean": post.mean, "root": post.root, "noise_var": self.noise_var(state)}
-
-    def predict(self, task_state, x):
-        """The posterior predictive mean at ``x [M, 1]`` -> ``[M, 1]``."""
-        return self.predict_distribution(task_state, x)[0]
-
-    def predict_distribution(self, task_state, x):
-        """Posterior predictive (mean, variance) at ``x [M, 1]``, each ``[M, 1]``."""
-        # The same algebra as :func:`predictive`, without its value checks, so that it also
-        # runs under vmap (task_state was validated when adapt built it).
-        features = self.features(x)
-        mean = features @ task_state["mean"]
-        var = (features @ task_state["root"]).pow(2).sum(-1) + task_state["noise_var"]
-        return mean.unsqueeze(-1), var.unsqueeze(-1)
-
-    def prior_state(self, state) -> dict:
-        """The task state before any data (K = 0): the prior itself."""
-        prior = self.prior(state)
-        return {"mean": prior.mean, "root": prior.root, "noise_var": self.noise_var(state)}
-
-    def log_evidence(self, state, x, y) -> torch.Tensor:
-        """log p(y | phi) per task for a batch ``x [B, K, 1]``, ``y [B, K, 1]`` -> ``[B]``."""
-        return log_marginal_likelihood(self.prior(state), self.features(x), y, self.noise_var(state))
-
-    def meta_loss(self, state, episode: Episode) -> torch.Tensor:
-        """Negative log evidence (or predictive likelihood) per point, averaged over tasks."""
-        x = torch.cat([episode.support_x, episode.query_x], 1)
-        y = torch.cat([episode.support_y, episode.query_y], 1)
-        log_joint = self.log_evidence(state, x, y)
-        if self.objective == "evidence":
-            return -(log_joint / x.shape[1]).mean()
-        log_support = self.log_evidence(state, episode.support_x, episode.support_y)
-        return -((log_joint - log_support) / episode.query_x.shape[1]).mean()
-
-    def evaluate_batch(self, state, episode: Episode) -> dict[str, torch.Tensor]:
-        """Per-task query MSE of the posterior mean and Gaussian NLL of the posterior predictive."""
-        with torch.no_grad():
-            post = posterior(self.prior(state), self.features(episode.support_x), episode.support_y,
-                             self.noise_var(state))
-            mean, var = predictive(post, self.features(episode.query_x), self.noise_var(state))
-            y = episode.query_y.squeeze(-1)
-            return {"loss": (mean - y).pow(2).mean(-1), "nll": gaussian_nll(mean, var, y, reduction="none").mean(-1)}
-
-    def __repr__(self) -> str:
-        kind = "learned" if self.learn_prior else "fixed"
-        return f"BayesianLinearRegression(D={self.dim}, {kind} prior, objective={self.objective!r})"
 
 
 # -- MAML as approximate hierarchical Bayes (Grant et al., 2018) ----------------------------------
@@ -557,131 +426,3 @@ def map_estimate(prior_mean: torch.Tensor, prior_precision: torch.Tensor, featur
     lhs = features.T @ features / noise_var + prior_precision
     rhs = features.T @ y / noise_var + prior_precision @ prior_mean
     return torch.linalg.solve(lhs, rhs)
-
-
-# -- calibration for any learner that predicts a mean and a variance ------------------------------
-class VariableShotsFamily:
-    """Keep a random number K in [min_shots, family.shots] of each meta-batch's support points (Chapter 6).
-
-    A neural process trained only with K = 10 context points has never seen K = 1 and is
-    over-confident there; drawing K afresh for every meta-batch (from the same generator, so
-    runs stay reproducible) teaches it how uncertainty shrinks with the number of points.
-    Support points are drawn independently, so keeping the first K is a fair subsample.
-    """
-
-    def __init__(self, family, min_shots: int = 1):
-        shots = getattr(family, "shots", None)
-        if shots is None:
-            raise ValueError("family must have a shots attribute (e.g. SinusoidFamily)")
-        self.family = family
-        self.min_shots = check_positive_int("min_shots", min_shots)
-        if self.min_shots > shots:
-            raise ValueError(f"min_shots must be at most the family's shots ({shots}), got {min_shots}")
-        self.shots = shots
-        self.device = family.device
-
-    def sample(self, batch_size: int, generator: torch.Generator) -> Episode:
-        """A meta-batch whose tasks all keep the same random number of support points."""
-        episode = self.family.sample(batch_size, generator)
-        k = int(torch.randint(self.min_shots, self.shots + 1, (1,), generator=generator, device=self.device))
-        return Episode(episode.support_x[:, :k], episode.support_y[:, :k], episode.query_x, episode.query_y)
-
-
-
-def _check_mv(mean, var, y):
-    for name, t in (("mean", mean), ("var", var), ("y", y)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
-    if mean.shape != var.shape or mean.shape != y.shape:
-        raise ValueError(f"mean {tuple(mean.shape)}, var {tuple(var.shape)} and y {tuple(y.shape)} "
-                         "must have the same shape")
-    if (var <= 0).any():
-        raise ValueError("var must be positive everywhere (a predictive variance)")
-
-
-def gaussian_nll(mean: torch.Tensor, var: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Negative log-likelihood of ``y`` under N(mean, var), with the log(2 pi) constant (Chapter 6).
-
-    ``reduction`` is 'mean', 'sum' or 'none'. Lower is better; it punishes both a wrong mean
-    and a variance that is too small or too large.
-    """
-    _check_mv(mean, var, y)
-    check_choice("reduction", reduction, ("mean", "sum", "none"))
-    nll = 0.5 * (LOG_2PI + var.log() + (y - mean).pow(2) / var)
-    return nll if reduction == "none" else nll.mean() if reduction == "mean" else nll.sum()
-
-
-def interval_coverage(mean: torch.Tensor, var: torch.Tensor, y: torch.Tensor, level: float) -> float:
-    """Fraction of ``y`` inside the central ``level`` predictive interval of N(mean, var) (Chapter 6).
-
-    A calibrated predictor covers about ``level`` of the targets: more is under-confident,
-    less is over-confident.
-    """
-    _check_mv(mean, var, y)
-    level = float(level)
-    if not 0 < level < 1:
-        raise ValueError(f"level must be strictly between 0 and 1, got {level!r}")
-    z = math.sqrt(2.0) * torch.erfinv(torch.tensor(level, dtype=torch.float64)).item()
-    return ((y - mean).abs() <= z * var.sqrt()).float().mean().item()
-
-
-def calibration(mean: torch.Tensor, var: torch.Tensor, y: torch.Tensor,
-                levels: Sequence[float] = (0.5, 0.8, 0.9, 0.95)) -> dict[float, float]:
-    """``{level: coverage}`` for several central intervals: the points of a calibration plot (Chapter 6)."""
-    return {float(level): interval_coverage(mean, var, y, level) for level in levels}
-
-
-@dataclass
-class CalibrationResult:
-    """Predictive NLL (mean and 95% CI over tasks) and interval coverage of a learner (Chapter 6)."""
-
-    nll: float
-    nll_ci95: float
-    mse: float
-    coverage: dict[float, float]
-    per_task_nll: torch.Tensor = field(repr=False)
-
-
-def predictive_calibration(learner, state, family, episodes: int = 200, batch_size: int = 50,
-                           seed: int = 4321, levels: Sequence[float] = (0.5, 0.8, 0.9, 0.95)) -> CalibrationResult:
-    """Calibrate any learner with ``predict_distribution(task_state, x) -> (mean, variance)`` (Chapter 6).
-
-    Adapts to the support set of ``episodes`` fresh tasks from ``family``, predicts the query
-    set, and pools the query points for NLL and interval coverage.
-    """
-    if not hasattr(learner, "predict_distribution"):
-        raise ValueError(f"learner must offer predict_distribution(task_state, x) -> (mean, variance); "
-                         f"{type(learner).__name__} does not")
-    episodes = check_positive_int("episodes", episodes)
-    batch_size = check_positive_int("batch_size", batch_size)
-    generator = make_generator(seed, family.device)
-    def one_task(support_x, support_y, query_x):
-        mean, var = learner.predict_distribution(learner.adapt(state, support_x, support_y), query_x)
-        return mean.reshape(-1), var.reshape(-1)
-
-    means, variances, targets = [], [], []
-    remaining = episodes
-    batched = torch.func.vmap(one_task)
-    with torch.no_grad():
-        while remaining > 0:
-            batch = family.sample(min(batch_size, remaining), generator)
-            if batched is not None:
-                try:
-                    # One batched call over the tasks; learners whose adapt branches on the
-                    # data cannot be vmapped and take the loop below from then on.
-                    mean, var = batched(batch.support_x, batch.support_y, batch.query_x)
-                except RuntimeError:
-                    batched = None
-            if batched is None:
-                outs = [one_task(batch.support_x[i], batch.support_y[i], batch.query_x[i])
-                        for i in range(batch.batch_size)]
-                mean, var = torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
-            means.append(mean)
-            variances.append(var)
-            targets.append(batch.query_y.reshape(batch.batch_size, -1))
-            remaining -= batch.batch_size
-    mean, var, y = torch.cat(means), torch.cat(variances), torch.cat(targets)
-    per_task = gaussian_nll(mean, var, y, reduction="none").mean(-1).float().cpu()
-    ci = 1.96 * per_task.std().item() / math.sqrt(len(per_task)) if len(per_task) > 1 else float("nan")
-    return CalibrationResult(per_task.mean().item(), ci, (mean - y).pow(2).mean().item(),
-                             calibration(mean, var, y, levels), per_task)

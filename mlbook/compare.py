@@ -99,7 +99,7 @@ class ComparisonRow:
     """One learner's measured figures in a :class:`Comparison` (Chapter 4)."""
 
     name: str
-    family: str
+    kind: str
     metric: str
     mean: float
     ci95: float
@@ -135,12 +135,12 @@ class Comparison:
         label = ("accuracy (95% CI)" if metric == {"accuracy"} else
                  "query MSE (95% CI)" if metric == {"loss"} else "metric (95% CI)")
         gpu = any(r.peak_mb is not None for r in self.rows)
-        head = ["learner", "family", label, "adapt+predict ms/task", "graph MB/meta-batch"]
+        head = ["learner", "kind", label, "adapt+predict ms/task", "graph MB/meta-batch"]
         head += ["peak GPU MB"] if gpu else []
         head += ["meta-parameters", "training s"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows:
-            cells = [r.name, r.family, r.score(), f"{r.adapt_ms:.2f}", f"{r.graph_mb:.2f}"]
+            cells = [r.name, r.kind, r.score(), f"{r.adapt_ms:.2f}", f"{r.graph_mb:.2f}"]
             cells += [("–" if r.peak_mb is None else f"{r.peak_mb:.1f}")] if gpu else []
             cells += [f"{r.parameters:,}", f"{r.train_seconds:.1f}"]
             lines.append("| " + " | ".join(cells) + " |")
@@ -222,7 +222,7 @@ def compare(learners, family, steps, meta_batch_size: int = 16, outer_lr=1e-3,
             p.grad = None
         peak = torch.cuda.max_memory_allocated(family.device) / 2**20 if cuda else None
         rows.append(ComparisonRow(
-            name=name, family=getattr(learner, "family", "unknown"), metric=score.metric,
+            name=name, kind=learner.kind, metric=score.metric,
             mean=score.mean, ci95=score.ci95,
             adapt_ms=1000 * adaptation_time(learner, state, timing),
             graph_mb=graph / 2**20, peak_mb=peak, parameters=count_parameters(learner, state),

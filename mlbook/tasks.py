@@ -1,4 +1,4 @@
-"""Episodes and task families (Chapter 2, "Task distributions").
+"""Episodes and every task family of the book (Chapter 2, "Task distributions").
 
 A task family is a distribution p(T) over tasks. Sampling it returns an :class:`Episode`:
 stacked tensors with the meta-batch dimension first, so a meta-learner can ``vmap`` over
@@ -7,16 +7,19 @@ tasks. Everything here runs on the family's device with a seeded ``torch.Generat
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass, fields
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 
+from .bayes import Gaussian, num_features
 from .utils import check_positive, check_positive_int
 
 __all__ = [
     "Episode", "TaskFamily", "SinusoidFamily", "LineFamily", "ImageClassFamily",
-    "PolynomialFamily", "ScrambledFamily", "sample_nway_kshot", "alphabet_split", "SPLITS",
+    "PolynomialFamily", "ScrambledFamily", "AlphabetFamily", "LinearGaussianFamily",
+    "VariableShotsFamily", "sample_nway_kshot", "alphabet_split", "SPLITS",
 ]
 
 
@@ -54,10 +57,6 @@ class Episode:
     def to(self, device) -> "Episode":
         """Move every tensor to ``device``."""
         return Episode(*(getattr(self, f.name).to(device) for f in fields(self)))
-
-    def task(self, index: int) -> "Episode":
-        """The single task ``index`` as an episode with batch size 1."""
-        return Episode(*(getattr(self, f.name)[index:index + 1] for f in fields(self)))
 
     def chunks(self, size: int) -> list["Episode"]:
         """Split the meta-batch into episodes of at most ``size`` tasks (to bound memory)."""
@@ -400,3 +399,136 @@ class ImageClassFamily:
         """The same classes with another N-way K-shot shape (Chapter 5, mismatch)."""
         return ImageClassFamily(self.images, ways or self.ways, shots or self.shots,
                                 queries or self.queries, self.classes, self.rotate, self.device)
+
+
+class AlphabetFamily:
+    """N-way K-shot episodes whose N classes come from one alphabet (Chapter 5).
+
+    ``images [classes, examples, H, W]``; ``alphabets`` names each class's alphabet;
+    ``classes`` restricts the pool (e.g. training alphabets only). Each episode picks an
+    alphabet uniformly among those with at least ``ways`` classes in the pool, then ``ways``
+    of its classes. With ``within < 1`` an episode is within-alphabet only with that
+    probability and otherwise draws its classes from the whole pool. ``rotate`` turns each
+    class by a random multiple of 90 degrees (a new class, as in the usual augmentation).
+    """
+
+    def __init__(self, images: torch.Tensor, alphabets: Sequence[str], ways: int = 20, shots: int = 1,
+                 queries: int = 1, classes: torch.Tensor | None = None, within: float = 1.0,
+                 rotate: bool = False, device=None):
+        if images.dim() != 4:
+            raise ValueError(f"images must have shape [classes, examples, H, W]; got rank {images.dim()}")
+        if len(alphabets) != images.shape[0]:
+            raise ValueError(f"alphabets must name each of the {images.shape[0]} classes, got {len(alphabets)}")
+        if not 0.0 <= float(within) <= 1.0:
+            raise ValueError(f"within must be a probability in [0, 1], got {within!r}")
+        self.device = torch.device(device) if device is not None else images.device
+        self.images = images.to(self.device)
+        self.ways = check_positive_int("ways", ways)
+        self.shots = check_positive_int("shots", shots)
+        self.queries = check_positive_int("queries", queries)
+        if self.shots + self.queries > images.shape[1]:
+            raise ValueError(f"shots + queries = {self.shots + self.queries} is larger than the "
+                             f"{images.shape[1]} examples per class")
+        pool = range(images.shape[0]) if classes is None else torch.as_tensor(classes).tolist()
+        groups = defaultdict(list)
+        for index in pool:
+            groups[alphabets[index]].append(index)
+        self.pool = torch.tensor(sorted(pool), dtype=torch.long, device=self.device)
+        self.groups = {name: torch.tensor(idx, device=self.device) for name, idx in sorted(groups.items())
+                       if len(idx) >= self.ways}
+        self.within = float(within)
+        if self.within > 0 and not self.groups:
+            largest = max((len(v) for v in groups.values()), default=0)
+            raise ValueError(f"ways={ways} is larger than every alphabet in the pool (the largest has "
+                             f"{largest} classes): no within-alphabet episode exists")
+        if self.ways > self.pool.numel():
+            raise ValueError(f"ways={ways} is larger than the {self.pool.numel()} classes available")
+        self.names = list(self.groups)
+        self.rotate = bool(rotate)
+
+    def sample(self, batch_size: int, generator: torch.Generator, return_alphabets: bool = False):
+        """Draw ``batch_size`` episodes (one alphabet each, or anywhere with probability 1 - within)."""
+        batch_size = check_positive_int("batch_size", batch_size)
+        episodes, names = [], []
+        for _ in range(batch_size):
+            inside = self.within >= 1.0 or (
+                self.within > 0 and torch.rand((), generator=generator, device=self.device).item() < self.within)
+            if inside:
+                pick = int(torch.randint(len(self.names), (), generator=generator, device=self.device).item())
+                pool, name = self.groups[self.names[pick]], self.names[pick]
+            else:
+                pool, name = self.pool, None
+            episodes.append(sample_nway_kshot(self.images, self.ways, self.shots, self.queries, 1,
+                                              generator, classes=pool, rotate=self.rotate))
+            names.append(name)
+        batch = Episode(*(torch.cat([getattr(e, f) for e in episodes])
+                          for f in ("support_x", "support_y", "query_x", "query_y")))
+        return (batch, names) if return_alphabets else batch
+
+
+# -- Chapter 6: a known Gaussian prior over linear tasks, and a varying number of shots ----------
+class LinearGaussianFamily:
+    """Tasks y = phi(x)^T w + noise with w ~ N(prior_mean, prior_cov): a known prior (Chapter 6).
+
+    The ground truth for empirical Bayes: learning the prior from many tasks of this family
+    should recover ``prior_mean``, ``prior_cov`` and ``noise``. x ~ U[x_range].
+    """
+
+    def __init__(self, features: Callable, prior_mean, prior_cov, noise: float = 0.1,
+                 shots: int = 10, queries: int = 10, x_range=(-1.0, 1.0), device="cpu"):
+        self.features = features
+        self.device = torch.device(device)
+        dim = num_features(features)
+        self.prior = Gaussian(torch.as_tensor(prior_mean, dtype=torch.float32, device=self.device),
+                              cov=torch.as_tensor(prior_cov, dtype=torch.float32, device=self.device))
+        if self.prior.dim != dim:
+            raise ValueError(f"prior_mean has {self.prior.dim} entries but the features have {dim}")
+        self.noise = check_positive("noise", noise)
+        self.shots = check_positive_int("shots", shots)
+        self.queries = check_positive_int("queries", queries)
+        low, high = map(float, x_range)
+        if not low < high:
+            raise ValueError(f"x_range must be (low, high) with low < high, got {x_range!r}")
+        self.x_range = (low, high)
+
+    def sample_with_weights(self, batch_size: int, generator: torch.Generator):
+        """An :class:`Episode` and the true weights ``[B, D]`` of its tasks."""
+        batch_size = check_positive_int("batch_size", batch_size)
+        n = self.shots + self.queries
+        weights = self.prior.sample(batch_size, generator)
+        low, high = self.x_range
+        x = low + (high - low) * torch.rand(batch_size, n, 1, generator=generator, device=self.device)
+        f = (self.features(x) @ weights.unsqueeze(-1))
+        y = f + self.noise * torch.randn(f.shape, generator=generator, device=self.device)
+        return Episode(x[:, :self.shots], y[:, :self.shots], x[:, self.shots:], y[:, self.shots:]), weights
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Episode:
+        """Draw ``batch_size`` tasks (Chapter 6)."""
+        return self.sample_with_weights(batch_size, generator)[0]
+
+
+class VariableShotsFamily:
+    """Keep a random number K in [min_shots, family.shots] of each meta-batch's support points (Chapter 6).
+
+    A neural process trained only with K = 10 context points has never seen K = 1 and is
+    over-confident there; drawing K afresh for every meta-batch (from the same generator, so
+    runs stay reproducible) teaches it how uncertainty shrinks with the number of points.
+    Support points are drawn independently, so keeping the first K is a fair subsample.
+    """
+
+    def __init__(self, family, min_shots: int = 1):
+        shots = getattr(family, "shots", None)
+        if shots is None:
+            raise ValueError("family must have a shots attribute (e.g. SinusoidFamily)")
+        self.family = family
+        self.min_shots = check_positive_int("min_shots", min_shots)
+        if self.min_shots > shots:
+            raise ValueError(f"min_shots must be at most the family's shots ({shots}), got {min_shots}")
+        self.shots = shots
+        self.device = family.device
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Episode:
+        """A meta-batch whose tasks all keep the same random number of support points."""
+        episode = self.family.sample(batch_size, generator)
+        k = int(torch.randint(self.min_shots, self.shots + 1, (1,), generator=generator, device=self.device))
+        return Episode(episode.support_x[:, :k], episode.support_y[:, :k], episode.query_x, episode.query_y)

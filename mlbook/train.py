@@ -1,45 +1,40 @@
 """The one meta-training loop and evaluator shared by every learner (Chapter 5).
 
-``meta_train`` samples meta-batches from a task family, computes the learner's meta-loss,
-and takes an outer optimiser step. Around that core it offers what a long run needs:
-periodic validation with a 95% confidence interval, early stopping, an optional learning-rate
-schedule, a guard that stops on the first NaN or infinity and says where it appeared,
-atomic checkpoints (model, optimiser, schedule, episode generator, step) and a resume that
-continues bit-for-bit on CPU. With ``torch.distributed`` initialised (``torchrun``), each
+``meta_train`` samples meta-batches from a task family, backpropagates the learner's
+meta-loss and takes an outer optimiser step. Around that core it offers what a long run needs:
+periodic validation with a 95% confidence interval, early stopping, a learning-rate schedule,
+a guard that stops on the first NaN or infinity and says where it appeared, atomic checkpoints
+(model, optimiser, schedule, episode generator, step, the training configuration) and a resume
+that continues bit-for-bit on CPU. With ``torch.distributed`` initialised (``torchrun``), each
 process computes its share of the meta-batch and the gradients are all-reduced
 (:mod:`mlbook.distributed`). ``evaluate`` scores a learner on fresh test episodes and reports
 a 95% confidence interval.
+
+Every setting of a run is one :class:`TrainConfig` (plain values, stored in the checkpoint);
+the loop is a :class:`Trainer` made of small steps: restore, step, validate, checkpoint.
 """
 from __future__ import annotations
 
-import copy
-import io
 import math
 import os
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
 from . import distributed as dist_utils
+from .metrics import confidence_interval
+from .storage import detached, load_checkpoint, load_state_into, remove_stale_temporaries, save_checkpoint
 from .tasks import TaskFamily
 from .utils import check_choice, check_positive, check_positive_int, make_generator, progress
 
-__all__ = [
-    "meta_train", "evaluate", "EvalResult", "TrainResult", "confidence_interval",
-    "save_checkpoint", "load_checkpoint", "CheckpointError", "NonFiniteError", "SCHEDULES",
-]
+__all__ = ["meta_train", "evaluate", "make_optimiser", "Trainer", "TrainConfig", "EvalResult",
+           "TrainResult", "NonFiniteError", "SCHEDULES", "OPTIMISERS"]
 
 SCHEDULES = ("constant", "cosine", "step", "cosine_time")
-CHECKPOINT_FORMAT = "mlbook-checkpoint"
-CHECKPOINT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or not an mlbook checkpoint (Chapter 5)."""
+OPTIMISERS = ("adam", "adamw", "sgd")
 
 
 class NonFiniteError(FloatingPointError):
@@ -81,97 +76,105 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def confidence_interval(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and 95% confidence half-width 1.96 * std / sqrt(n) of per-episode values (Chapter 5)."""
-    values = torch.as_tensor(values, dtype=torch.float64).flatten()
-    if values.numel() == 0:
-        raise ValueError("values must hold at least one number")
-    mean = values.mean().item()
-    if values.numel() < 2:
-        return mean, float("nan")
-    return mean, 1.96 * values.std(unbiased=True).item() / math.sqrt(values.numel())
+def _optional(check, name, value):
+    return None if value is None else check(name, value)
 
 
-# -- checkpoints --------------------------------------------------------------------------
-def _detached(tree):
-    return torch.utils._pytree.tree_map(
-        lambda t: t.detach().cpu().clone() if isinstance(t, torch.Tensor) else t, tree)
+@dataclass
+class TrainConfig:
+    """Every setting of a meta-training run, in plain values (saved in each checkpoint; Chapter 5).
 
-
-def save_checkpoint(path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` to ``path`` atomically: a temporary file, then ``os.replace`` (Chapter 5).
-
-    A crash while writing leaves the previous checkpoint intact, never half a file.
+    ``steps`` outer steps of ``meta_batch_size`` tasks, drawn with a generator seeded by ``seed``;
+    ``optimiser`` ('adam', 'adamw' or 'sgd') with learning rate ``outer_lr`` shaped by
+    ``schedule`` ('constant', 'cosine', 'step' every ``step_every`` steps, or 'cosine_time' over
+    ``time_limit`` seconds) after ``warmup`` linear steps. Validation every ``val_every`` steps on
+    ``val_episodes`` fixed episodes (``val_seed``); early stopping after ``patience``
+    validations without gain, returning the best state when ``restore_best``. A checkpoint every
+    ``checkpoint_every`` steps; ``stop_after`` ends the run after that many steps (as if
+    interrupted), ``time_limit`` after that many seconds.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(data, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
+
+    steps: int
+    meta_batch_size: int = 16
+    outer_lr: float = 1e-3
+    seed: int = 0
+    optimiser: str = "adam"
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup: int = 0
+    step_every: int | None = None
+    grad_clip: float | None = None
+    val_every: int | None = None
+    val_episodes: int = 100
+    val_seed: int = 4321
+    patience: int | None = None
+    restore_best: bool = True
+    checkpoint_every: int | None = None
+    stop_after: int | None = None
+    time_limit: float | None = None
+
+    def __post_init__(self):
+        self.steps = check_positive_int("steps", self.steps)
+        self.meta_batch_size = check_positive_int("meta_batch_size", self.meta_batch_size)
+        self.outer_lr = check_positive("outer_lr", self.outer_lr)
+        check_choice("optimiser", self.optimiser, OPTIMISERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
+                and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"warmup must be a non-negative integer, got {self.warmup!r}")
+        for name in ("step_every", "val_every", "patience", "checkpoint_every", "stop_after"):
+            setattr(self, name, _optional(check_positive_int, name, getattr(self, name)))
+        self.val_episodes = check_positive_int("val_episodes", self.val_episodes)
+        self.grad_clip = _optional(check_positive, "grad_clip", self.grad_clip)
+        self.time_limit = _optional(check_positive, "time_limit", self.time_limit)
+        if self.schedule == "cosine_time" and self.time_limit is None:
+            raise ValueError("schedule 'cosine_time' needs time_limit, the wall-clock budget in seconds")
+
+    @classmethod
+    def from_settings(cls, base: "TrainConfig | None" = None, **settings) -> "TrainConfig":
+        """A config from ``base`` (if any) with ``settings`` replacing its fields; unknown names are refused."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown}; the settings are {', '.join(known)}")
+        values = asdict(base) if base is not None else {}
+        values.update({k: v for k, v in settings.items() if v is not None})
+        if "steps" not in values:
+            raise ValueError("steps must be given: the number of outer steps")
+        return cls(**values)
 
 
-def load_checkpoint(path, map_location="cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; :class:`CheckpointError` if it is not one (Chapter 5)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as error:
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a torch file "
-                              f"({type(error).__name__})") from None
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"checkpoint {str(path)!r} is not an mlbook checkpoint")
-    for key in ("state", "step"):
-        if key not in data:
-            raise CheckpointError(f"checkpoint {str(path)!r} lacks its {key!r} entry")
-    return data
+def make_optimiser(name: str, parameters, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The outer optimiser: 'adam' (the book's default), 'adamw' or 'sgd' (Chapter 5).
+
+    With 'sgd' and ``lr`` = beta, Reptile's surrogate gives exactly the paper's update.
+    """
+    check_choice("optimiser", name, OPTIMISERS)
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(parameters, lr=lr, weight_decay=weight_decay)
 
 
-def _load_state_into(state, saved):
-    """Copy saved tensors into the live state in place, so the optimiser keeps its references."""
-    live = torch.utils._pytree.tree_leaves(state)
-    stored = torch.utils._pytree.tree_leaves(saved)
-    if len(live) != len(stored):
-        raise CheckpointError("the checkpoint's state does not fit this learner "
-                              f"({len(stored)} tensors saved, {len(live)} expected)")
-    with torch.no_grad():
-        for a, b in zip(live, stored):
-            if isinstance(a, torch.Tensor):
-                if a.shape != b.shape:
-                    raise CheckpointError(f"the checkpoint's state does not fit this learner: a tensor of "
-                                          f"shape {tuple(b.shape)} where {tuple(a.shape)} is expected")
-                a.copy_(b)
-
-
-# -- the loop -----------------------------------------------------------------------------
-def _make_schedule(optimiser, schedule: str, steps: int, warmup: int, step_every: int | None,
-                   clock: Callable[[], float] | None = None):
+def _lr_factor(config: TrainConfig, clock: Callable[[], float]) -> Callable[[int], float]:
     def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "cosine_time":
+        if config.warmup and step < config.warmup:
+            return (step + 1) / config.warmup
+        if config.schedule == "cosine_time":
             # A cosine over the wall-clock budget: on a shared machine the number of steps that
             # fit is unknown in advance. Not reproducible step for step, unlike the others.
             return 0.5 * (1 + math.cos(math.pi * min(1.0, clock())))
-        if schedule == "cosine":
-            progress_ = min(1.0, (step - warmup) / max(1, steps - warmup))
-            return 0.5 * (1 + math.cos(math.pi * progress_))
-        if schedule == "step":
-            return 0.5 ** (step // (step_every or max(1, steps // 3)))
+        if config.schedule == "cosine":
+            done = min(1.0, (step - config.warmup) / max(1, config.steps - config.warmup))
+            return 0.5 * (1 + math.cos(math.pi * done))
+        if config.schedule == "step":
+            return 0.5 ** (step // (config.step_every or max(1, config.steps // 3)))
         return 1.0
 
-    return torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+    return factor
 
 
 def _named_leaves(state) -> list[tuple[str, torch.Tensor]]:
@@ -188,216 +191,202 @@ def _check_finite(step: int, what: str, named: list[tuple[str, torch.Tensor]]) -
                                  f"value(s) (NaN or inf); training stopped")
 
 
-def _accepts_device(learner) -> bool:
-    import inspect
+class Trainer:
+    """One meta-training run: its state, optimiser, schedule, generator and history (Chapter 5).
 
-    return "device" in inspect.signature(learner.init).parameters
-
-
-def _loss_and_accuracy(learner, state, episode):
-    if hasattr(learner, "meta_loss_and_accuracy"):
-        return learner.meta_loss_and_accuracy(state, episode)
-    return learner.meta_loss(state, episode), None
-
-
-def meta_train(learner, family: TaskFamily, steps: int, meta_batch_size: int = 16,
-               outer_lr: float = 1e-3, seed: int = 0, state=None, desc: str | None = None, *,
-               val_family: TaskFamily | None = None, val_every: int | None = None,
-               val_episodes: int = 100, val_seed: int = 4321, patience: int | None = None,
-               restore_best: bool = True, schedule: str = "constant", warmup: int = 0,
-               step_every: int | None = None, grad_clip: float | None = None,
-               weight_decay: float = 0.0, checkpoint: str | os.PathLike | None = None,
-               checkpoint_every: int | None = None, resume: bool = False,
-               metadata: dict | None = None, stop_after: int | None = None,
-               time_limit: float | None = None, log: Callable[[str], None] | None = None,
-               augment: Callable | None = None) -> TrainResult:
-    """Meta-train ``learner`` on ``family`` for ``steps`` outer steps with Adam (Chapter 5).
-
-    Each step draws ``meta_batch_size`` tasks with a generator seeded by ``seed``, computes the
-    learner's meta-loss and takes one Adam step of size ``outer_lr`` (shaped by ``schedule``:
-    'constant', 'cosine' or 'step', after ``warmup`` linear steps; 'cosine_time' anneals over
-    the ``time_limit`` instead of the steps, for a wall-clock budget on a shared machine). Starts from ``state`` when
-    given, else from ``learner.init(seed)``.
-
-    Validation: every ``val_every`` steps (and at the end) the learner is evaluated on
-    ``val_episodes`` fixed episodes of ``val_family`` (mean accuracy, or minus the loss for
-    regression, with a 95% CI). With ``patience``, training stops after that many validations
-    without improvement, and ``restore_best`` returns the best state seen.
-
-    Checkpoints: with ``checkpoint`` (a path), the state, optimiser, schedule, generator and
-    step are written atomically every ``checkpoint_every`` steps and at the end; ``resume``
-    continues from that file when it exists, bit-for-bit on CPU. ``stop_after`` ends the run
-    after that many steps (as if interrupted); ``time_limit`` after that many seconds.
-    ``augment(episode, generator)`` transforms each training meta-batch (e.g. affine jitter).
+    :func:`meta_train` is the usual way in; the class exists so that each part of a run
+    (restore, step, validate, checkpoint) is a small method of its own.
     """
-    steps = check_positive_int("steps", steps)
-    meta_batch_size = check_positive_int("meta_batch_size", meta_batch_size)
-    outer_lr = check_positive("outer_lr", outer_lr)
-    check_choice("schedule", schedule, SCHEDULES)
-    if schedule == "cosine_time" and time_limit is None:
-        raise ValueError("schedule 'cosine_time' needs time_limit, the wall-clock budget in seconds")
-    if val_every is not None:
-        val_every = check_positive_int("val_every", val_every)
-        if val_family is None:
+
+    def __init__(self, learner, family: TaskFamily, config: TrainConfig, state=None, *,
+                 val_family: TaskFamily | None = None, checkpoint: str | os.PathLike | None = None,
+                 metadata: dict | None = None, log: Callable[[str], None] | None = None,
+                 augment: Callable | None = None):
+        if config.val_every is not None and val_family is None:
             raise ValueError("val_every needs val_family, the task family to validate on")
-    val_episodes = check_positive_int("val_episodes", val_episodes)
-    if patience is not None:
-        patience = check_positive_int("patience", patience)
-        if val_family is None:
+        if config.patience is not None and val_family is None:
             raise ValueError("patience (early stopping) needs val_family and val_every")
-    if checkpoint_every is not None:
-        checkpoint_every = check_positive_int("checkpoint_every", checkpoint_every)
-        if checkpoint is None:
+        if config.checkpoint_every is not None and checkpoint is None:
             raise ValueError("checkpoint_every needs checkpoint, the file to write")
-    if resume and checkpoint is None:
-        raise ValueError("resume needs checkpoint, the file to resume from")
-    if grad_clip is not None:
-        grad_clip = check_positive("grad_clip", grad_clip)
-    if warmup < 0 or isinstance(warmup, bool) or not isinstance(warmup, int):
-        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
+        self.learner, self.family, self.config = learner, family, config
+        self.val_family, self.metadata, self.log, self.augment = val_family, metadata or {}, log, augment
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.state = learner.init(config.seed, device=family.device) if state is None else state
+        self.parameters = learner.parameters(self.state)
+        if not self.parameters:
+            raise ValueError("the learner's state has no tensor that requires grad: nothing to train")
+        self.trainable = [(n, t) for n, t in _named_leaves(self.state) if t.requires_grad]
+        self.optimiser = make_optimiser(config.optimiser, self.parameters, config.outer_lr, config.weight_decay)
+        self.elapsed_before, self.started = 0.0, time.perf_counter()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimiser, _lr_factor(config, self._time_used))
+        self.generator = make_generator(config.seed, family.device)
+        self.world = dist_utils.world()
+        if self.world.size > 1:
+            dist_utils.broadcast_state(self.state)
+        self.step = 0
+        self.losses: list[float] = []
+        self.accuracies: list[float] = []
+        self.validation: list[tuple[int, float, float]] = []
+        self.best = {"score": -math.inf, "step": None, "state": None, "bad_validations": 0}
 
-    if state is None:
-        state = learner.init(seed, device=family.device) if _accepts_device(learner) else learner.init(seed)
-    parameters = learner.parameters(state)
-    if not parameters:
-        raise ValueError("the learner's state has no tensor that requires grad: nothing to train")
-    optimiser = torch.optim.Adam(parameters, lr=outer_lr, weight_decay=weight_decay)
-    elapsed_before, started = 0.0, time.perf_counter()
-    scheduler = _make_schedule(optimiser, schedule, steps, warmup, step_every,
-                               clock=lambda: (elapsed_before + time.perf_counter() - started) / time_limit)
-    generator = make_generator(seed, family.device)
-    world = dist_utils.world()
-    if world.size > 1:
-        dist_utils.broadcast_state(state)
+    def _seconds(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
 
-    losses: list[float] = []
-    accuracies: list[float] = []
-    validation: list[tuple[int, float, float]] = []
-    best_score, best_step, best_state, bad_validations = -math.inf, None, None, 0
-    start_step = 0
-    if resume and Path(checkpoint).exists():
-        saved = load_checkpoint(checkpoint, map_location=family.device)
-        _load_state_into(state, saved["state"])
-        optimiser.load_state_dict(saved["optimiser"])
-        scheduler.load_state_dict(saved["scheduler"])
-        generator.set_state(saved["generator"].to(generator.get_state().device))
+    def _time_used(self) -> float:
+        return self._seconds() / self.config.time_limit
+
+    # -- restore and checkpoint ------------------------------------------------------------
+    def restore(self, saved: dict) -> None:
+        """Continue from a checkpoint written by :meth:`write_checkpoint`."""
+        load_state_into(self.state, saved["state"])
+        self.optimiser.load_state_dict(saved["optimiser"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.generator.set_state(saved["generator"].to(self.generator.get_state().device))
         if saved.get("torch_rng") is not None:
             torch.set_rng_state(saved["torch_rng"].cpu())
-        start_step = int(saved["step"])
-        elapsed_before = float(saved.get("elapsed", 0.0))
-        losses, accuracies = list(saved.get("losses", [])), list(saved.get("accuracies", []))
-        validation = [tuple(v) for v in saved.get("validation", [])]
-        best = saved.get("best") or {}
-        best_score = best.get("score", -math.inf)
-        best_step = best.get("step")
-        best_state = best.get("state")
-        bad_validations = best.get("bad_validations", 0)
+        self.step = int(saved["step"])
+        self.elapsed_before = float(saved.get("elapsed", 0.0))
+        self.losses, self.accuracies = list(saved.get("losses", [])), list(saved.get("accuracies", []))
+        self.validation = [tuple(v) for v in saved.get("validation", [])]
+        self.best.update(saved.get("best") or {})
 
-    def write_checkpoint(step: int) -> None:
-        if checkpoint is None or not world.is_main:
+    def write_checkpoint(self) -> None:
+        """Write everything a bit-for-bit resume needs, atomically (only the main process)."""
+        if self.checkpoint is None or not self.world.is_main:
             return
-        save_checkpoint(checkpoint, {
-            "learner": getattr(learner, "name", type(learner).__name__),
-            "state": _detached(state), "optimiser": optimiser.state_dict(),
-            "scheduler": scheduler.state_dict(), "generator": generator.get_state().cpu(),
-            "torch_rng": torch.get_rng_state(), "step": step, "steps": steps,
-            "elapsed": elapsed_before + time.perf_counter() - started,
-            "losses": losses, "accuracies": accuracies, "validation": validation,
-            "best": {"score": best_score, "step": best_step, "state": best_state,
-                     "bad_validations": bad_validations},
-            "metadata": metadata or {},
+        save_checkpoint(self.checkpoint, {
+            "learner": self.learner.name, "state": detached(self.state),
+            "optimiser": self.optimiser.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state().cpu(), "torch_rng": torch.get_rng_state(),
+            "step": self.step, "steps": self.config.steps, "elapsed": self._seconds(),
+            "losses": self.losses, "accuracies": self.accuracies, "validation": self.validation,
+            "best": self.best, "train_config": asdict(self.config), "metadata": self.metadata,
         })
 
-    def validate(step: int) -> bool:
-        """Record one validation; True when early stopping says stop."""
-        nonlocal best_score, best_step, best_state, bad_validations
-        result = evaluate(learner, state, val_family, episodes=val_episodes, seed=val_seed)
-        score = result.mean if result.metric == "accuracy" else -result.mean
-        validation.append((step, result.mean, result.ci95))
-        if log:
-            log(f"step {step}: validation {result.metric} {result}")
-        if score > best_score:
-            best_score, best_step, bad_validations = score, step, 0
-            if restore_best and patience is not None:
-                best_state = _detached(state)
-        else:
-            bad_validations += 1
-        return patience is not None and bad_validations >= patience
-
-    started = time.perf_counter()
-    stopped = "steps"
-    step = start_step
-    if world.is_main:
-        bar = progress(range(start_step, steps), total=steps - start_step,
-                       desc=desc or f"meta-training {getattr(learner, 'name', 'learner')}")
-    else:
-        bar = range(start_step, steps)
-    named = _named_leaves(state)
-    trainable = [(n, t) for n, t in named if t.requires_grad]
-    for step in bar:
-        episode = family.sample(meta_batch_size, generator)
-        if augment is not None:
-            episode = augment(episode, generator)
-        shard, weight = dist_utils.shard_episode(episode, world)
-        optimiser.zero_grad(set_to_none=True)
-        if hasattr(learner, "meta_backward"):
-            # Lets a learner free each task's graph as soon as it is backpropagated.
-            loss, accuracy = learner.meta_backward(state, shard, weight)
-        else:
-            loss, accuracy = _loss_and_accuracy(learner, state, shard)
-            (loss * weight).backward()
+    # -- one outer step ----------------------------------------------------------------------
+    def train_step(self) -> None:
+        """Sample a meta-batch, backpropagate the meta-loss, check it, take the outer step."""
+        episode = self.family.sample(self.config.meta_batch_size, self.generator)
+        if self.augment is not None:
+            episode = self.augment(episode, self.generator)
+        shard, weight = dist_utils.shard_episode(episode, self.world)
+        self.optimiser.zero_grad(set_to_none=True)
+        loss, accuracy = self.learner.meta_backward(self.state, shard, weight)
         if not torch.isfinite(loss):
-            raise NonFiniteError(f"step {step}: the meta-loss is {loss.item()}; training stopped")
-        if world.size > 1:
-            dist_utils.all_reduce_gradients(parameters)
-            loss = dist_utils.all_reduce_mean(loss.detach() * weight) * world.size
+            raise NonFiniteError(f"step {self.step}: the meta-loss is {loss.item()}; training stopped")
+        if self.world.size > 1:
+            dist_utils.all_reduce_gradients(self.parameters)
+            loss = dist_utils.all_reduce_mean(loss.detach() * weight) * self.world.size
             if accuracy is not None:
-                accuracy = dist_utils.all_reduce_mean(accuracy * weight) * world.size
-        _check_finite(step, "the gradient", [(n, t.grad) for n, t in trainable])
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
-        optimiser.step()
-        scheduler.step()
-        _check_finite(step, "the updated value", trainable)
-        losses.append(loss.item())
-        accuracies.append(float("nan") if accuracy is None else float(accuracy))
-        done = step + 1
-        if world.is_main and hasattr(bar, "set_postfix") and (step % 10 == 0 or done == steps):
-            postfix = {"loss": f"{losses[-1]:.3f}"}
-            if accuracy is not None:
-                postfix["acc"] = f"{accuracies[-1]:.3f}"
-            if validation:
-                postfix["val"] = f"{validation[-1][1]:.3f}"
+                accuracy = dist_utils.all_reduce_mean(accuracy * weight) * self.world.size
+        _check_finite(self.step, "the gradient", [(n, t.grad) for n, t in self.trainable])
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip)
+        self.optimiser.step()
+        self.scheduler.step()
+        _check_finite(self.step, "the updated value", self.trainable)
+        self.losses.append(loss.item())
+        self.accuracies.append(float("nan") if accuracy is None else float(accuracy))
+        self.step += 1
+
+    def validate(self) -> bool:
+        """Record one validation; True when early stopping says stop."""
+        config, best = self.config, self.best
+        result = evaluate(self.learner, self.state, self.val_family, episodes=config.val_episodes,
+                          seed=config.val_seed)
+        score = result.mean if result.metric == "accuracy" else -result.mean
+        self.validation.append((self.step, result.mean, result.ci95))
+        if self.log:
+            self.log(f"step {self.step}: validation {result.metric} {result}")
+        if score > best["score"]:
+            best.update(score=score, step=self.step, bad_validations=0)
+            if config.restore_best and config.patience is not None:
+                best["state"] = detached(self.state)
+        else:
+            best["bad_validations"] += 1
+        return config.patience is not None and best["bad_validations"] >= config.patience
+
+    def _why_stop(self) -> str | None:
+        config, done = self.config, self.step
+        if config.val_every is not None and done % config.val_every == 0 and done < config.steps:
+            if self.validate():
+                return "early_stopping"
+        if config.stop_after is not None and done >= config.stop_after:
+            return "stop_after"
+        if config.time_limit is not None and self._seconds() > config.time_limit:
+            return "time_limit"
+        return None
+
+    def _report(self, bar) -> None:
+        done, config = self.step, self.config
+        if self.world.is_main and hasattr(bar, "set_postfix") and ((done - 1) % 10 == 0 or done == config.steps):
+            postfix = {"loss": f"{self.losses[-1]:.3f}"}
+            if not math.isnan(self.accuracies[-1]):
+                postfix["acc"] = f"{self.accuracies[-1]:.3f}"
+            if self.validation:
+                postfix["val"] = f"{self.validation[-1][1]:.3f}"
             bar.set_postfix(postfix)
-        stop_now = False
-        if val_every is not None and done % val_every == 0 and done < steps:
-            stop_now = validate(done)
-            if stop_now:
-                stopped = "early_stopping"
-        if stop_after is not None and done >= stop_after and not stop_now:
-            stopped, stop_now = "stop_after", True
-        if (time_limit is not None and elapsed_before + time.perf_counter() - started > time_limit
-                and not stop_now):
-            stopped, stop_now = "time_limit", True
-        if checkpoint_every is not None and (done % checkpoint_every == 0 or stop_now):
-            write_checkpoint(done)
-        if log and (done % max(1, (val_every or 100)) == 0 or done == steps):
-            acc = "" if accuracy is None else f" accuracy {accuracies[-1]:.3f}"
-            log(f"step {done}/{steps}: loss {losses[-1]:.4f}{acc} ({time.perf_counter() - started:.0f} s)")
-        if stop_now:
-            step = done
-            break
-    else:
-        step = steps if steps > start_step else start_step
-        if val_family is not None and (val_every is not None or patience is not None):
-            validate(step)
-    write_checkpoint(step)
-    if hasattr(bar, "close"):
-        bar.close()
-    if best_state is not None and restore_best and stopped == "early_stopping":
-        _load_state_into(state, best_state)
-    return TrainResult(state, losses, accuracies, validation, best_step, stopped, step,
-                       time.perf_counter() - started)
+        if self.log and (done % max(1, (config.val_every or 100)) == 0 or done == config.steps):
+            accuracy = "" if math.isnan(self.accuracies[-1]) else f" accuracy {self.accuracies[-1]:.3f}"
+            self.log(f"step {done}/{config.steps}: loss {self.losses[-1]:.4f}{accuracy} "
+                     f"({time.perf_counter() - self.started:.0f} s)")
+
+    # -- the run -----------------------------------------------------------------------------
+    def run(self, desc: str | None = None) -> TrainResult:
+        """Train from the current step to ``config.steps`` (or until a stop condition)."""
+        config, stopped = self.config, "steps"
+        self.started = time.perf_counter()
+        steps = range(self.step, config.steps)
+        bar = progress(steps, total=len(steps), desc=desc or f"meta-training {self.learner.name}") \
+            if self.world.is_main else steps
+        for _ in bar:
+            self.train_step()
+            reason = self._why_stop()
+            if config.checkpoint_every is not None and (self.step % config.checkpoint_every == 0 or reason):
+                self.write_checkpoint()
+            self._report(bar)
+            if reason:
+                stopped = reason
+                break
+        else:
+            if self.val_family is not None and (config.val_every is not None or config.patience is not None):
+                self.validate()
+        self.write_checkpoint()
+        if hasattr(bar, "close"):
+            bar.close()
+        if self.best["state"] is not None and config.restore_best and stopped == "early_stopping":
+            load_state_into(self.state, self.best["state"])
+        return TrainResult(self.state, self.losses, self.accuracies, self.validation, self.best["step"],
+                           stopped, self.step, time.perf_counter() - self.started)
+
+
+def meta_train(learner, family: TaskFamily, steps: int | None = None, meta_batch_size: int | None = None,
+               outer_lr: float | None = None, seed: int | None = None, state=None, desc: str | None = None,
+               *, config: TrainConfig | None = None, val_family: TaskFamily | None = None,
+               checkpoint: str | os.PathLike | None = None, resume: bool = False,
+               metadata: dict | None = None, log: Callable[[str], None] | None = None,
+               augment: Callable | None = None, **settings) -> TrainResult:
+    """Meta-train ``learner`` on ``family``; returns a :class:`TrainResult` (Chapter 5).
+
+    The run's settings are a :class:`TrainConfig`: pass ``config``, or its fields as keywords
+    (``steps``, ``meta_batch_size``, ``outer_lr``, ``seed``, ``schedule``, ``val_every``,
+    ``patience``, ``time_limit``, ...), which override ``config``'s. Starts from ``state`` when
+    given, else from ``learner.init(seed)``. ``val_family`` is validated on; ``checkpoint`` is
+    the file written every ``checkpoint_every`` steps and at the end, from which ``resume``
+    continues (bit-for-bit on CPU) when it exists. ``augment(episode, generator)`` transforms each
+    training meta-batch; ``metadata`` (plain values) is stored in the checkpoint.
+    """
+    config = TrainConfig.from_settings(config, steps=steps, meta_batch_size=meta_batch_size,
+                                       outer_lr=outer_lr, seed=seed, **settings)
+    if resume and checkpoint is None:
+        raise ValueError("resume needs checkpoint, the file to resume from")
+    trainer = Trainer(learner, family, config, state, val_family=val_family, checkpoint=checkpoint,
+                      metadata=metadata, log=log, augment=augment)
+    if checkpoint is not None:
+        remove_stale_temporaries(checkpoint)
+    if resume and Path(checkpoint).exists():
+        trainer.restore(load_checkpoint(checkpoint, map_location=family.device))
+    return trainer.run(desc)
 
 
 def evaluate(learner, state, family: TaskFamily, episodes: int = 600, batch_size: int = 50,

@@ -24,7 +24,7 @@ def adapted_curve(learner, state, episode, parameters, inner_lr: float, steps: i
     steps = check_positive_int("steps", steps)
     phi = {k: v.detach() for k, v in state["params"].items()}
     x = torch.linspace(-5, 5, points, device=episode.support_x.device)[:, None]
-    theta = inner_loop(learner._inner_loss, phi, episode.support_x[0], episode.support_y[0], steps, inner_lr,
+    theta = inner_loop(learner.inner_loss, phi, episode.support_x[0], episode.support_y[0], steps, inner_lr,
                        first_order=True)
     with torch.no_grad():
         before = learner.predict(phi, x)

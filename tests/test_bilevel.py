@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import mlbook
-from mlbook import bilevel, learners
+from mlbook import bilevel, learners, taskmap
 from mlbook.bilevel import (call, choose_strategy, conjugate_gradient, hvp, inner_loop, map_tasks,
                             proximal_inner_loop, run_tasks, task_loss_fn, with_gradient)
 from mlbook.learners import ANIL, FOMAML, IMAML, MAML, Reptile
@@ -103,16 +103,16 @@ def test_map_tasks_rejects_bad_strategy_and_chunk_size():
 
 def test_auto_strategy_is_vmap_for_small_models_and_tasks_side_by_side_for_convolutions_on_cpu(monkeypatch):
     assert choose_strategy(torch.zeros(4, 10, 1)) == "vmap"
-    monkeypatch.setattr(bilevel, "_worker_count", lambda: 1)
+    monkeypatch.setattr(taskmap, "_worker_count", lambda: 1)
     assert choose_strategy(torch.zeros(4, 5, 1, 28, 28)) == "loop"
-    monkeypatch.setattr(bilevel, "_worker_count", lambda: 2)
+    monkeypatch.setattr(taskmap, "_worker_count", lambda: 2)
     assert choose_strategy(torch.zeros(4, 5, 1, 28, 28)) == "threads"
 
 
 @pytest.fixture
 def two_workers(monkeypatch):
     """Two task threads even where torch runs on one thread (as in this suite)."""
-    monkeypatch.setattr(bilevel, "_worker_count", lambda: 2)
+    monkeypatch.setattr(taskmap, "_worker_count", lambda: 2)
 
 
 def test_run_tasks_uses_worker_threads_and_keeps_task_order(two_workers):

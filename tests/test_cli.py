@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mlbook.__main__ import main
-from mlbook.train import load_checkpoint
+from mlbook.storage import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"

@@ -109,7 +109,7 @@ def test_episode_validation():
 
 
 def test_meta_backward_matches_meta_loss_gradient_for_every_strategy(monkeypatch):
-    monkeypatch.setattr(mlbook.bilevel, "_worker_count", lambda: 2)  # 'threads' really uses two
+    monkeypatch.setattr(mlbook.taskmap, "_worker_count", lambda: 2)  # 'threads' really uses two
     images = (torch.rand(12, 5, 28, 28, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     episode = mlbook.ImageClassFamily(images, ways=3, shots=1, queries=2).sample(3, torch.Generator().manual_seed(1))
     for strategy in ("loop", "vmap", "threads"):

@@ -10,7 +10,7 @@ import torch
 
 from mlbook.distributed import World, shard_episode, world
 from mlbook.tasks import SinusoidFamily
-from mlbook.train import load_checkpoint
+from mlbook.storage import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import mlbook.bilevel
+import mlbook.taskmap
 from mlbook.learners import ANIL, FOMAML, IMAML, MAML, Reptile
 from mlbook.models import MLP, Conv4, init_params
 from mlbook.tasks import Episode, ImageClassFamily, SinusoidFamily
@@ -218,7 +219,7 @@ def test_imaml_vmap_matches_loop():
 
 @pytest.mark.parametrize("norm", ["group", "batch", "none"])
 def test_conv4_vmap_loop_and_threads_match_unrolled_reference_for_each_norm(norm, monkeypatch):
-    monkeypatch.setattr(mlbook.bilevel, "_worker_count", lambda: 2)
+    monkeypatch.setattr(mlbook.taskmap, "_worker_count", lambda: 2)
     model = Conv4(3, channels=8, norm=norm, image_size=16)
     images = torch.rand(6, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     ep = ImageClassFamily(images, ways=3, shots=1, queries=2).sample(2, torch.Generator().manual_seed(1))

@@ -1,14 +1,13 @@
 """Contract tests written against the learner interface, run for every learner in the registry.
 
-Like scikit-learn's estimator checks: a new learner added to
-``mlbook.learners._LEARNER_MODULES`` gets these tests for free. Each learner must give the
+Like scikit-learn's estimator checks: a new learner (a class with a ``name`` in a module of
+``mlbook.learners``) gets these tests for free, for each task it declares. Each learner must give the
 documented output shapes, be deterministic for a seed, agree between its batched and
 per-task paths, pass gradients to every meta-parameter, actually learn a tiny task family,
 and reject bad input with ValueError.
 """
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import math
 
@@ -16,21 +15,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import mlbook.learners as learners_pkg
-from mlbook.learners import _LEARNER_MODULES
 from torch import nn
+
+from mlbook.learners import KINDS, TASKS, LearnerConfig, registry
 
 from mlbook.models import MLP
 from mlbook.tasks import ImageClassFamily, SinusoidFamily
 from mlbook.train import evaluate, meta_train
 
 WAYS, SHOTS, QUERIES, SIZE = 3, 2, 3, 16
-# Learners that only classify (they compare embeddings, so they have no regression output).
-_METRIC = {"ProtoNet", "MatchingNet"}
-
-
-def _module_exists(name: str) -> bool:
-    return importlib.util.find_spec(f"mlbook.learners.{_LEARNER_MODULES[name]}") is not None
+LEARNERS = registry()
 
 
 # First-order methods follow the gradient at the adapted parameters, so they need a gentler
@@ -43,8 +37,7 @@ _INNER_SETTINGS = {
 
 
 def _learner_class(name: str):
-    assert _module_exists(name), f"learner {name} is registered but mlbook/learners/{_LEARNER_MODULES[name]}.py is missing"
-    return getattr(learners_pkg, name)
+    return LEARNERS[name]
 
 
 def synthetic_images(classes: int = 64, examples: int = 10, size: int = SIZE, seed: int = 0) -> torch.Tensor:
@@ -102,7 +95,9 @@ def _construct(cls, kind: str):
             return cls(width=32) if name == "BlackBox" else cls(hidden=32, representation=32)
         extra = {"width": 32} if name == "BlackBox" else {"hidden": 32, "representation": 32}
         return cls(ways=WAYS, image_size=SIZE, features=FlatNet(0), **extra)
-    metric = getattr(cls, "family", "") == "metric" or name in _METRIC
+    if kind == "regression" and not cls.adapts_with_gradients:
+        return cls.from_config(LearnerConfig(task="regression"))
+    metric = cls.kind == "metric"
     if kind == "regression":
         model = MLP(hidden=(32, 32))
     else:
@@ -141,12 +136,9 @@ def _construct(cls, kind: str):
     return cls(*args, **kwargs)
 
 
-def _kinds(name):
-    return ["classification"] if name in _METRIC else ["classification", "regression"]
-
-
-CASES = [pytest.param(n, k, id=f"{n}-{k}") for n in _LEARNER_MODULES for k in _kinds(n)]
-NAMES = [pytest.param(n, id=n) for n in _LEARNER_MODULES]
+CASES = [pytest.param(n, k, id=f"{n}-{k}") for n, cls in LEARNERS.items() for k in TASKS if k in cls.tasks]
+# Learners that classify: the learning test and the label checks are about classes.
+NAMES = [pytest.param(n, id=n) for n, cls in LEARNERS.items() if "classification" in cls.tasks]
 
 
 def _episode(kind, batch=4, seed=0):
@@ -203,7 +195,8 @@ def test_init_and_meta_loss_are_deterministic(name, kind):
     assert len(leaves(a)) == len(leaves(b))
     for x, y in zip(leaves(a), leaves(b)):
         assert torch.equal(x, y)
-    assert any(not torch.equal(x, y) for x, y in zip(leaves(a), leaves(c))), "seed is ignored"
+    if learner.kind != "Bayesian":  # a Bayesian learner starts from its prior, which is not random
+        assert any(not torch.equal(x, y) for x, y in zip(leaves(a), leaves(c))), "seed is ignored"
     ep1, ep2 = _episode(kind, seed=7), _episode(kind, seed=7)
     l1, l2 = learner.meta_loss(a, ep1), learner.meta_loss(b, ep2)
     assert torch.equal(l1, l2)
@@ -226,7 +219,9 @@ def test_every_meta_parameter_gets_a_gradient(name, kind):
 
 
 # Outer steps and learning rate per learner; the black box learns in context slowly.
-_LEARN_BUDGET = {"BlackBox": (600, 1e-3), "IMAML": (200, 3e-3)}
+# iMAML diverged at 3e-3 on this family (loss 0.78 -> 1.11): its implicit gradient is noisy away
+# from the inner minimiser, so it takes a smaller outer step.
+_LEARN_BUDGET = {"BlackBox": (600, 1e-3), "IMAML": (200, 1e-3)}
 _DEFAULT_BUDGET = (200, 3e-3)
 
 @pytest.mark.parametrize("name", NAMES)
@@ -267,13 +262,60 @@ def test_support_labels_of_wrong_length_are_rejected(name):
         learner.predict(learner.adapt(state, ep.support_x[0], ep.support_y[0][:-1]), ep.query_x[0])
 
 
-def test_registry_names_its_learners():
-    assert set(_LEARNER_MODULES) >= {"MAML", "FOMAML", "ANIL", "Reptile", "IMAML", "MetaSGD",
-                                     "ProtoNet", "MatchingNet", "CNP", "BlackBox"}
-    for name in _LEARNER_MODULES:
-        if _module_exists(name):
-            cls = getattr(learners_pkg, name)
-            assert cls.__name__ == name
-            assert getattr(cls, "family", "unknown") in {"optimisation", "metric", "model-based",
-                                                         "black-box"}, (name, cls.family)
-            assert "Chapter" in (cls.__doc__ or ""), f"{name}'s docstring names no chapter"
+def test_registry_finds_every_learner_with_its_declarations():
+    assert set(LEARNERS) >= {"MAML", "FOMAML", "ANIL", "Reptile", "IMAML", "MetaSGD", "ProtoNet",
+                             "MatchingNet", "CNP", "BlackBox", "BayesLR"}
+    for name, cls in LEARNERS.items():
+        assert cls.name == name
+        assert cls.kind in KINDS, (name, cls.kind)
+        assert cls.tasks and set(cls.tasks) <= set(TASKS), (name, cls.tasks)
+        assert "Chapter" in (cls.__doc__ or ""), f"{name}'s docstring names no chapter"
+
+
+@pytest.mark.parametrize("name,kind", CASES)
+def test_from_config_builds_a_working_learner(name, kind):
+    """Every learner builds itself from a plain config for each task it declares, and its
+    state round-trips through the config stored in a checkpoint."""
+    cls = LEARNERS[name]
+    config = LearnerConfig(task=kind, ways=WAYS, image_size=SIZE, channels=8)
+    learner = cls.from_config(LearnerConfig.from_dict(config.to_dict()))
+    assert type(learner) is cls
+    ep = _episode(kind, batch=2)
+    metrics = learner.evaluate_batch(learner.init(0, dtype=torch.float32, device="cpu"), ep)
+    assert metrics["loss"].shape == (2,) and torch.isfinite(metrics["loss"]).all()
+
+
+def test_a_learner_defined_anywhere_registers_itself():
+    from mlbook.learners import Learner
+
+    class Constant(Learner):
+        """Predicts zero whatever the support set (Chapter 4: the no-learning baseline)."""
+
+        name = "ConstantForTest"
+        kind = "model-based"
+        tasks = frozenset({"regression"})
+
+        def init(self, seed, *, dtype=None, device=None):
+            return {"bias": torch.zeros((), requires_grad=True)}
+
+        def adapt(self, state, support_x, support_y):
+            return state
+
+        def predict(self, task_state, x):
+            return torch.zeros_like(x) + task_state["bias"]
+
+    try:
+        assert registry()["ConstantForTest"] is Constant
+        learner = Constant(loss="mse")
+        loss, accuracy = learner.meta_backward(learner.init(0), _episode("regression"))
+        assert torch.isfinite(loss) and accuracy is None
+    finally:
+        from mlbook.learners import base
+        base._REGISTRY.pop("ConstantForTest")
+
+
+def test_a_declaration_outside_the_taxonomy_is_refused():
+    from mlbook.learners import Learner
+
+    with pytest.raises(ValueError, match="kind"):
+        type("Odd", (Learner,), {"name": "OddForTest", "kind": "magic", "__doc__": "Chapter 4."})

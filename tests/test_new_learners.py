@@ -10,7 +10,7 @@ from torch.func import functional_call
 
 from mlbook.compare import Comparison, compare, graph_memory
 from mlbook.learners import MAML, BlackBox, CNP, MetaSGD
-from mlbook.learners.cnp import gaussian_nll
+from mlbook.metrics import gaussian_nll
 from mlbook.models import MLP
 from mlbook.tasks import ImageClassFamily, SinusoidFamily
 from mlbook.train import evaluate, meta_train
@@ -228,7 +228,7 @@ def test_compare_builds_one_table():
         assert row.metric == "loss" and row.mean > 0 and row.ci95 > 0
         assert row.adapt_ms > 0 and row.graph_mb > 0 and row.parameters > 0
         assert row.peak_mb is None  # CPU
-    assert table["CNP"].family == "model-based" and len(table["CNP"].losses) == 10
+    assert table["CNP"].kind == "model-based" and len(table["CNP"].losses) == 10
     text = table.to_markdown()
     assert text.count("\n") == 3 and "query MSE" in text and "MAML" in text
     # A given state is measured, not retrained; same evaluation episodes give the same score.

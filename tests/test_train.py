@@ -7,11 +7,12 @@ import torch
 
 from mlbook.learners import MAML
 from mlbook.learners.protonet import ProtoNet
-from mlbook.lake import AffineJitter
+from mlbook.augment import AffineJitter
 from mlbook.models import MLP, Conv4
 from mlbook.tasks import ImageClassFamily, SinusoidFamily
-from mlbook.train import (CheckpointError, NonFiniteError, confidence_interval, evaluate, load_checkpoint,
-                          meta_train, save_checkpoint)
+from mlbook.metrics import confidence_interval
+from mlbook.storage import CheckpointError, load_checkpoint, save_checkpoint
+from mlbook.train import NonFiniteError, evaluate, meta_train
 
 
 def sinusoid_maml():
@@ -98,15 +99,16 @@ class _Bad(MAML):
         super().__init__(MLP(hidden=(4,)), inner_lr=0.01, loss="mse")
         self.calls, self.bad_step, self.where = 0, bad_step, where
 
-    def meta_loss(self, state, episode):
-        loss = super().meta_loss(state, episode)
+    def metrics(self, state, episode):
+        metrics = super().metrics(state, episode)
         self.calls += 1
         if self.calls - 1 == self.bad_step:
             w = state["params"]["head.weight"]
             if self.where == "loss":
-                return loss * float("nan")
-            return loss + torch.sqrt((w - w.detach()).abs().sum())   # finite value, infinite gradient
-        return loss
+                metrics["loss"] = metrics["loss"] * float("nan")
+            else:   # a finite value with an infinite gradient
+                metrics["loss"] = metrics["loss"] + torch.sqrt((w - w.detach()).abs().sum())
+        return metrics
 
 
 def test_nan_guard_names_the_step_and_the_tensor():
@@ -141,8 +143,11 @@ def test_cosine_schedule_and_time_limit(tmp_path):
     meta_train(sinusoid_maml(), family, 10, meta_batch_size=2, schedule="cosine", checkpoint=path)
     saved = load_checkpoint(path)
     assert saved["scheduler"]["_last_lr"][0] < 1e-4 * 1e-3, "cosine decays to zero at the last step"
-    limited = meta_train(sinusoid_maml(), family, 10_000, meta_batch_size=2, time_limit=0.0)
+    limited = meta_train(sinusoid_maml(), family, 10_000, meta_batch_size=2, time_limit=1e-9)
     assert limited.stopped == "time_limit" and limited.step == 1
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="time_limit"):
+            meta_train(sinusoid_maml(), family, 2, time_limit=bad)
 
 
 def test_bad_trainer_arguments():
@@ -155,6 +160,22 @@ def test_bad_trainer_arguments():
         meta_train(sinusoid_maml(), family, 2, resume=True)
     with pytest.raises(ValueError, match="steps"):
         meta_train(sinusoid_maml(), family, 0)
+    with pytest.raises(ValueError, match="optimiser"):
+        meta_train(sinusoid_maml(), family, 2, optimiser="rmsprop")
+    with pytest.raises(ValueError, match="unknown training settings"):
+        meta_train(sinusoid_maml(), family, 2, learning_rate=0.1)
+
+
+def test_train_config_is_stored_as_plain_values_and_sgd_is_available(tmp_path):
+    from mlbook.train import TrainConfig
+
+    family = SinusoidFamily(shots=5, queries=5)
+    path = tmp_path / "run.pt"
+    config = TrainConfig(steps=3, meta_batch_size=2, outer_lr=0.1, optimiser="sgd", seed=2)
+    result = meta_train(sinusoid_maml(), family, config=config, checkpoint=path, meta_batch_size=3)
+    saved = load_checkpoint(path)
+    assert saved["train_config"]["optimiser"] == "sgd" and saved["train_config"]["meta_batch_size"] == 3
+    assert TrainConfig(**saved["train_config"]).steps == 3 and result.step == 3
 
 
 def test_evaluate_reports_a_95_percent_interval():

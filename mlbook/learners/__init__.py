@@ -1,23 +1,32 @@
 """Every learner of the book behind one interface (see :mod:`mlbook.learners.base`).
 
-Learners are imported on first use, so ``import mlbook`` stays quick.
+Each module of this package defines learners; a learner class with a ``name`` registers itself,
+so :func:`registry` finds every algorithm without a list kept by hand (Chapter 4's taxonomy,
+the command line and the contract tests all read it). A new algorithm is one new file here.
 """
 from importlib import import_module
+from pkgutil import iter_modules
 
-from .base import Learner, task_accuracy, task_loss
-from .maml import MAML
+from .base import KINDS, TASKS, Learner, LearnerConfig, registered_learners, task_accuracy, task_loss
 
-# name -> module that defines it (Chapter 4's taxonomy lists them all).
-_LEARNER_MODULES = {
-    "MAML": "maml", "FOMAML": "maml", "ANIL": "anil", "Reptile": "reptile", "IMAML": "imaml",
-    "MetaSGD": "metasgd", "ProtoNet": "protonet", "MatchingNet": "matching", "CNP": "cnp",
-    "BlackBox": "blackbox",
-}
-
-__all__ = ["Learner", "task_loss", "task_accuracy", *_LEARNER_MODULES]
+for _module in iter_modules(__path__):
+    if _module.name != "base" and not _module.name.startswith("_"):
+        import_module(f".{_module.name}", __name__)
+globals().update(registered_learners())
 
 
-def __getattr__(name):
-    if name in _LEARNER_MODULES:
-        return getattr(import_module(f".{_LEARNER_MODULES[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def registry() -> dict:
+    """``{name: learner class}`` for every learner of the library, in name order (Chapter 4)."""
+    return dict(sorted(registered_learners().items()))
+
+
+def get_learner(name: str) -> type:
+    """The learner class registered as ``name``; a clear error lists the names (Chapter 4)."""
+    learners = registry()
+    if name not in learners:
+        raise ValueError(f"learner must be one of {', '.join(learners)}; got {name!r}")
+    return learners[name]
+
+
+__all__ = ["Learner", "LearnerConfig", "KINDS", "TASKS", "task_loss", "task_accuracy", "registry",
+           "get_learner", *registered_learners()]

@@ -1,28 +1,53 @@
 """The one learner interface every algorithm in the book implements (Chapters 3-6).
 
-    init(seed)                     -> state        (phi: what meta-learning learns)
-    adapt(state, support_x, y)     -> task_state   (theta_i: after seeing D_train of one task)
-    predict(task_state, x)         -> output       (logits, or a regression output)
-    meta_loss(state, episode)      -> scalar       (the outer objective on a meta-batch)
+What a learner must define (one task at a time, no batch axis):
 
-``adapt`` and ``predict`` work on one task (no batch axis); ``meta_loss`` and
-``evaluate_batch`` take an :class:`~mlbook.tasks.Episode` and map over its tasks with
-``vmap`` or a loop. One trainer, one evaluator and one table then serve every learner.
+    init(seed, *, dtype=None, device=None) -> state        (phi: what meta-learning learns)
+    adapt(state, support_x, support_y)     -> task_state   (theta_i: after seeing D_i^train)
+    predict(task_state, x)                 -> output       (logits, or a regression output)
+
+From these the base class derives one task's metrics, ``task_metrics(state, support_x,
+support_y, query_x, query_y) -> {"loss", "accuracy", ...}``, and everything the trainer and the
+evaluator call: :meth:`metrics`, :meth:`meta_loss`, :meth:`meta_backward`,
+:meth:`evaluate_batch`, :meth:`parameters`. Two ways to change them, both optional:
+
+* override ``task_metrics`` to add an 'objective' when training minimises something other than
+  the query loss (Reptile's and iMAML's surrogates carry their own meta-gradient);
+* define the batched hook ``episode_metrics(state, episode) -> {"loss": [B], ...}`` that scores
+  every task of a meta-batch in one call (metric and model-based learners embed a whole
+  meta-batch at once).
+
+A learner also declares what it is, so that nobody keeps lists of learner names: its ``name``
+(the key of the registry), its ``kind`` in Chapter 4's taxonomy, the ``tasks`` it supports,
+which :class:`LearnerConfig` fields it reads (``options``), and how it is built from a config
+(:meth:`Learner.from_config`). Defining a subclass with a ``name`` registers it.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from ..bilevel import choose_strategy, map_tasks, run_tasks
+from ..taskmap import choose_strategy, map_tasks, run_tasks
 from ..tasks import Episode
 from ..utils import check_choice
 
-__all__ = ["Learner", "LOSSES", "task_loss", "task_accuracy", "check_labelled_support"]
+__all__ = ["Learner", "LearnerConfig", "LOSSES", "KINDS", "TASKS", "task_loss", "task_accuracy",
+           "check_labelled_support", "registered_learners"]
 
 LOSSES = ("mse", "cross_entropy")
+KINDS = ("optimisation", "metric", "model-based", "black-box", "Bayesian", "hybrid", "learned optimiser",
+         "hand-designed")
+TASKS = ("classification", "regression")
+
+_REGISTRY: dict[str, type] = {}
+
+
+def registered_learners() -> dict[str, type]:
+    """``{name: class}`` of every learner class defined so far (see :func:`mlbook.learners.registry`)."""
+    return dict(_REGISTRY)
 
 
 def task_loss(kind: str, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -30,6 +55,11 @@ def task_loss(kind: str, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if kind == "mse":
         return F.mse_loss(output, y)
     return F.cross_entropy(output, y)
+
+
+def task_accuracy(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Fraction of correct predictions of one task's logits (Chapter 5)."""
+    return (output.argmax(-1) == y).float().mean()
 
 
 def check_labelled_support(support_x: torch.Tensor, support_y: torch.Tensor) -> None:
@@ -41,20 +71,76 @@ def check_labelled_support(support_x: torch.Tensor, support_y: torch.Tensor) -> 
                          f"got shape {tuple(support_y.shape)}")
 
 
-def task_accuracy(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Fraction of correct predictions of one task's logits (Chapter 5)."""
-    return (output.argmax(-1) == y).float().mean()
+@dataclass
+class LearnerConfig:
+    """How to build a learner for some data, in plain values (stored in every checkpoint; Chapter 5).
+
+    ``task`` is 'classification' (images ``[1, image_size, image_size]``, ``ways`` classes) or
+    'regression' (the sinusoid's 1-D inputs). The other fields are options a learner may read;
+    each learner lists the ones it uses in ``options``. ``None`` means the learner's default.
+    """
+
+    task: str = "classification"
+    ways: int = 5
+    image_size: int = 28
+    channels: int = 64
+    norm: str = "group"
+    inner_lr: float | None = None
+    inner_steps: int = 1
+    first_order: bool = False
+    distance: str = "euclidean"
+    fce: bool = False
+
+    def __post_init__(self):
+        check_choice("task", self.task, TASKS)
+
+    @property
+    def regression(self) -> bool:
+        return self.task == "regression"
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "LearnerConfig":
+        """The config a plain dict describes; unknown keys are ignored, so a run's full config fits."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known and v is not None})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 class Learner:
-    """Base class: subclasses define ``init``, ``adapt`` and ``predict`` (Chapter 4's taxonomy).
+    """Base class of every meta-learner (Chapter 4's taxonomy); see the module docstring.
 
     ``loss`` is 'mse' (regression) or 'cross_entropy' (classification). ``strategy`` and
-    ``chunk_size`` choose how tasks of a meta-batch are mapped (see :func:`mlbook.bilevel.map_tasks`).
+    ``chunk_size`` choose how tasks of a meta-batch are mapped (see :func:`mlbook.taskmap.map_tasks`).
     """
 
-    name = "learner"
-    family = "unknown"
+    name: ClassVar[str] = "learner"
+    kind: ClassVar[str] = "optimisation"
+    tasks: ClassVar[frozenset] = frozenset(TASKS)
+    options: ClassVar[tuple[str, ...]] = ()
+    # One trained state serves episodes with any number of classes (metric learners).
+    any_ways: ClassVar[bool] = False
+    # Adaptation takes gradient steps, so evaluation must keep autograd on.
+    adapts_with_gradients: ClassVar[bool] = False
+    # predict_distribution gives a predictive mean and variance.
+    probabilistic: bool = False
+    episode_metrics = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            return
+        check_choice(f"{cls.__name__}.kind", cls.kind, KINDS)
+        for task in cls.tasks:
+            check_choice(f"{cls.__name__}.tasks", task, TASKS)
+        config_fields = {f.name for f in fields(LearnerConfig)}
+        for option in cls.options:
+            check_choice(f"{cls.__name__}.options", option, config_fields)
+        if cls.name in _REGISTRY and _REGISTRY[cls.name].__qualname__ != cls.__qualname__:
+            raise ValueError(f"two learners are named {cls.name!r}: {_REGISTRY[cls.name].__qualname__} "
+                             f"and {cls.__qualname__}")
+        _REGISTRY[cls.name] = cls
 
     def __init__(self, loss: str = "cross_entropy", strategy: str = "auto",
                  chunk_size: int | None = None):
@@ -62,8 +148,13 @@ class Learner:
         self.strategy = strategy
         self.chunk_size = chunk_size
 
+    @classmethod
+    def from_config(cls, config: LearnerConfig) -> "Learner":
+        """The learner ``config`` describes, with this algorithm's book defaults (Chapter 5)."""
+        raise NotImplementedError(f"{cls.__name__} does not define from_config")
+
     # -- the interface -------------------------------------------------------------------
-    def init(self, seed: int) -> dict[str, Any]:
+    def init(self, seed: int, *, dtype=None, device=None) -> dict[str, Any]:
         raise NotImplementedError
 
     def adapt(self, state, support_x: torch.Tensor, support_y: torch.Tensor):
@@ -72,70 +163,80 @@ class Learner:
     def predict(self, task_state, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    # -- shared by every learner ---------------------------------------------------------
-    def query_loss(self, state, support_x, support_y, query_x, query_y) -> torch.Tensor:
-        """L_outer for one task: adapt on the support set, score the query set."""
-        return task_loss(self.loss, self.predict(self.adapt(state, support_x, support_y), query_x), query_y)
+    def predict_distribution(self, task_state, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, variance) of the predictive distribution at ``x``; only for probabilistic learners (Chapter 6)."""
+        raise ValueError(f"{type(self).__name__} is not probabilistic: it predicts no variance "
+                         f"(predict_distribution needs a learner with probabilistic=True)")
+
+    # -- derived from the interface ------------------------------------------------------
+    def task_metrics(self, state, support_x, support_y, query_x, query_y) -> dict[str, torch.Tensor]:
+        """One task's query 'loss' (and 'accuracy'): adapt on the support set, score the query set."""
+        return self.score(self.adapt(state, support_x, support_y), query_x, query_y)
+
+    def score(self, task_state, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """'loss' (and 'accuracy' for classification) of an adapted task state on ``(x, y)``."""
+        output = self.predict(task_state, x)
+        metrics = {"loss": task_loss(self.loss, output, y)}
+        if self.loss == "cross_entropy":
+            metrics["accuracy"] = task_accuracy(output, y)
+        return metrics
+
+    def metrics(self, state, episode: Episode) -> dict[str, torch.Tensor]:
+        """Per-task metrics ``[B]`` of a meta-batch: the batched hook, or ``task_metrics`` mapped over tasks."""
+        if self.episode_metrics is not None:
+            return self.episode_metrics(state, episode)
+        return map_tasks(lambda *task: self.task_metrics(state, *task), episode.support_x, episode.support_y,
+                         episode.query_x, episode.query_y, strategy=self.strategy, chunk_size=self.chunk_size)
 
     def meta_loss(self, state, episode: Episode) -> torch.Tensor:
-        """Mean query loss over the tasks of ``episode``: the meta-objective (Chapter 1)."""
-        losses = map_tasks(lambda *t: self.query_loss(state, *t), episode.support_x, episode.support_y,
-                           episode.query_x, episode.query_y, strategy=self.strategy,
-                           chunk_size=self.chunk_size)
-        return losses.mean()
+        """The meta-objective: the mean over tasks of the per-task objective (Chapter 1)."""
+        metrics = self.metrics(state, episode)
+        return metrics.get("objective", metrics["loss"]).mean()
 
     def meta_backward(self, state, episode: Episode, scale: float = 1.0):
         """Backpropagate ``scale`` x the meta-loss into ``state``; return (loss, accuracy or None).
 
         The trainer's step (Chapter 5). When tasks run one by one (the 'loop' and 'threads'
-        strategies, chosen for convolutions on CPU) and the learner's meta-loss is the plain
-        mean of per-task query losses, each task is backpropagated as soon as it is computed, so
-        only one task's graph per thread is alive at a time: memory is that of a task, not of
-        the whole meta-batch. The per-task gradients are added up in task order, so with
-        'threads' the result does not depend on which thread finished first.
+        strategies, chosen for convolutions on CPU) and the learner has no batched hook, each
+        task is backpropagated as soon as it is computed, so only one task's graph per thread is
+        alive at a time. Per-task gradients are added up in task order, so with 'threads' the
+        result does not depend on which thread finished first.
         """
         strategy = self.strategy if self.strategy != "auto" else choose_strategy(episode.support_x)
-        per_task = (strategy in ("loop", "threads") and type(self).meta_loss is Learner.meta_loss
-                    and not hasattr(self, "meta_loss_and_accuracy"))
-        if not per_task:
-            if hasattr(self, "meta_loss_and_accuracy"):
-                loss, accuracy = self.meta_loss_and_accuracy(state, episode)
-            else:
-                loss, accuracy = self.meta_loss(state, episode), None
+        if self.episode_metrics is not None or strategy not in ("loop", "threads"):
+            metrics = self.metrics(state, episode)
+            loss = metrics.get("objective", metrics["loss"]).mean()
             (loss * scale).backward()
-            return loss.detach(), accuracy
+            accuracy = metrics.get("accuracy")
+            return loss.detach(), None if accuracy is None else accuracy.mean().detach()
+        return self._per_task_backward(state, episode, scale, strategy)
+
+    def _per_task_backward(self, state, episode: Episode, scale: float, strategy: str):
         tasks = episode.batch_size
         params = self.parameters(state)
 
         def one_task(i):
-            loss = self.query_loss(state, episode.support_x[i], episode.support_y[i],
-                                   episode.query_x[i], episode.query_y[i]) / tasks
-            return loss.detach(), torch.autograd.grad(loss * scale, params, allow_unused=True)
+            metrics = self.task_metrics(state, episode.support_x[i], episode.support_y[i],
+                                        episode.query_x[i], episode.query_y[i])
+            loss = metrics.get("objective", metrics["loss"]) / tasks
+            grads = torch.autograd.grad(loss * scale, params, allow_unused=True)
+            return loss.detach(), metrics.get("accuracy"), grads
 
         results = run_tasks(one_task, tasks, strategy)
-        total = torch.zeros((), device=episode.query_x.device)
-        for loss, _ in results:
-            total = total + loss
         for j, p in enumerate(params):
-            for _, grads in results:
+            for _, _, grads in results:
                 if grads[j] is not None:
                     p.grad = grads[j].clone() if p.grad is None else p.grad + grads[j]
-        return total, None
+        total = torch.stack([loss for loss, _, _ in results]).sum()
+        accuracies = [a for _, a, _ in results if a is not None]
+        accuracy = torch.stack(accuracies).mean().detach() if accuracies else None
+        return total, accuracy
 
     def evaluate_batch(self, state, episode: Episode) -> dict[str, torch.Tensor]:
-        """Per-task query loss (and accuracy for classification), without outer gradients."""
-
-        def metrics(sx, sy, qx, qy):
-            output = self.predict(self.adapt(state, sx, sy), qx)
-            result = {"loss": task_loss(self.loss, output, qy)}
-            if self.loss == "cross_entropy":
-                result["accuracy"] = task_accuracy(output, qy)
-            return result
-
-        with torch.enable_grad():  # inner loops need gradients even when evaluating
-            out = map_tasks(metrics, episode.support_x, episode.support_y, episode.query_x,
-                            episode.query_y, strategy=self.strategy, chunk_size=self.chunk_size)
-        return {k: v.detach() for k, v in out.items()}
+        """Per-task query metrics without outer gradients ('objective' left out) (Chapter 5)."""
+        with torch.set_grad_enabled(self.adapts_with_gradients):
+            metrics = self.metrics(state, episode)
+        return {k: v.detach() for k, v in metrics.items() if k != "objective"}
 
     def parameters(self, state) -> list[torch.Tensor]:
         """The tensors the outer optimiser updates: every leaf of ``state`` that requires grad."""
@@ -144,3 +245,4 @@ class Learner:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+

@@ -18,13 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..bilevel import call
+from ..metrics import query_metrics
 from ..models import MLP, Conv4, init_params
+from ..taskmap import call
 from ..tasks import Episode
 from ..utils import check_positive_int
-from ._context import batched_query_metrics, check_episode, check_inputs, check_support, check_ways_and_image_size
-from .base import Learner
-from .cnp import _feature_size
+from .base import Learner, LearnerConfig
+from .cnp import context_learner_for
+from .context import check_episode, check_inputs, check_support, check_ways_and_image_size, probe_feature_size
 
 __all__ = ["BlackBox"]
 
@@ -93,7 +94,7 @@ class BlackBox(Learner):
     """
 
     name = "BlackBox"
-    family = "black-box"
+    kind = "black-box"
 
     def __init__(self, x_dim: int = 1, y_dim: int = 1, ways: int | None = None,
                  image_size: int | None = None, width: int = 64, heads: int = 4, layers: int = 2,
@@ -111,7 +112,7 @@ class BlackBox(Learner):
             self.feature_shape = (1, self.image_size, self.image_size)
             if features is None:
                 features = Conv4(0, channels=check_positive_int("channels", channels), image_size=self.image_size)
-            feature_size = _feature_size(features, self.feature_shape)
+            feature_size = probe_feature_size(features, self.feature_shape)
         elif self.ways is not None:
             features = MLP(self.x_dim, width, hidden=(width,))
             feature_size = width
@@ -124,8 +125,13 @@ class BlackBox(Learner):
         out_size = self.y_dim if self.ways is None else self.ways
         self.net = _Net(features, feature_size, label_size, width, heads, layers, out_size)
 
+    @classmethod
+    def from_config(cls, config: LearnerConfig) -> "BlackBox":
+        """The default black box for the config's task (Chapter 4)."""
+        return context_learner_for(cls, config)
+
     # -- the interface -------------------------------------------------------------------
-    def init(self, seed: int, dtype=None, device=None) -> dict:
+    def init(self, seed: int, *, dtype=None, device=None) -> dict:
         """phi: every weight of the sequence model (and its image feature extractor)."""
         return {"params": init_params(self.net, seed, dtype=dtype, device=device)}
 
@@ -150,17 +156,9 @@ class BlackBox(Learner):
         check_episode(episode, self.feature_shape)
         return self.forward(state["params"], episode.support_x, episode.support_y, episode.query_x)
 
-    def meta_loss(self, state, episode: Episode) -> torch.Tensor:
-        """Mean query loss over the meta-batch, in one batched forward pass."""
-        out = self._query_outputs(state, episode)
-        if self.ways is None:
-            return F.mse_loss(out, episode.query_y)
-        return F.cross_entropy(out.flatten(0, 1), episode.query_y.flatten())
-
-    def evaluate_batch(self, state, episode: Episode) -> dict[str, torch.Tensor]:
-        """Per-task query 'loss' (MSE or cross-entropy) and 'accuracy' for classification."""
-        with torch.no_grad():
-            return batched_query_metrics(self._query_outputs(state, episode), episode.query_y, self.ways)
+    def episode_metrics(self, state, episode: Episode) -> dict[str, torch.Tensor]:
+        """Per-task query 'loss' (MSE or cross-entropy) and 'accuracy', in one batched forward pass."""
+        return query_metrics(self._query_outputs(state, episode), episode.query_y, self.ways is not None)
 
     def __repr__(self) -> str:
         kind = "regression" if self.ways is None else f"{self.ways}-way classification"

@@ -14,37 +14,26 @@ relabels the outputs.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..bilevel import call
+from ..metrics import gaussian_nll, query_metrics
 from ..models import MLP, Conv4, init_params
+from ..taskmap import call
 from ..tasks import Episode
 from ..utils import check_positive, check_positive_int
-from ._context import batched_query_metrics, check_episode, check_inputs, check_support, check_ways_and_image_size
-from .base import Learner
+from .base import Learner, LearnerConfig
+from .context import check_episode, check_inputs, check_support, check_ways_and_image_size, probe_feature_size
 
-__all__ = ["CNP", "gaussian_nll"]
-
-
-def gaussian_nll(mean: torch.Tensor, variance: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood of ``y`` under N(mean, variance), elementwise (Chapter 4)."""
-    return 0.5 * (torch.log(2 * math.pi * variance) + (y - mean) ** 2 / variance).mean()
+__all__ = ["CNP", "context_learner_for"]
 
 
-def _feature_size(features: nn.Module, shape: tuple) -> int:
-    """The output width of an image feature extractor, found by one probe forward pass."""
-    if not isinstance(features, nn.Module):
-        raise ValueError(f"features must be a torch.nn.Module, got {type(features).__name__}")
-    with torch.no_grad():
-        out = features(torch.zeros(2, *shape))
-    if out.dim() != 2:
-        raise ValueError(f"features must map [M, {', '.join(map(str, shape))}] images to [M, F] "
-                         f"vectors; it gave shape {tuple(out.shape)}")
-    return out.shape[1]
+def context_learner_for(cls, config: LearnerConfig):
+    """A CNP or black box for the config's task: 1-D regression, or ``ways``-way images (Chapter 4)."""
+    if config.regression:
+        return cls()
+    return cls(ways=config.ways, image_size=config.image_size, channels=min(config.channels, 32))
 
 
 def _sub(params: dict, prefix: str) -> dict:
@@ -66,7 +55,7 @@ class CNP(Learner):
     """
 
     name = "CNP"
-    family = "model-based"
+    kind = "model-based"
 
     def __init__(self, x_dim: int = 1, y_dim: int = 1, ways: int | None = None,
                  image_size: int | None = None, hidden: int = 64, representation: int = 64,
@@ -92,7 +81,7 @@ class CNP(Learner):
                 if features is None:
                     features = Conv4(0, channels=check_positive_int("channels", channels),
                                      image_size=self.image_size)
-                feature_size = _feature_size(features, self.feature_shape)
+                feature_size = probe_feature_size(features, self.feature_shape)
             else:
                 features = MLP(self.x_dim, hidden, hidden=(hidden,))
                 feature_size = hidden
@@ -103,9 +92,15 @@ class CNP(Learner):
                 "decoder": MLP(feature_size + representation, 1, hidden=(hidden,)),
             }
         self.net = nn.ModuleDict(net)
+        self.probabilistic = self.ways is None
+
+    @classmethod
+    def from_config(cls, config: LearnerConfig) -> "CNP":
+        """The default CNP for the config's task (Chapter 4)."""
+        return context_learner_for(cls, config)
 
     # -- the interface -------------------------------------------------------------------
-    def init(self, seed: int, dtype=None, device=None) -> dict:
+    def init(self, seed: int, *, dtype=None, device=None) -> dict:
         """phi: the weights of the encoder, the decoder (and the image feature extractor)."""
         return {"params": init_params(self.net, seed, dtype=dtype, device=device)}
 
@@ -173,23 +168,15 @@ class CNP(Learner):
         r = self.represent(state["params"], episode.support_x, episode.support_y)
         return self.decode(state["params"], r, episode.query_x)
 
-    def meta_loss(self, state, episode: Episode) -> torch.Tensor:
-        """Gaussian NLL of the query targets (regression) or cross-entropy (classification)."""
+    def episode_metrics(self, state, episode: Episode) -> dict[str, torch.Tensor]:
+        """Per-task cross-entropy and accuracy, or (regression) the MSE of the predictive mean
+        and the Gaussian NLL of the query targets, which is what training minimises."""
         out = self._query_outputs(state, episode)
-        if self.ways is None:
-            return gaussian_nll(*out, episode.query_y)
-        return F.cross_entropy(out.flatten(0, 1), episode.query_y.flatten())
-
-    def evaluate_batch(self, state, episode: Episode) -> dict[str, torch.Tensor]:
-        """Per-task 'loss' (MSE of the mean, or cross-entropy), 'nll' or 'accuracy'."""
-        with torch.no_grad():
-            out = self._query_outputs(state, episode)
-            y = episode.query_y
-            if self.ways is None:
-                mean, variance = out
-                nll = 0.5 * (torch.log(2 * math.pi * variance) + (y - mean) ** 2 / variance)
-                return {**batched_query_metrics(mean, y, None), "nll": nll.flatten(1).mean(1)}
-            return batched_query_metrics(out, y, self.ways)
+        if self.ways is not None:
+            return query_metrics(out, episode.query_y, classification=True)
+        mean, variance = out
+        nll = gaussian_nll(mean, variance, episode.query_y, reduction="none").flatten(1).mean(1)
+        return {**query_metrics(mean, episode.query_y, classification=False), "nll": nll, "objective": nll}
 
     def __repr__(self) -> str:
         kind = "regression" if self.ways is None else f"{self.ways}-way classification"

@@ -12,9 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..bilevel import (check_params, implicit_meta_grad, map_tasks, proximal_inner_loop,
-                       with_gradient)
-from ..tasks import Episode
+from ..bilevel import check_params, implicit_meta_grad, proximal_inner_loop, with_gradient
 from ..utils import check_positive, check_positive_int
 from .base import task_loss
 from .maml import MAML
@@ -31,6 +29,7 @@ class IMAML(MAML):
     """
 
     name = "IMAML"
+    options = ("inner_lr", "inner_steps")
 
     def __init__(self, model: nn.Module, lam: float = 1.0, cg_steps: int = 5, **kwargs):
         if kwargs.get("learn_inner_lr"):
@@ -45,25 +44,20 @@ class IMAML(MAML):
     def adapt(self, state, support_x, support_y):
         """theta_i: approximate minimiser of the proximal inner problem, started at phi."""
         check_params(self.model, state["params"])
-        return proximal_inner_loop(self._inner_loss, state["params"], support_x, support_y,
+        return proximal_inner_loop(self.inner_loss, state["params"], support_x, support_y,
                                    self.steps, state["inner_lr"].detach(), self.lam)
 
-    def task_meta_grad(self, state, support_x, support_y, query_x, query_y):
-        """(query loss, implicit meta-gradient) for one task (Chapter 3)."""
-        theta = self.adapt(state, support_x, support_y)
-        query = lambda p: task_loss(self.loss, self.predict(p, query_x), query_y)  # noqa: E731
-        outer_grad, value = torch.func.grad_and_value(query)(theta)
-        meta_grad = implicit_meta_grad(self._inner_loss, theta, support_x, support_y, outer_grad,
-                                       self.lam, self.cg_steps)
-        return value.detach(), meta_grad
-
-    def meta_loss(self, state, episode: Episode) -> torch.Tensor:
-        """Surrogate: value = mean query loss; gradient = mean implicit meta-gradient."""
+    def task_metrics(self, state, support_x, support_y, query_x, query_y):
+        """One task's query loss, and the surrogate 'objective' carrying the implicit meta-gradient."""
         check_params(self.model, state["params"])
-        losses, grads = map_tasks(lambda *t: self.task_meta_grad(state, *t), episode.support_x,
-                                  episode.support_y, episode.query_x, episode.query_y,
-                                  strategy=self.strategy, chunk_size=self.chunk_size)
-        return with_gradient(losses.mean(), state["params"], {k: g.mean(0) for k, g in grads.items()})
+        theta = self.adapt(state, support_x, support_y)
+        query_loss = lambda p: task_loss(self.loss, self.predict(p, query_x), query_y)  # noqa: E731
+        outer_grad = torch.func.grad(query_loss)(theta)
+        meta_grad = implicit_meta_grad(self.inner_loss, theta, support_x, support_y, outer_grad,
+                                       self.lam, self.cg_steps)
+        metrics = self.score(theta, query_x, query_y)
+        metrics["objective"] = with_gradient(metrics["loss"], state["params"], meta_grad)
+        return metrics
 
     def __repr__(self) -> str:
         return f"IMAML(inner_lr={self.inner_lr}, steps={self.steps}, lam={self.lam}, cg_steps={self.cg_steps})"

@@ -11,11 +11,31 @@ import torch
 from torch import nn
 
 from ..bilevel import call, check_lrs, check_params, inner_loop, task_loss_fn
-from ..models import init_params
+from ..models import MLP, Conv4, init_params
 from ..utils import check_positive_int
-from .base import Learner, task_loss
+from .base import Learner, LearnerConfig, task_loss
 
-__all__ = ["MAML", "FOMAML"]
+__all__ = ["MAML", "FOMAML", "model_for", "gradient_options"]
+
+
+def model_for(config: LearnerConfig) -> nn.Module:
+    """The network a gradient-based learner adapts: the sinusoid MLP, or a Conv4 with ``ways`` outputs (Chapter 5)."""
+    if config.regression:
+        return MLP()
+    return Conv4(out_features=config.ways, channels=config.channels, norm=config.norm,
+                 image_size=config.image_size)
+
+
+def gradient_options(cls, config: LearnerConfig) -> dict:
+    """Keyword arguments of a gradient-based learner from the config fields it declares (Chapter 5)."""
+    kwargs = {"loss": "mse" if config.regression else "cross_entropy"}
+    if "inner_lr" in cls.options:
+        kwargs["inner_lr"] = config.inner_lr or (0.01 if config.regression else 0.4)
+    if "inner_steps" in cls.options:
+        kwargs["steps"] = config.inner_steps
+    if "first_order" in cls.options:
+        kwargs["first_order"] = config.first_order
+    return kwargs
 
 
 class MAML(Learner):
@@ -28,7 +48,9 @@ class MAML(Learner):
     """
 
     name = "MAML"
-    family = "optimisation"
+    kind = "optimisation"
+    options = ("inner_lr", "inner_steps", "first_order")
+    adapts_with_gradients = True
 
     def __init__(self, model: nn.Module, inner_lr: float = 0.4, steps: int = 1,
                  first_order: bool = False, learn_inner_lr: bool = False, loss: str = "cross_entropy",
@@ -49,9 +71,14 @@ class MAML(Learner):
         self.first_order = bool(first_order)
         self.learn_inner_lr = bool(learn_inner_lr)
         self.adapt_keys = None if adapt_keys is None else list(adapt_keys)
-        self._inner_loss = task_loss_fn(model, lambda out, y: task_loss(self.loss, out, y))
+        self.inner_loss = task_loss_fn(model, lambda out, y: task_loss(self.loss, out, y))
 
-    def init(self, seed: int, dtype=None, device=None) -> dict:
+    @classmethod
+    def from_config(cls, config: LearnerConfig) -> "MAML":
+        """Conv4 (images) or the sinusoid MLP, with the book's inner step size (Chapters 3 and 5)."""
+        return cls(model_for(config), **gradient_options(cls, config))
+
+    def init(self, seed: int, *, dtype=None, device=None) -> dict:
         """phi: fresh model parameters (and learnable per-step inner learning rates)."""
         params = init_params(self.model, seed, dtype=dtype, device=device)
         any_param = next(iter(params.values()))
@@ -62,7 +89,7 @@ class MAML(Learner):
     def adapt(self, state, support_x, support_y):
         """theta_i = Adapt(phi, D_i^train): ``steps`` differentiable gradient steps."""
         check_params(self.model, state["params"])
-        return inner_loop(self._inner_loss, state["params"], support_x, support_y, self.steps,
+        return inner_loop(self.inner_loss, state["params"], support_x, support_y, self.steps,
                           state["inner_lr"], first_order=self.first_order, adapt_keys=self.adapt_keys)
 
     def predict(self, task_state, x):
@@ -78,6 +105,7 @@ class FOMAML(MAML):
     """First-order MAML: the inner gradients are treated as constants (Chapter 3)."""
 
     name = "FOMAML"
+    options = ("inner_lr", "inner_steps")
 
     def __init__(self, model: nn.Module, **kwargs):
         kwargs["first_order"] = True

@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..bilevel import call
 from ..models import Conv4, init_params
+from ..taskmap import call
 from ..tasks import Episode
 from ..utils import check_positive, check_positive_int
-from .base import Learner, check_labelled_support
+from .base import Learner, LearnerConfig, check_labelled_support
+from .protonet import embedding_for
 
 __all__ = ["MatchingNet", "MatchingModel", "attention_predict"]
 
@@ -97,7 +98,10 @@ class MatchingNet(Learner):
     """
 
     name = "MatchingNet"
-    family = "metric"
+    kind = "metric"
+    tasks = frozenset({"classification"})
+    options = ("fce",)
+    any_ways = True
 
     def __init__(self, model: nn.Module | None = None, fce: bool = False, fce_steps: int = 2,
                  scale: float = 10.0, strategy: str = "auto", chunk_size: int | None = None):
@@ -112,7 +116,12 @@ class MatchingNet(Learner):
         self.fce = bool(fce)
         self.scale = check_positive("scale", scale)
 
-    def init(self, seed: int, dtype=None, device=None) -> dict:
+    @classmethod
+    def from_config(cls, config: LearnerConfig) -> "MatchingNet":
+        """A Conv4 embedding, with full-context embeddings when ``config.fce`` (Chapter 5)."""
+        return cls(embedding_for(config), fce=config.fce)
+
+    def init(self, seed: int, *, dtype=None, device=None) -> dict:
         """phi: backbone (and LSTM) parameters."""
         return {"params": init_params(self.model, seed, dtype=dtype, device=device)}
 
@@ -146,25 +155,12 @@ class MatchingNet(Learner):
         p = self._probabilities(state["params"], episode.support_x, episode.support_y, episode.query_x, ways)
         return torch.log(p.clamp_min(1e-8))
 
-    def meta_loss(self, state, episode: Episode) -> torch.Tensor:
-        """Mean over tasks of the query negative log-likelihood."""
-        return self.meta_loss_and_accuracy(state, episode)[0]
-
-    def meta_loss_and_accuracy(self, state, episode: Episode):
-        """(meta-loss, mean query accuracy) of a meta-batch; the trainer shows both live."""
+    def episode_metrics(self, state, episode: Episode) -> dict[str, torch.Tensor]:
+        """Per-task query negative log-likelihood and accuracy, from one backbone call."""
         logits = self.episode_logits(state, episode)
         loss = F.nll_loss(logits.flatten(0, 1), episode.query_y.flatten(), reduction="none")
-        loss = loss.view(episode.query_y.shape).mean(1).mean()
-        return loss, (logits.argmax(-1) == episode.query_y).float().mean().detach()
-
-    def evaluate_batch(self, state, episode: Episode) -> dict[str, torch.Tensor]:
-        """Per-task query loss and accuracy, without gradients."""
-        with torch.no_grad():
-            logits = self.episode_logits(state, episode)
-            loss = F.nll_loss(logits.flatten(0, 1), episode.query_y.flatten(),
-                              reduction="none").view(episode.query_y.shape).mean(1)
-            accuracy = (logits.argmax(-1) == episode.query_y).float().mean(1)
-        return {"loss": loss, "accuracy": accuracy}
+        return {"loss": loss.view(episode.query_y.shape).mean(1),
+                "accuracy": (logits.argmax(-1) == episode.query_y).float().mean(1)}
 
     def __repr__(self) -> str:
         return f"MatchingNet(fce={self.fce}, scale={self.scale})"

@@ -29,7 +29,7 @@ class MetaSGD(MAML):
     """
 
     name = "MetaSGD"
-    family = "optimisation"
+    options = ("inner_lr", "inner_steps", "first_order")
 
     def __init__(self, model: nn.Module, inner_lr: float = 0.01, steps: int = 1,
                  first_order: bool = False, loss: str = "cross_entropy", adapt_keys=None,
@@ -38,7 +38,7 @@ class MetaSGD(MAML):
                          learn_inner_lr=True, loss=loss, adapt_keys=adapt_keys,
                          strategy=strategy, chunk_size=chunk_size)
 
-    def init(self, seed: int, dtype=None, device=None) -> dict:
+    def init(self, seed: int, *, dtype=None, device=None) -> dict:
         """(phi, alpha): fresh parameters and one learnable step size per parameter entry."""
         params = init_params(self.model, seed, dtype=dtype, device=device)
         keys = list(params) if self.adapt_keys is None else self.adapt_keys
@@ -52,7 +52,7 @@ class MetaSGD(MAML):
         if not isinstance(lrs, dict):
             raise ValueError("state['inner_lr'] must be a dict of per-parameter tensors "
                              "(use MetaSGD.init to build the state)")
-        return inner_loop(self._inner_loss, state["params"], support_x, support_y, self.steps, lrs,
+        return inner_loop(self.inner_loss, state["params"], support_x, support_y, self.steps, lrs,
                           first_order=self.first_order, adapt_keys=list(lrs))
 
     def __repr__(self) -> str:

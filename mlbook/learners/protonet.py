@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..bilevel import call
+from ..metrics import query_metrics
 from ..models import Conv4, init_params
+from ..taskmap import call
 from ..tasks import Episode
 from ..utils import check_choice, check_positive
-from ._context import batched_query_metrics
-from .base import Learner, check_labelled_support
+from .base import Learner, LearnerConfig, check_labelled_support
 
-__all__ = ["ProtoNet", "prototypes", "squared_distances", "DISTANCES"]
+__all__ = ["ProtoNet", "prototypes", "squared_distances", "embedding_for", "DISTANCES"]
 
 DISTANCES = ("euclidean", "cosine")
 
@@ -43,6 +43,11 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             - 2 * a @ b.transpose(-1, -2)).clamp_min(0.0)
 
 
+def embedding_for(config: LearnerConfig) -> nn.Module:
+    """The Conv4 embedding network (no output layer) of a metric learner (Chapter 5)."""
+    return Conv4(out_features=0, channels=config.channels, norm=config.norm, image_size=config.image_size)
+
+
 class ProtoNet(Learner):
     """Prototypical Networks behind the one learner interface (Chapter 5).
 
@@ -54,7 +59,10 @@ class ProtoNet(Learner):
     """
 
     name = "ProtoNet"
-    family = "metric"
+    kind = "metric"
+    tasks = frozenset({"classification"})
+    options = ("distance",)
+    any_ways = True
 
     def __init__(self, model: nn.Module | None = None, distance: str = "euclidean", scale: float = 1.0,
                  strategy: str = "auto", chunk_size: int | None = None):
@@ -65,7 +73,12 @@ class ProtoNet(Learner):
         self.distance = check_choice("distance", distance, DISTANCES)
         self.scale = check_positive("scale", scale)
 
-    def init(self, seed: int, dtype=None, device=None) -> dict:
+    @classmethod
+    def from_config(cls, config: LearnerConfig) -> "ProtoNet":
+        """A Conv4 embedding (no output layer) and the configured distance (Chapter 5)."""
+        return cls(embedding_for(config), distance=config.distance)
+
+    def init(self, seed: int, *, dtype=None, device=None) -> dict:
         """phi: the embedding network's parameters."""
         return {"params": init_params(self.model, seed, dtype=dtype, device=device)}
 
@@ -98,23 +111,9 @@ class ProtoNet(Learner):
         support, query = z[:, :sx.shape[1]], z[:, sx.shape[1]:]
         return self._logits(query, prototypes(support, episode.support_y, ways))
 
-    def meta_loss(self, state, episode: Episode) -> torch.Tensor:
-        """The prototypical loss averaged over tasks (each task's query mean, then the task mean)."""
-        return self.meta_loss_and_accuracy(state, episode)[0]
-
-    def meta_loss_and_accuracy(self, state, episode: Episode):
-        """(meta-loss, mean query accuracy) of a meta-batch; the trainer shows both live."""
-        logits = self.episode_logits(state, episode)
-        per_task = F.cross_entropy(logits.flatten(0, 1), episode.query_y.flatten(), reduction="none")
-        loss = per_task.view(episode.query_y.shape).mean(1).mean()
-        accuracy = (logits.argmax(-1) == episode.query_y).float().mean().detach()
-        return loss, accuracy
-
-    def evaluate_batch(self, state, episode: Episode) -> dict[str, torch.Tensor]:
-        """Per-task query loss and accuracy, without gradients."""
-        with torch.no_grad():
-            logits = self.episode_logits(state, episode)
-            return batched_query_metrics(logits, episode.query_y, ways=logits.shape[-1])
+    def episode_metrics(self, state, episode: Episode) -> dict[str, torch.Tensor]:
+        """Per-task prototypical loss and accuracy of a meta-batch, from one backbone call."""
+        return query_metrics(self.episode_logits(state, episode), episode.query_y, classification=True)
 
     def __repr__(self) -> str:
         return f"ProtoNet(distance={self.distance!r}, scale={self.scale})"

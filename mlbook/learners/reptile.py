@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..bilevel import check_params, inner_loop, map_tasks, with_gradient
-from ..tasks import Episode
-from .base import task_loss
+from ..bilevel import check_params, inner_loop, with_gradient
 from .maml import MAML
 
 __all__ = ["Reptile"]
@@ -29,6 +27,7 @@ class Reptile(MAML):
     """
 
     name = "Reptile"
+    options = ("inner_lr", "inner_steps")
 
     def __init__(self, model, **kwargs):
         if kwargs.get("learn_inner_lr"):
@@ -39,22 +38,17 @@ class Reptile(MAML):
     def reptile_direction(self, state, support_x, support_y):
         """phi - theta_i for one task: the direction the outer step moves against (Chapter 3)."""
         phi = {k: v.detach() for k, v in state["params"].items()}
-        theta = inner_loop(self._inner_loss, phi, support_x, support_y, self.steps,
+        theta = inner_loop(self.inner_loss, phi, support_x, support_y, self.steps,
                            state["inner_lr"].detach(), first_order=True, adapt_keys=self.adapt_keys)
         return {k: phi[k] - theta[k] for k in phi}, theta
 
-    def meta_loss(self, state, episode: Episode) -> torch.Tensor:
-        """Surrogate: value = mean query loss after adaptation; gradient = mean_i (phi - theta_i)."""
+    def task_metrics(self, state, support_x, support_y, query_x, query_y):
+        """One task's query loss, and the surrogate 'objective' whose gradient is phi - theta_i."""
         check_params(self.model, state["params"])
-
-        def one_task(sx, sy, qx, qy):
-            direction, theta = self.reptile_direction(state, sx, sy)
-            return task_loss(self.loss, self.predict(theta, qx), qy), direction
-
-        losses, directions = map_tasks(one_task, episode.support_x, episode.support_y, episode.query_x,
-                                       episode.query_y, strategy=self.strategy, chunk_size=self.chunk_size)
-        mean_direction = {k: d.mean(0) for k, d in directions.items()}
-        return with_gradient(losses.mean(), state["params"], mean_direction)
+        direction, theta = self.reptile_direction(state, support_x, support_y)
+        metrics = self.score(theta, query_x, query_y)
+        metrics["objective"] = with_gradient(metrics["loss"], state["params"], direction)
+        return metrics
 
     def __repr__(self) -> str:
         return f"Reptile(inner_lr={self.inner_lr}, steps={self.steps})"

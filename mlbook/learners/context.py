@@ -7,12 +7,12 @@ of taking gradient steps, so they check it at the boundary themselves.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from ..tasks import Episode
 from ..utils import check_positive_int
 
-__all__ = ["check_support", "check_inputs", "check_ways_and_image_size"]
+__all__ = ["check_support", "check_inputs", "check_ways_and_image_size", "check_episode", "probe_feature_size"]
 
 
 def check_ways_and_image_size(ways, image_size) -> tuple[int | None, int | None]:
@@ -59,14 +59,6 @@ def check_support(support_x: torch.Tensor, support_y: torch.Tensor, feature_shap
                              f"got values from {support_y.min().item()} to {support_y.max().item()}")
 
 
-def batched_query_metrics(output: torch.Tensor, query_y: torch.Tensor, ways: int | None) -> dict:
-    """Per-task query 'loss' (MSE for ``ways=None``, else cross-entropy with 'accuracy') from ``[B, M, ...]``."""
-    if ways is None:
-        return {"loss": ((output - query_y) ** 2).flatten(1).mean(1)}
-    cross_entropy = F.cross_entropy(output.transpose(1, 2), query_y, reduction="none").mean(1)
-    return {"loss": cross_entropy, "accuracy": (output.argmax(-1) == query_y).float().mean(1)}
-
-
 def check_episode(episode, feature_shape: tuple) -> None:
     """Raise a clear error unless ``episode`` is an Episode whose inputs end in ``feature_shape``."""
     if not isinstance(episode, Episode):
@@ -76,3 +68,15 @@ def check_episode(episode, feature_shape: tuple) -> None:
         if tuple(x.shape[2:]) != tuple(feature_shape):
             raise ValueError(f"episode.{name} must have shape [B, M, "
                              f"{', '.join(map(str, feature_shape))}]; got {tuple(x.shape)}")
+
+
+def probe_feature_size(features: nn.Module, shape: tuple) -> int:
+    """The output width of an image feature extractor, found by one probe forward pass (Chapter 4)."""
+    if not isinstance(features, nn.Module):
+        raise ValueError(f"features must be a torch.nn.Module, got {type(features).__name__}")
+    with torch.no_grad():
+        out = features(torch.zeros(2, *shape))
+    if out.dim() != 2:
+        raise ValueError(f"features must map [M, {', '.join(map(str, shape))}] images to [M, F] "
+                         f"vectors; it gave shape {tuple(out.shape)}")
+    return out.shape[1]

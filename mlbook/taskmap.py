@@ -1,0 +1,133 @@
+"""How the tasks of a meta-batch are mapped over: vmap, a loop, or threads (Chapter 3).
+
+The bi-level maths (:mod:`mlbook.bilevel`) is written for one task. A meta-batch runs it for
+every task in one of three ways, chosen per device and model by ``strategy='auto'``:
+
+* 'vmap': one batched call (``torch.func.vmap``); best on GPUs and for small models;
+* 'loop': a Python loop over tasks; one task's graph alive at a time;
+* 'threads': that loop spread over one worker thread per core, each with one kernel thread;
+  best for convolutions on a multi-core CPU.
+
+Models are called through :func:`call`, which gives each worker thread its own copy of the
+module (``functional_call`` swaps parameters into a module, so threads must not share one).
+"""
+from __future__ import annotations
+
+import copy
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Mapping
+
+import torch
+from torch.func import functional_call
+
+from .utils import check_choice, check_positive_int
+
+__all__ = ["map_tasks", "run_tasks", "call", "choose_strategy", "STRATEGIES"]
+
+STRATEGIES = ("auto", "vmap", "loop", "threads")
+
+
+def choose_strategy(x: torch.Tensor) -> str:
+    """The execution strategy 'auto' picks for a meta-batch whose first input is ``x`` (Chapter 3)."""
+    # Measured (Chapter 3): on CPU, a batched convolution under vmap is slower and far larger in
+    # memory than a loop over tasks, while small dense models gain ~10x from vmap. A convolution
+    # on a few dozen images keeps one core busy on its own: with several cores, whole tasks run
+    # side by side instead of splitting every small kernel between threads.
+    if x.device.type == "cpu" and x.dim() >= 5:
+        return "threads" if _worker_count() > 1 and not _in_worker() else "loop"
+    return "vmap"
+
+
+# -- tasks side by side on CPU threads -------------------------------------------------------
+_worker = threading.local()
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _in_worker() -> bool:
+    return getattr(_worker, "replicas", None) is not None
+
+
+def _worker_count() -> int:
+    return torch.get_num_threads()
+
+
+def _start_worker() -> None:
+    # One kernel thread per worker: the parallelism is across tasks, not inside each kernel.
+    torch.set_num_threads(1)
+    _worker.replicas = weakref.WeakKeyDictionary()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    with _pools_lock:
+        if workers not in _pools:
+            _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="mlbook-task",
+                                                 initializer=_start_worker)
+        return _pools[workers]
+
+
+def call(module: torch.nn.Module, params: Mapping[str, torch.Tensor], *args, **kwargs):
+    """``functional_call(module, params, args)`` that is safe in the task threads (Chapter 3).
+
+    ``functional_call`` swaps the parameters into ``module`` for the duration of the call, so two
+    threads must never share a module: in a task thread this uses that thread's own copy of it.
+    """
+    replicas = getattr(_worker, "replicas", None)
+    if replicas is not None:
+        replica = replicas.get(module)
+        if replica is None:
+            replica = replicas[module] = copy.deepcopy(module)
+        # Whatever ``params`` leaves out comes from the module itself, as it is now.
+        params = {**dict(module.named_parameters()), **dict(module.named_buffers()), **params}
+        module = replica
+    return functional_call(module, params, args, kwargs)
+
+
+def run_tasks(fn: Callable[[int], object], tasks: int, strategy: str) -> list:
+    """``[fn(0), ..., fn(tasks - 1)]``, one task after another ('loop') or side by side ('threads').
+
+    With 'threads' each of ``torch.get_num_threads()`` worker threads runs whole tasks with one
+    kernel thread; results come back in task order, so sums over them do not depend on timing
+    (Chapter 3). Per-task code must draw no random numbers, and must call models through
+    :func:`call`.
+    """
+    check_choice("strategy", strategy, ("loop", "threads"))
+    workers = min(_worker_count(), tasks)
+    # Under an outer torch.func transform the work must stay on this thread, where the
+    # transform can see it.
+    inside_transform = torch._C._functorch.peek_interpreter_stack() is not None
+    if strategy == "loop" or workers < 2 or _in_worker() or inside_transform:
+        return [fn(i) for i in range(tasks)]
+    grad_enabled = torch.is_grad_enabled()  # grad mode is per thread: take the caller's along
+
+    def in_worker(i):
+        with torch.set_grad_enabled(grad_enabled):
+            return fn(i)
+
+    return list(_pool(workers).map(in_worker, range(tasks)))
+
+
+def map_tasks(fn: Callable, *batched: torch.Tensor, strategy: str = "auto",
+              chunk_size: int | None = None):
+    """Apply a per-task function to every task of a meta-batch and stack the results (Chapter 3).
+
+    ``strategy``: 'vmap' (one batched call; best on GPUs and for small models), 'loop' (a
+    Python loop over tasks), 'threads' (that loop spread over one worker thread per core; best
+    for convolutions on a multi-core CPU) or 'auto' (chosen by device, input rank and cores).
+    ``chunk_size`` bounds how many tasks are processed at once under vmap.
+    """
+    check_choice("strategy", strategy, STRATEGIES)
+    if chunk_size is not None:
+        check_positive_int("chunk_size", chunk_size)
+    if strategy == "auto":
+        strategy = choose_strategy(batched[0])
+    if strategy in ("loop", "threads"):
+        outputs = run_tasks(lambda i: fn(*(t[i] for t in batched)), batched[0].shape[0], strategy)
+        return torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *outputs)
+    vmapped = torch.func.vmap(fn, randomness="different")
+    if chunk_size is None or chunk_size >= batched[0].shape[0]:
+        return vmapped(*batched)
+    parts = [vmapped(*chunk) for chunk in zip(*(t.split(chunk_size) for t in batched))]
+    return torch.utils._pytree.tree_map(lambda *xs: torch.cat(xs), *parts)
