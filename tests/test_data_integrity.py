@@ -323,3 +323,29 @@ def test_lake_runs_name_a_bomb_member(tmp_path):
     (run / "class_labels.txt").write_text("run01/test/item01.png run01/training/class01.png\n")
     with pytest.raises(ValueError, match=r"member 'run01/training/class01.png'.*30000x30000"):
         read_lake_runs(tmp_path / "runs")
+
+
+# -- the procedural glyphs' cache is checked the same way ---------------------------------------
+def test_glyph_cache_is_checked_and_reused(monkeypatch, tmp_path):
+    import mlbook.data as data_module
+    from mlbook.data import load_image_classes
+
+    def load():
+        return load_image_classes("glyphs", data_dir=tmp_path, glyph_classes=4, image_size=14, verbose=False)
+
+    good = load().images
+    (cache_file,) = tmp_path.glob("glyphs-*.pt")
+    stored = torch.load(cache_file, weights_only=True)
+    _flip_pixels(stored)
+    torch.save(stored, cache_file)
+    with pytest.warns(RuntimeWarning, match="glyph cache .* does not match its checksum"):
+        assert torch.equal(load().images, good)
+    monkeypatch.setattr(data_module, "make_glyphs", lambda *a, **k: pytest.fail("drawn again"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(load().images, good)
+    assert not _leftovers(tmp_path)
+    with pytest.raises(ValueError, match="glyph_classes must be a positive integer"):
+        load_image_classes("glyphs", data_dir=tmp_path, glyph_classes=0, verbose=False)
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        load_image_classes("glyphs", data_dir=tmp_path, glyph_classes=4, seed=-1, verbose=False)

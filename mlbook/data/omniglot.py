@@ -427,13 +427,18 @@ def _read_cache(path: Path, expected: dict) -> tuple[torch.Tensor | None, str]:
     header, images = stored["header"], stored["images"]
     for field, value in expected.items():
         if header.get(field) != value:
-            return None, f"its {field} is {_short(header.get(field))}, the archives give {_short(value)}"
+            return None, f"its {field} is {_short(header.get(field))}, not the expected {_short(value)}"
     if list(images.shape) != expected["shape"] or str(images.dtype) != expected["dtype"]:
         return None, (f"its tensor is {list(images.shape)} {images.dtype}, its header says "
                       f"{expected['shape']} {expected['dtype']}")
     if _tensor_digest(images, header) != stored["sha256"]:
         return None, "its tensor does not match its checksum (the file was altered or damaged)"
     return images, ""
+
+
+def _save_checked(images: torch.Tensor, header: dict, path: Path) -> None:
+    """Save a tensor with its header and checksum, atomically, for :func:`_read_cache`."""
+    _atomic_save({"header": header, "images": images, "sha256": _tensor_digest(images, header)}, path)
 
 
 def load_omniglot(archives: Sequence[str | os.PathLike] | str = ("images_background_small1.zip",
@@ -479,8 +484,7 @@ def load_omniglot(archives: Sequence[str | os.PathLike] | str = ("images_backgro
     data = OmniglotData(images, alphabets, characters)
     if cache:
         try:
-            _atomic_save({"header": header, "images": images, "sha256": _tensor_digest(images, header)},
-                         cache_path)
+            _save_checked(images, header, cache_path)
         except OSError:  # a read-only data folder still gives the data, just uncached
             pass
     return data
