@@ -8,6 +8,7 @@ and says which one it used and why.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -16,7 +17,8 @@ import torch
 from ..tasks import alphabet_split
 from ..utils import check_choice, check_positive_int
 from .glyphs import glyph_alphabets, make_glyphs
-from .omniglot import OmniglotData, _atomic_save, default_data_dir, load_omniglot, read_lake_runs
+from .omniglot import (OmniglotData, _read_cache, _save_checked, default_data_dir, load_omniglot,
+                       read_lake_runs)
 
 __all__ = [
     "ImageData", "load_image_classes", "load_omniglot", "read_lake_runs", "make_glyphs",
@@ -26,6 +28,8 @@ __all__ = [
 SOURCES = ("auto", "omniglot", "glyphs")
 # Bump when make_glyphs draws differently, so old cached glyphs are not reused.
 _GLYPHS_VERSION = 1
+# Bump when the cache file's layout changes (2: header and checksum with the tensor).
+_GLYPHS_CACHE_FORMAT = 2
 _SMALL = ("images_background_small1.zip", "images_background_small2.zip")
 
 
@@ -60,18 +64,21 @@ def _cached_glyphs(classes: int, image_size: int, seed: int, data_dir) -> torch.
     from pathlib import Path
 
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
-    path = folder / f"glyphs-v{_GLYPHS_VERSION}-{classes}x20-{image_size}px-seed{seed}.pt"
+    # The format is in the name so that caches of the unchecked format are left alone, not warned about.
+    path = (folder / f"glyphs-v{_GLYPHS_VERSION}-{classes}x20-{image_size}px-seed{seed}"
+                     f"-f{_GLYPHS_CACHE_FORMAT}.pt")
+    header = {"format": _GLYPHS_CACHE_FORMAT, "glyphs": _GLYPHS_VERSION, "seed": int(seed),
+              "shape": [int(classes), 20, image_size, image_size], "dtype": str(torch.uint8)}
     if path.is_file():
-        try:
-            images = torch.load(path, weights_only=True)
-            if images.shape == (classes, 20, image_size, image_size) and images.dtype == torch.uint8:
-                return images
-        except Exception:  # an unreadable cache is redrawn, never trusted
-            pass
+        images, reason = _read_cache(path, header)
+        if images is not None:
+            return images
+        warnings.warn(f"the glyph cache {str(path)!r} is not used: {reason}; drawing the glyphs again",
+                      RuntimeWarning, stacklevel=3)
     images = make_glyphs(classes, 20, image_size, seed)
     try:
-        _atomic_save(images, path)
-    except OSError:
+        _save_checked(images, header, path)
+    except OSError:  # a read-only data folder still gives the glyphs, just uncached
         pass
     return images
 
@@ -88,6 +95,9 @@ def load_image_classes(source: str = "auto", image_size: int = 28,
     """
     check_choice("source", source, SOURCES)
     image_size = check_positive_int("image_size", image_size)
+    glyph_classes = check_positive_int("glyph_classes", glyph_classes)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if download is None:
         download = os.environ.get("MLBOOK_OFFLINE", "").strip().lower() not in {"1", "true", "yes", "on"}
     reason = ""

@@ -8,7 +8,9 @@ bright on a dark background, resizes them, and caches the decoded tensor in a da
 
 Where archives are looked for, in order: the data folder (:func:`default_data_dir`), the
 folder named by the environment variable ``MLBOOK_OMNIGLOT``, then a download from the
-authors' GitHub release, verified against the published MD5 checksums.
+authors' GitHub release. Downloads and archives already on disk under a release name are
+verified against the published MD5 checksums; the decoded cache carries its own checksum and
+is rebuilt when it does not match.
 
 It also reads Lake's twenty one-shot classification runs (``all_runs.zip``) as an episode.
 """
@@ -16,12 +18,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import posixpath
 import re
+import struct
 import tempfile
+import time
 import urllib.request
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -34,8 +41,8 @@ from ..utils import check_positive_int
 
 __all__ = [
     "OmniglotData", "load_omniglot", "read_lake_runs", "alphabet_split", "default_data_dir",
-    "find_archive", "download_archive", "extract_archive", "decode_image", "ARCHIVES",
-    "BASE_URL",
+    "find_archive", "download_archive", "verify_archive", "extract_archive", "decode_image",
+    "ARCHIVES", "BASE_URL",
 ]
 
 #: The release's archives and their MD5 checksums (as the release's users verify them).
@@ -50,8 +57,18 @@ ARCHIVES = {
 BASE_URL = "https://github.com/brendenlake/omniglot/raw/master/python/"
 
 # Bump when the decoded layout changes, so stale caches are never read.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 _DOWNLOAD_TIMEOUT_S = 30
+# Where verified archive checksums are remembered, in the data folder: hashing the full
+# archives on every load would cost more than reading the decoded cache.
+_HASH_RECORD = "archive-md5.json"
+# A file changed again within the file system's timestamp granularity would keep its size and
+# times, so a hash is remembered only once the file has been still for this long (as git does).
+_RACY_S = 2.0
+# Omniglot drawings are 105x105. A PNG header may claim any size and the decoder would
+# allocate it; this bound also holds when a user has switched off Pillow's own limit.
+_MAX_PIXELS = 4096 * 4096
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass
@@ -99,6 +116,66 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _stamp(path: Path) -> dict:
+    info = path.stat()
+    # ctime is in the stamp because a rewrite that restores mtime (touch -r, cp -p) moves it.
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "ctime_ns": info.st_ctime_ns,
+            "inode": info.st_ino}
+
+
+def _read_hash_record(data_dir: Path) -> dict:
+    try:
+        record = json.loads((data_dir / _HASH_RECORD).read_text())
+    except (OSError, ValueError):  # absent or damaged: the hashes are only recomputed
+        return {}
+    archives = record.get("archives") if isinstance(record, dict) else None
+    return archives if isinstance(archives, dict) else {}
+
+
+def _archive_md5(path: Path, data_dir: Path) -> str:
+    """The archive's MD5, from the data folder's record while the file is unchanged."""
+    key = os.path.realpath(path)
+    stamp = _stamp(path)
+    record = _read_hash_record(data_dir)
+    entry = record.get(key)
+    if (isinstance(entry, dict) and all(entry.get(k) == v for k, v in stamp.items())
+            and isinstance(entry.get("md5"), str) and re.fullmatch(r"[0-9a-f]{32}", entry["md5"])):
+        return entry["md5"]
+    digest = _md5(path)
+    settled = time.time() - max(stamp["mtime_ns"], stamp["ctime_ns"]) / 1e9 > _RACY_S
+    if settled and _stamp(path) == stamp:  # a file that changed while it was read is not remembered
+        record = {k: v for k, v in record.items() if os.path.exists(k)}  # forget archives that are gone
+        record[key] = {**stamp, "md5": digest}
+        text = json.dumps({"format": 1, "archives": record}, indent=1, sort_keys=True)
+        try:
+            _atomic_write(data_dir / _HASH_RECORD, lambda tmp: Path(tmp).write_text(text))
+        except OSError:  # a read-only data folder: the archive is hashed again next time
+            pass
+    return digest
+
+
+def verify_archive(path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> str:
+    """Check a local archive against the release's MD5 when it has a release name; return its MD5 (Chapter 2).
+
+    Downloads are verified as they arrive; this checks archives that were already on disk.
+    The hash is remembered in ``data_dir`` (keyed by the file's path, size and times), so an
+    unchanged archive is hashed once, not on every load. Archives with other names are only
+    hashed (the hash keys the decoded cache).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"path {str(path)!r} is not a file: give an archive such as "
+                                f"{', '.join(ARCHIVES)}")
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    actual = _archive_md5(path, data_dir)
+    expected = ARCHIVES.get(path.name)
+    if expected is not None and actual != expected:
+        raise ValueError(f"archive {str(path)!r} has MD5 {actual}, but the release's {path.name} has MD5 "
+                         f"{expected}: the file is corrupt or truncated (delete it and fetch it again), "
+                         f"or it is another archive under a release name (rename it)")
+    return actual
+
+
 def download_archive(name: str, data_dir: str | os.PathLike | None = None,
                      base_url: str | None = None) -> Path:
     """Download one of the release's archives into ``data_dir``, verified by MD5 (Chapter 2).
@@ -133,10 +210,15 @@ def download_archive(name: str, data_dir: str | os.PathLike | None = None,
 
 def find_archive(name: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                  download: bool = True) -> Path:
-    """Locate an archive given as a path or a name: data folder, ``$MLBOOK_OMNIGLOT``, download (Chapter 2)."""
+    """Locate an archive given as a path or a name: data folder, ``$MLBOOK_OMNIGLOT``, download (Chapter 2).
+
+    An archive found on disk under one of the release's names is checked against its MD5
+    (see :func:`verify_archive`), as a download is.
+    """
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     path = Path(name).expanduser()
     if path.is_file():
+        verify_archive(path, data_dir)
         return path
     base = path.name
     if not base.endswith(".zip"):
@@ -144,6 +226,7 @@ def find_archive(name: str | os.PathLike, data_dir: str | os.PathLike | None = N
     searched = _search_dirs(data_dir)
     for folder in searched:
         if (folder / base).is_file():
+            verify_archive(folder / base, data_dir)
             return folder / base
     if download and base in ARCHIVES:
         try:
@@ -192,27 +275,70 @@ def extract_archive(path: str | os.PathLike, target: str | os.PathLike) -> Path:
 
 
 # -- decoding ---------------------------------------------------------------------------------
+def _check_pixels(width: int, height: int) -> None:
+    if width * height > _MAX_PIXELS:
+        raise ValueError(f"the image header claims {width}x{height} pixels, more than the {_MAX_PIXELS:,} "
+                         f"allowed: refused as a possible decompression bomb (Omniglot drawings are 105x105)")
+
+
 def decode_image(data: bytes, image_size: int = 28) -> np.ndarray:
     """One release PNG -> uint8 ``[S, S]`` with bright strokes on a dark background (Chapter 2).
 
     Resizing uses a box filter (an area average), so thin strokes stay visible at 28x28.
+    Bytes that are not a readable image, or whose header claims more than 4096x4096 pixels
+    (a decompression bomb), raise ``ValueError``.
     """
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as image:
-        grey = image.convert("L")
-        if grey.size != (image_size, image_size):
-            grey = grey.resize((image_size, image_size), Image.BOX)
-        return 255 - np.asarray(grey, dtype=np.uint8)
+    image_size = check_positive_int("image_size", image_size)
+    # Read the PNG header's size before Pillow does: Pillow only warns up to twice its own
+    # limit, and a user may have switched that limit off.
+    if len(data) >= 24 and data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR":
+        _check_pixels(*struct.unpack(">II", data[16:24]))
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            _check_pixels(*image.size)  # other formats, whose headers are not read above
+            grey = image.convert("L")
+            if grey.size != (image_size, image_size):
+                grey = grey.resize((image_size, image_size), Image.BOX)
+            return 255 - np.asarray(grey, dtype=np.uint8)
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"the image was refused as a possible decompression bomb ({error})") from None
+    except (OSError, SyntaxError, EOFError, struct.error, zlib.error) as error:
+        raise ValueError(f"the image is corrupt or truncated ({type(error).__name__}: {error})") from None
+
+
+def _decode_member(read, source: Path, name: str, image_size: int) -> np.ndarray:
+    """Decode one member, naming the archive and the member in any error (KeyError passes: missing)."""
+    try:
+        data = read(name)
+    except KeyError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, zlib.error) as error:
+        raise ValueError(f"archive {str(source)!r} is corrupt or truncated: reading member {name!r} failed "
+                         f"({error}); delete it and fetch it again") from None
+    try:
+        return decode_image(data, image_size)
+    except ValueError as error:
+        raise ValueError(f"archive {str(source)!r}, member {name!r}: {error}") from None
 
 
 _PNG = re.compile(r"(?:^|/)([^/]+)/(character\d+)/([^/]+_(\d+))\.png$")
 
 
-def _read_archive(path: Path, image_size: int, seen: set[str], out: dict) -> None:
-    with _open_zip(path) as archive:
+def _layout(paths: list[Path]) -> tuple[list, list[str], int]:
+    """Which members make which character, from the archives' directories alone (nothing decoded).
+
+    Returns ``[(path, [(character, members in drawer order), ...]), ...]``, the characters in
+    tensor order and the number of drawings per character.
+    """
+    seen: set[str] = set()
+    plan, counts = [], {}
+    for path in paths:
+        with _open_zip(path) as archive:
+            names = archive.namelist()
         groups: dict[str, list[tuple[int, str]]] = {}
-        for name in archive.namelist():
+        for name in names:
             match = _PNG.search(name)
             if match:
                 alphabet, character, _, drawer = match.groups()
@@ -220,17 +346,32 @@ def _read_archive(path: Path, image_size: int, seen: set[str], out: dict) -> Non
         if not groups:
             raise ValueError(f"archive {str(path)!r} holds no Omniglot images "
                              f"(<Alphabet>/characterNN/<id>_<drawer>.png)")
+        chosen = []
         for key in sorted(groups):
             if key in seen:  # small1 and small2 share Greek and Latin: count them once
                 continue
-            members = sorted(groups[key])
-            try:
-                images = [decode_image(archive.read(name), image_size) for _, name in members]
-            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as error:
-                raise ValueError(f"archive {str(path)!r} is corrupt or truncated: reading {key} failed "
-                                 f"({error}); delete it and fetch it again") from None
             seen.add(key)
-            out.setdefault(len(images), []).append((key, np.stack(images)))
+            members = [name for _, name in sorted(groups[key])]
+            counts[len(members)] = counts.get(len(members), 0) + 1
+            chosen.append((key, members))
+        plan.append((path, chosen))
+    if len(counts) != 1:
+        raise ValueError(f"characters have different numbers of drawings ({counts} characters per count); "
+                         f"the archives are not Omniglot's release")
+    characters = [key for _, chosen in plan for key, _ in chosen]
+    return plan, characters, next(iter(counts))
+
+
+def _decode_archives(plan: list, image_size: int) -> torch.Tensor:
+    arrays = []
+    for path, chosen in plan:
+        if not chosen:
+            continue
+        with _open_zip(path) as archive:
+            for _, members in chosen:
+                arrays.append(np.stack([_decode_member(archive.read, path, name, image_size)
+                                        for name in members]))
+    return torch.from_numpy(np.stack(arrays))
 
 
 def _publish(tmp: str, path: Path) -> None:
@@ -241,17 +382,63 @@ def _publish(tmp: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_save(obj, path: Path) -> None:
+def _atomic_write(path: Path, write) -> None:
+    """Write ``path`` through ``write(temporary path)``; a failure leaves no temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         _publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _atomic_save(obj, path: Path) -> None:
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+# -- the decoded cache ----------------------------------------------------------------------
+def _tensor_digest(images: torch.Tensor, header: dict) -> str:
+    """SHA-256 of the header (shape, dtype, sources, names) and the tensor's bytes."""
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+    digest.update(b"\0")
+    # A flat byte view, not a copy: a 105-pixel cache of the full release is 360 MB.
+    digest.update(images.detach().cpu().contiguous().numpy().reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _read_cache(path: Path, expected: dict) -> tuple[torch.Tensor | None, str]:
+    """The cached tensor if the file is intact and matches ``expected``; else ``None`` and why."""
+    try:
+        stored = torch.load(path, weights_only=True)
+    except Exception as error:  # any unreadable file is rebuilt, never trusted
+        return None, f"it cannot be read ({type(error).__name__}: {error})"
+    if not (isinstance(stored, dict) and isinstance(stored.get("header"), dict)
+            and isinstance(stored.get("images"), torch.Tensor) and isinstance(stored.get("sha256"), str)):
+        return None, "it is not a checksummed cache of this version"
+    header, images = stored["header"], stored["images"]
+    for field, value in expected.items():
+        if header.get(field) != value:
+            return None, f"its {field} is {_short(header.get(field))}, not the expected {_short(value)}"
+    if list(images.shape) != expected["shape"] or str(images.dtype) != expected["dtype"]:
+        return None, (f"its tensor is {list(images.shape)} {images.dtype}, its header says "
+                      f"{expected['shape']} {expected['dtype']}")
+    if _tensor_digest(images, header) != stored["sha256"]:
+        return None, "its tensor does not match its checksum (the file was altered or damaged)"
+    return images, ""
+
+
+def _save_checked(images: torch.Tensor, header: dict, path: Path) -> None:
+    """Save a tensor with its header and checksum, atomically, for :func:`_read_cache`."""
+    _atomic_save({"header": header, "images": images, "sha256": _tensor_digest(images, header)}, path)
 
 
 def load_omniglot(archives: Sequence[str | os.PathLike] | str = ("images_background_small1.zip",
@@ -261,9 +448,11 @@ def load_omniglot(archives: Sequence[str | os.PathLike] | str = ("images_backgro
     """Load Omniglot characters from the release's archives as one class tensor (Chapter 2).
 
     ``archives`` are names (looked for in ``data_dir``, then ``$MLBOOK_OMNIGLOT``, then
-    downloaded when ``download``) or paths. A character in several archives is counted once:
-    the two minimal splits give 136 + 156 characters but 242 distinct ones (8 alphabets).
-    The decoded tensor is cached in ``data_dir`` (written atomically).
+    downloaded when ``download``) or paths; those with a release name are checked against
+    its MD5. A character in several archives is counted once: the two minimal splits give
+    136 + 156 characters but 242 distinct ones (8 alphabets). The decoded tensor is cached
+    in ``data_dir`` (written atomically) with a checksum of its contents, shape, dtype and
+    source archives; a cache that fails the check is rebuilt, with a warning.
     """
     image_size = check_positive_int("image_size", image_size)
     if isinstance(archives, (str, os.PathLike)):
@@ -273,34 +462,29 @@ def load_omniglot(archives: Sequence[str | os.PathLike] | str = ("images_backgro
         raise ValueError(f"archives must name at least one archive, e.g. {', '.join(ARCHIVES)}")
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     paths = [find_archive(name, data_dir, download) for name in archives]
+    sources = [[path.name, verify_archive(path, data_dir)] for path in paths]  # remembered: no rehash
 
+    plan, characters, drawings = _layout(paths)
+    alphabets = [c.split("/")[0] for c in characters]
+    header = {"format": _CACHE_VERSION, "shape": [len(characters), drawings, image_size, image_size],
+              "dtype": str(torch.uint8), "image_size": image_size, "sources": sources,
+              "characters": characters, "alphabets": alphabets}
     key = hashlib.sha256(f"v{_CACHE_VERSION}:{image_size}".encode())
-    for path in paths:
-        key.update(f"|{path.name}:{path.stat().st_size}:{_md5(path)}".encode())
+    for path, (_, md5) in zip(paths, sources):
+        key.update(f"|{path.name}:{path.stat().st_size}:{md5}".encode())
     cache_path = data_dir / f"omniglot-{image_size}px-{key.hexdigest()[:16]}.pt"
     if cache and cache_path.is_file():
-        try:
-            stored = torch.load(cache_path, weights_only=True)
-            return OmniglotData(stored["images"], list(stored["alphabets"]), list(stored["characters"]))
-        except Exception:  # an unreadable cache is rebuilt, never trusted
-            pass
+        images, reason = _read_cache(cache_path, header)
+        if images is not None:
+            return OmniglotData(images, alphabets, characters)
+        warnings.warn(f"the decoded Omniglot cache {str(cache_path)!r} is not used: {reason}; "
+                      f"rebuilding it from the archives", RuntimeWarning, stacklevel=2)
 
-    seen: set[str] = set()
-    by_count: dict[int, list] = {}
-    for path in paths:
-        _read_archive(path, image_size, seen, by_count)
-    if len(by_count) != 1:
-        counts = {count: len(items) for count, items in by_count.items()}
-        raise ValueError(f"characters have different numbers of drawings ({counts} characters per count); "
-                         f"the archives are not Omniglot's release")
-    items = next(iter(by_count.values()))
-    characters = [key for key, _ in items]
-    images = torch.from_numpy(np.stack([array for _, array in items]))
-    data = OmniglotData(images, [c.split("/")[0] for c in characters], characters)
+    images = _decode_archives(plan, image_size)
+    data = OmniglotData(images, alphabets, characters)
     if cache:
         try:
-            _atomic_save({"images": data.images, "alphabets": data.alphabets,
-                          "characters": data.characters}, cache_path)
+            _save_checked(images, header, cache_path)
         except OSError:  # a read-only data folder still gives the data, just uncached
             pass
     return data
@@ -347,8 +531,10 @@ def read_lake_runs(path: str | os.PathLike, image_size: int = 28) -> tuple[Episo
             classes = sorted({train for _, train in lines}, key=_number)
             index = {name: i for i, name in enumerate(classes)}
             try:
-                support.append(np.stack([decode_image(read(root + name), image_size) for name in classes]))
-                query.append(np.stack([decode_image(read(root + test), image_size) for test, _ in lines]))
+                support.append(np.stack([_decode_member(read, path, root + name, image_size)
+                                         for name in classes]))
+                query.append(np.stack([_decode_member(read, path, root + test, image_size)
+                                       for test, _ in lines]))
             except KeyError as error:
                 raise FileNotFoundError(f"{labels_name} names a missing image: {error}") from None
             support_y.append([index[name] for name in classes])
