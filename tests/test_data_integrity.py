@@ -256,8 +256,8 @@ def test_failed_cache_write_leaves_no_temporary_file(monkeypatch, tmp_path):
     archive = _archive(tmp_path / "mine.zip", characters=1)
     real_save = torch.save
 
-    def half_then_fail(obj, path, exception):
-        Path(path).write_bytes(b"half a file")
+    def half_then_fail(obj, file, exception):
+        file.write(b"half a file")
         raise exception
 
     # A full disk: the data still arrive, uncached, and nothing is left behind.

@@ -206,7 +206,7 @@ def test_download_verifies_and_writes_atomically(monkeypatch, tmp_path):
     data = load_omniglot(["images_background_small1.zip"], data_dir=cache)
     assert data.images.shape == (2, 20, 28, 28)
     assert (cache / "images_background_small1.zip").read_bytes() == archive.read_bytes()
-    assert not [p for p in cache.iterdir() if p.name.endswith(".part")]
+    assert not [p for p in cache.iterdir() if p.name.endswith((".part", ".tmp"))]
     with pytest.raises(ValueError, match="name must be one of"):
         omniglot.download_archive("all_runs.zip", cache)
 

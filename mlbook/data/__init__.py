@@ -17,7 +17,7 @@ import torch
 from ..tasks import alphabet_split
 from ..utils import check_choice, check_positive_int
 from .glyphs import glyph_alphabets, make_glyphs
-from .omniglot import (OmniglotData, _read_cache, _save_checked, default_data_dir, load_omniglot,
+from .omniglot import (OmniglotData, read_checked_cache, save_checked_cache, default_data_dir, load_omniglot,
                        read_lake_runs)
 
 __all__ = [
@@ -70,14 +70,14 @@ def _cached_glyphs(classes: int, image_size: int, seed: int, data_dir) -> torch.
     header = {"format": _GLYPHS_CACHE_FORMAT, "glyphs": _GLYPHS_VERSION, "seed": int(seed),
               "shape": [int(classes), 20, image_size, image_size], "dtype": str(torch.uint8)}
     if path.is_file():
-        images, reason = _read_cache(path, header)
+        images, reason = read_checked_cache(path, header)
         if images is not None:
             return images
         warnings.warn(f"the glyph cache {str(path)!r} is not used: {reason}; drawing the glyphs again",
                       RuntimeWarning, stacklevel=3)
     images = make_glyphs(classes, 20, image_size, seed)
     try:
-        _save_checked(images, header, path)
+        save_checked_cache(images, header, path)
     except OSError:  # a read-only data folder still gives the glyphs, just uncached
         pass
     return images

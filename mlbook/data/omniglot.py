@@ -23,7 +23,6 @@ import os
 import posixpath
 import re
 import struct
-import tempfile
 import time
 import urllib.request
 import warnings
@@ -36,6 +35,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..storage import atomic_torch_save, atomic_write
 from ..tasks import Episode, alphabet_split
 from ..utils import check_positive_int
 
@@ -148,7 +148,8 @@ def _archive_md5(path: Path, data_dir: Path) -> str:
         record[key] = {**stamp, "md5": digest}
         text = json.dumps({"format": 1, "archives": record}, indent=1, sort_keys=True)
         try:
-            _atomic_write(data_dir / _HASH_RECORD, lambda tmp: Path(tmp).write_text(text))
+            with atomic_write(data_dir / _HASH_RECORD) as file:
+                file.write(text.encode())
         except OSError:  # a read-only data folder: the archive is hashed again next time
             pass
     return digest
@@ -189,22 +190,15 @@ def download_archive(name: str, data_dir: str | os.PathLike | None = None,
     data_dir.mkdir(parents=True, exist_ok=True)
     url = (base_url if base_url is not None else BASE_URL) + name
     target = data_dir / name
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=data_dir)
-    try:
+    with atomic_write(target) as out, urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
         digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
-            for block in iter(lambda: response.read(1 << 20), b""):
-                digest.update(block)
-                out.write(block)
+        for block in iter(lambda: response.read(1 << 20), b""):
+            digest.update(block)
+            out.write(block)
         if digest.hexdigest() != ARCHIVES[name]:
-            # Checked before the rename, so a bad download never takes the archive's name.
+            # Raised before the rename, so a bad download never takes the archive's name.
             raise ValueError(f"downloaded {name} from {url} has MD5 {digest.hexdigest()}, expected "
                              f"{ARCHIVES[name]}: the download is corrupt or truncated (nothing was kept)")
-        _publish(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return target
 
 
@@ -374,32 +368,6 @@ def _decode_archives(plan: list, image_size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays))
 
 
-def _publish(tmp: str, path: Path) -> None:
-    """Give a finished temporary file its final name in one step (readers never see half a file)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; data files are shareable
-    os.replace(tmp, path)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write ``path`` through ``write(temporary path)``; a failure leaves no temporary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        _publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _atomic_save(obj, path: Path) -> None:
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
 # -- the decoded cache ----------------------------------------------------------------------
 def _tensor_digest(images: torch.Tensor, header: dict) -> str:
     """SHA-256 of the header (shape, dtype, sources, names) and the tensor's bytes."""
@@ -415,7 +383,7 @@ def _short(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _read_cache(path: Path, expected: dict) -> tuple[torch.Tensor | None, str]:
+def read_checked_cache(path: Path, expected: dict) -> tuple[torch.Tensor | None, str]:
     """The cached tensor if the file is intact and matches ``expected``; else ``None`` and why."""
     try:
         stored = torch.load(path, weights_only=True)
@@ -436,9 +404,9 @@ def _read_cache(path: Path, expected: dict) -> tuple[torch.Tensor | None, str]:
     return images, ""
 
 
-def _save_checked(images: torch.Tensor, header: dict, path: Path) -> None:
-    """Save a tensor with its header and checksum, atomically, for :func:`_read_cache`."""
-    _atomic_save({"header": header, "images": images, "sha256": _tensor_digest(images, header)}, path)
+def save_checked_cache(images: torch.Tensor, header: dict, path: Path) -> None:
+    """Save a tensor with its header and checksum, atomically, for :func:`read_checked_cache`."""
+    atomic_torch_save({"header": header, "images": images, "sha256": _tensor_digest(images, header)}, path)
 
 
 def load_omniglot(archives: Sequence[str | os.PathLike] | str = ("images_background_small1.zip",
@@ -474,7 +442,7 @@ def load_omniglot(archives: Sequence[str | os.PathLike] | str = ("images_backgro
         key.update(f"|{path.name}:{path.stat().st_size}:{md5}".encode())
     cache_path = data_dir / f"omniglot-{image_size}px-{key.hexdigest()[:16]}.pt"
     if cache and cache_path.is_file():
-        images, reason = _read_cache(cache_path, header)
+        images, reason = read_checked_cache(cache_path, header)
         if images is not None:
             return OmniglotData(images, alphabets, characters)
         warnings.warn(f"the decoded Omniglot cache {str(cache_path)!r} is not used: {reason}; "
@@ -484,7 +452,7 @@ def load_omniglot(archives: Sequence[str | os.PathLike] | str = ("images_backgro
     data = OmniglotData(images, alphabets, characters)
     if cache:
         try:
-            _save_checked(images, header, cache_path)
+            save_checked_cache(images, header, cache_path)
         except OSError:  # a read-only data folder still gives the data, just uncached
             pass
     return data
