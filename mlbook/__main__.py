@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -21,7 +24,7 @@ import torch
 from . import distributed as dist_utils
 from .learners import LearnerConfig, get_learner, registry
 from .storage import CheckpointError, load_checkpoint, load_state_into
-from .train import OPTIMISERS, NonFiniteError, evaluate, meta_train
+from .train import OPTIMISERS, SCHEDULES, NonFiniteError, TrainConfig, evaluate, meta_train, stop_on_signals
 from .utils import check_choice, get_device
 
 __all__ = ["main", "build_learner", "build_data", "load_trained", "learner_names", "DATA"]
@@ -52,6 +55,14 @@ def _task(config: dict) -> str:
 
 
 # -- learners and data from a plain config dict (stored in every checkpoint) ----------------
+def _usage(build, *args):
+    """Call a library constructor on user input; its validation errors are usage errors."""
+    try:
+        return build(*args)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
 def build_learner(config: dict):
     """The learner a run's config describes, built by the learner's own ``from_config`` (Chapter 5).
 
@@ -64,7 +75,7 @@ def build_learner(config: dict):
         able = [name for name, other in registry().items() if task in other.tasks]
         raise UsageError(f"learner {cls.name} does not do {task} (data {config['data']!r}); "
                          f"choose one of {', '.join(able)}")
-    return cls.from_config(LearnerConfig.from_dict({**config, "task": task}))
+    return _usage(lambda: cls.from_config(LearnerConfig.from_dict({**config, "task": task})))
 
 
 def build_data(config: dict) -> dict:
@@ -85,19 +96,20 @@ def build_data(config: dict) -> dict:
                                   archives=config.get("archives") or (), download=config.get("download", True),
                                   glyph_classes=config.get("glyph_classes", GLYPH_CLASSES),
                                   seed=config.get("data_seed", 0), verbose=False)
-    except (FileNotFoundError, OSError) as error:
-        raise UsageError(f"cannot load Omniglot archives {config['archives']}: {error}") from None
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot load {kind} images from {config.get('archives')}: {error}") from None
     if kind == "omniglot":
         holdout, val = config.get("holdout_alphabets", []), config.get("val_alphabets", [])
         known = sorted(set(data.alphabets))
         unknown = [a for a in holdout + val if a not in known]
         if unknown:
             raise UsageError(f"alphabets {unknown} are not in these archives; choose from {known}")
-        split = alphabet_split(data.alphabets, {"test": holdout, "val": val} if (holdout or val) else (1.0, 0.0, 0.0))
+        split = _usage(alphabet_split, data.alphabets,
+                       {"test": holdout, "val": val} if (holdout or val) else (1.0, 0.0, 0.0))
         if split["test"].numel() == 0:
             split["test"] = split["train"]                 # no held-out alphabets: say so when scoring
     else:
-        split = alphabet_split(data.alphabets, (0.7, 0.1, 0.2), seed=config.get("data_seed", 0))
+        split = _usage(alphabet_split, data.alphabets, (0.7, 0.1, 0.2), config.get("data_seed", 0))
     return {"kind": kind, "images": data.images, "alphabets": list(data.alphabets), "train": split["train"],
             "val": split["val"], "test": split["test"]}
 
@@ -112,15 +124,18 @@ def _image_family(data: dict, split: str, ways: int, shots: int, queries: int, w
     if shots + queries > data["images"].shape[1]:
         raise UsageError(f"shots + queries = {shots + queries} is more than the {data['images'].shape[1]} "
                          f"drawings per character: impossible {ways}-way {shots}-shot episodes with {queries} queries")
-    if ways > classes.numel():
-        raise UsageError(f"ways = {ways} is more than the {classes.numel()} classes of the {split} split")
+    available = classes.numel() * (4 if rotate else 1)
+    if ways > available:
+        raise UsageError(f"ways = {ways} is more than the {available} classes of the {split} split"
+                         f"{' (with rotations)' if rotate else ''}")
     if within > 0:
-        return AlphabetFamily(data["images"], data["alphabets"], ways, shots, queries, classes=classes,
-                              within=within, rotate=rotate, device=device)
-    return ImageClassFamily(data["images"], ways, shots, queries, classes=classes, rotate=rotate, device=device)
+        return _usage(lambda: AlphabetFamily(data["images"], data["alphabets"], ways, shots, queries,
+                                             classes=classes, within=within, rotate=rotate, device=device))
+    return _usage(lambda: ImageClassFamily(data["images"], ways, shots, queries, classes=classes, rotate=rotate,
+                                           device=device))
 
 
-def _family(config: dict, data: dict, split: str, ways: int, shots: int, queries: int, within: float,
+def _family(data: dict, split: str, ways: int, shots: int, queries: int, within: float,
             rotate: bool, device):
     if data["kind"] == "sinusoid":
         from .tasks import SinusoidFamily
@@ -130,15 +145,11 @@ def _family(config: dict, data: dict, split: str, ways: int, shots: int, queries
 
 
 # -- commands --------------------------------------------------------------------------------
-def _check_counts(args, names=("ways", "shots", "queries")):
-    for name in names:
-        value = getattr(args, name, None)
-        if value is not None and value <= 0:
-            raise UsageError(f"--{name} must be a positive integer, got {value}")
-
-
 _LEARNER_FLAGS = {"inner_lr": "--inner-lr", "inner_steps": "--inner-steps", "first_order": "--first-order",
                   "distance": "--distance", "fce": "--fce"}
+# What a resumed run may change; everything else defines the run and must stay as it was.
+_RESUMABLE_SETTINGS = {"steps", "time_limit", "checkpoint_every", "stop_after", "val_every", "val_episodes",
+                       "patience"}
 
 
 def _warn_unused_options(args, learner_class) -> None:
@@ -150,20 +161,10 @@ def _warn_unused_options(args, learner_class) -> None:
                   f"(it reads: {', '.join(learner_class.options) or 'no learner options'})", file=sys.stderr)
 
 
-def cmd_train(args) -> int:
-    """``train``: meta-train a learner and write a checkpoint (Chapter 5)."""
-    _check_counts(args, ("ways", "shots", "queries", "steps", "meta_batch_size"))
-    learner_name = args.learner
-    if learner_name not in learner_names():
-        raise UsageError(f"unknown learner {learner_name!r}; choose from {', '.join(learner_names())}")
-    if args.data not in DATA:
-        raise UsageError(f"unknown data {args.data!r}; choose from {', '.join(DATA)}")
-    device = get_device(args.device)
-    world = dist_utils.init_from_env(device)
-    if world.size > 1 and device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())
+def _run_config(args) -> dict:
+    """The plain config that defines a run's learner and data (stored in its checkpoint)."""
     config = {
-        "learner": learner_name, "data": args.data, "archives": _names(args.archives),
+        "learner": args.learner, "data": args.data, "archives": _names(args.archives),
         "holdout_alphabets": _names(args.holdout_alphabets), "val_alphabets": _names(args.val_alphabets),
         "image_size": args.image_size, "ways": args.ways, "shots": args.shots, "queries": args.queries,
         "channels": args.channels, "norm": args.norm, "distance": args.distance, "fce": args.fce,
@@ -175,48 +176,93 @@ def cmd_train(args) -> int:
         if args.holdout_alphabets != DEFAULT_HOLDOUT or config["val_alphabets"]:
             raise UsageError("--holdout-alphabets and --val-alphabets apply to --data omniglot only")
         config["holdout_alphabets"] = []
-    if args.data != "omniglot" and args.within_alphabet > 0 and args.data != "glyphs":
-        raise UsageError("--within-alphabet applies to image data (omniglot or glyphs) only")
-    if not 0 <= args.within_alphabet <= 1:
-        raise UsageError(f"--within-alphabet must be a fraction in [0, 1], got {args.within_alphabet}")
+    if args.data == "sinusoid" and (args.within_alphabet > 0 or args.jitter > 0 or args.rotate):
+        raise UsageError("--within-alphabet, --jitter and --rotate apply to image data (omniglot or glyphs) only")
+    return config
+
+
+def _train_config(args) -> TrainConfig:
+    return TrainConfig(steps=args.steps, meta_batch_size=args.meta_batch_size, outer_lr=args.lr,
+                       optimiser=args.optimiser, seed=args.seed, schedule=args.schedule, warmup=args.warmup,
+                       val_every=args.val_every, val_episodes=args.val_episodes, patience=args.patience,
+                       checkpoint_every=args.checkpoint_every, time_limit=args.time_limit)
+
+
+def _differences(saved: dict, now: dict, ignore=()) -> list[str]:
+    return [f"{key}: {saved.get(key)!r} in the checkpoint, {now.get(key)!r} now"
+            for key in sorted(set(saved) | set(now)) if key not in ignore and saved.get(key) != now.get(key)]
+
+
+def _prepare_output(args, config: dict, train_config: TrainConfig) -> Path:
+    """Check ``--out`` before any training: writable, and not silently overwritten or changed on resume."""
+    if not args.out.strip():
+        raise UsageError("--out must name the checkpoint file to write")
+    out = Path(args.out)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give the name of a file in it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as error:
+        raise UsageError(f"--out {out} cannot be written ({error.strerror or error})") from None
+    if out.exists() and not args.resume and not args.overwrite:
+        raise UsageError(f"{out} exists: continue that run with --resume, or replace it with --overwrite")
+    if out.exists() and args.resume:
+        saved = load_checkpoint(out)
+        differences = _differences((saved.get("metadata") or {}).get("config") or {}, config, ignore=("download",))
+        differences += _differences(saved.get("train_config") or {}, asdict(train_config), _RESUMABLE_SETTINGS)
+        if differences:
+            raise UsageError(f"--resume must continue the same run; changed: {'; '.join(differences)}")
+    return out
+
+
+def _augmentation(args):
+    if args.jitter == 0:
+        return None
+    from .augment import AffineJitter
+
+    j = args.jitter
+    return AffineJitter(degrees=10 * j, scale=0.1 * j, shear=0.1 * j, shift=0.1 * j)
+
+
+def cmd_train(args) -> int:
+    """``train``: meta-train a learner and write a checkpoint (Chapter 5)."""
+    config, train_config = _run_config(args), _usage(_train_config, args)
     learner = build_learner(config)
     _warn_unused_options(args, type(learner))
     data = build_data(config)
-    family = _family(config, data, "train", args.ways, args.shots, args.queries, args.within_alphabet,
-                     args.rotate, device)
+    out = _prepare_output(args, config, train_config)
+    device = get_device(args.device)
+    world = dist_utils.init_from_env(device)
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    family = _family(data, "train", args.ways, args.shots, args.queries, args.within_alphabet, args.rotate, device)
     val_family = None
     if args.val_every:
         if data["kind"] != "sinusoid" and data["val"].numel() == 0:
             raise UsageError("--val-every needs validation classes: name them with --val-alphabets")
-        val_family = _family(config, data, "val", args.test_ways or args.ways, args.test_shots or args.shots,
+        val_family = _family(data, "val", args.test_ways or args.ways, args.test_shots or args.shots,
                              args.queries, 0.0, False, device)
-    augment = None
-    if args.jitter > 0:
-        if data["kind"] == "sinusoid":
-            raise UsageError("--jitter applies to image data only")
-        from .augment import AffineJitter
-
-        j = args.jitter
-        augment = AffineJitter(degrees=10 * j, scale=0.1 * j, shear=0.1 * j, shift=0.1 * j)
-    out = Path(args.out)
     log = (lambda message: print(message, file=sys.stderr, flush=True)) if world.is_main else None
     if log:
         log(f"training {learner!r} on {args.data} ({family.__class__.__name__}, {args.ways}-way "
             f"{args.shots}-shot, {args.queries} queries per class), {args.steps} steps, device {device}, "
             f"{world.size} process(es)")
     started = time.perf_counter()
-    result = meta_train(learner, family, args.steps, meta_batch_size=args.meta_batch_size, outer_lr=args.lr,
-                        optimiser=args.optimiser,
-                        seed=args.seed, val_family=val_family, val_every=args.val_every or None,
-                        val_episodes=args.val_episodes, patience=args.patience, schedule=args.schedule,
-                        warmup=args.warmup, checkpoint=out, checkpoint_every=args.checkpoint_every,
-                        resume=args.resume, metadata={"config": config, "argv": sys.argv[1:]},
-                        time_limit=args.time_limit, log=log, augment=augment)
+    with stop_on_signals():
+        result = meta_train(learner, family, config=train_config, val_family=val_family, checkpoint=out,
+                            resume=args.resume, metadata={"config": config, "argv": sys.argv[1:]}, log=log,
+                            augment=_augmentation(args))
     if world.is_main:
-        print(json.dumps({"checkpoint": str(out), "steps": result.step, "stopped": result.stopped,
+        print(json.dumps({"checkpoint": result.checkpoint, "steps": result.step, "stopped": result.stopped,
                           "final_loss": round(result.losses[-1], 6) if result.losses else None,
                           "seconds": round(time.perf_counter() - started, 1)}))
     dist_utils.shutdown()
+    if result.stopped == "interrupted":
+        print(f"interrupted at step {result.step}; the checkpoint {result.checkpoint} holds everything so far. "
+              f"Continue with the same command and --resume.", file=sys.stderr)
+        return 128 + result.signal
     return 0
 
 
@@ -235,7 +281,6 @@ def load_trained(path, device):
 
 def cmd_evaluate(args) -> int:
     """``evaluate``: accuracy (or loss) ± 95% CI of a checkpoint on N-way K-shot episodes (Chapter 5)."""
-    _check_counts(args, ("ways", "shots", "queries", "episodes"))
     device = get_device(args.device)
     checkpoint, config, learner, state = load_trained(args.checkpoint, device)
     ways = args.ways or config["ways"]
@@ -247,7 +292,7 @@ def cmd_evaluate(args) -> int:
     config = {**config, "download": False}
     data = build_data(config)
     held_out = data["kind"] == "sinusoid" or bool(config.get("holdout_alphabets")) or data["kind"] == "glyphs"
-    family = _family(config, data, "test", ways, shots, queries, 1.0 if args.within_alphabet else 0.0,
+    family = _family(data, "test", ways, shots, queries, 1.0 if args.within_alphabet else 0.0,
                      False, device)
     result = evaluate(learner, state, family, episodes=args.episodes, seed=args.seed)
     summary = {"learner": config["learner"], "data": config["data"], "ways": ways, "shots": shots,
@@ -295,16 +340,48 @@ def cmd_lake(args) -> int:
 
 
 # -- argument parsing ------------------------------------------------------------------------
-def make_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m mlbook`` (Chapter 5)."""
-    parser = argparse.ArgumentParser(prog="python -m mlbook", description="Meta-learning from the command line.")
-    commands = parser.add_subparsers(dest="command", metavar="{train,evaluate,lake}")
-    commands.required = True
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (Chapter 5)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
-    train = commands.add_parser("train", help="meta-train a learner and write a checkpoint",
-                                description="Meta-train a learner on episodes and write a checkpoint.")
-    train.add_argument("--learner", default="ProtoNet", help=f"one of {', '.join(learner_names())} (default ProtoNet)")
-    train.add_argument("--data", default="omniglot", help=f"one of {', '.join(DATA)} (default omniglot)")
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer of at least 0 (Chapter 5)."""
+    return 0 if text.strip() == "0" else positive_int(text)
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above 0 (Chapter 5)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number of at least 0 (Chapter 5)."""
+    return 0.0 if text.strip() in ("0", "0.0") else positive_float(text)
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1] (Chapter 5)."""
+    value = non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
+    return value
+
+
+def _add_data_options(train) -> None:
+    train.add_argument("--data", default="omniglot", choices=DATA, help="the task family (default omniglot)")
     train.add_argument("--archives", default="images_background_small1.zip,images_background_small2.zip",
                        help="comma-separated Omniglot background archives (looked up in $MLBOOK_DATA and "
                             "$MLBOOK_OMNIGLOT, else downloaded)")
@@ -313,57 +390,73 @@ def make_parser() -> argparse.ArgumentParser:
                             "'none' trains on every alphabet)")
     train.add_argument("--val-alphabets", default=None, help="comma-separated alphabets for validation")
     train.add_argument("--no-download", action="store_true", help="never download Omniglot")
-    train.add_argument("--glyph-classes", type=int, default=GLYPH_CLASSES, help="classes of procedural glyphs (--data glyphs)")
-    train.add_argument("--image-size", type=int, default=LearnerConfig.image_size,
+    train.add_argument("--glyph-classes", type=positive_int, default=GLYPH_CLASSES,
+                       help="classes of procedural glyphs (--data glyphs)")
+    train.add_argument("--image-size", type=positive_int, default=LearnerConfig.image_size,
                        help=f"image side in pixels (default {LearnerConfig.image_size})")
-    train.add_argument("--ways", type=int, default=5, help="N: classes per training episode")
-    train.add_argument("--shots", type=int, default=1, help="K: support examples per class")
-    train.add_argument("--queries", type=int, default=15, help="Q: query examples per class")
-    train.add_argument("--test-ways", type=int, default=None, help="ways of validation episodes (default --ways)")
-    train.add_argument("--test-shots", type=int, default=None, help="shots of validation episodes (default --shots)")
-    train.add_argument("--steps", type=int, default=1000, help="outer steps")
-    train.add_argument("--meta-batch-size", type=int, default=4, help="tasks per outer step")
-    train.add_argument("--lr", type=float, default=1e-3, help="outer learning rate")
-    train.add_argument("--optimiser", default="adam", choices=OPTIMISERS, help="outer optimiser (default adam)")
-    train.add_argument("--schedule", default="constant", choices=("constant", "cosine", "step", "cosine_time"),
-                       help="learning-rate schedule (cosine_time: a cosine over --time-limit seconds)")
-    train.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
-    train.add_argument("--channels", type=int, default=64, help="Conv4 channels")
+    train.add_argument("--ways", type=positive_int, default=5, help="N: classes per training episode")
+    train.add_argument("--shots", type=positive_int, default=1, help="K: support examples per class")
+    train.add_argument("--queries", type=positive_int, default=15, help="Q: query examples per class")
+    train.add_argument("--test-ways", type=positive_int, default=None, help="ways of validation episodes (default --ways)")
+    train.add_argument("--test-shots", type=positive_int, default=None,
+                       help="shots of validation episodes (default --shots)")
+    train.add_argument("--rotate", action="store_true", help="rotated characters (x90 degrees) as new classes")
+    train.add_argument("--within-alphabet", type=fraction, default=0.0,
+                       help="fraction of training episodes whose classes share one alphabet")
+    train.add_argument("--jitter", type=non_negative_float, default=0.0,
+                       help="strength of random affine jitter (1.0: up to 10 degrees, 10%% scale, shear, shift)")
+
+
+def _add_learner_options(train) -> None:
+    train.add_argument("--learner", default="ProtoNet", choices=learner_names(), metavar="LEARNER",
+                       help=f"one of {', '.join(learner_names())} (default ProtoNet)")
+    train.add_argument("--channels", type=positive_int, default=LearnerConfig.channels, help="Conv4 channels")
     train.add_argument("--norm", default="group", choices=("group", "batch", "none"), help="Conv4 normalisation")
     train.add_argument("--distance", default="euclidean", choices=("euclidean", "cosine"), help="ProtoNet distance")
     train.add_argument("--fce", action="store_true", help="MatchingNet: full-context embeddings")
-    train.add_argument("--inner-lr", type=float, default=None, help="inner learning rate (gradient learners)")
-    train.add_argument("--inner-steps", type=int, default=1, help="inner steps (gradient learners)")
+    train.add_argument("--inner-lr", type=positive_float, default=None, help="inner learning rate (gradient learners)")
+    train.add_argument("--inner-steps", type=positive_int, default=1, help="inner steps (gradient learners)")
     train.add_argument("--first-order", action="store_true", help="MAML: first-order meta-gradient")
-    train.add_argument("--rotate", action="store_true", help="rotated characters (x90 degrees) as new classes")
-    train.add_argument("--within-alphabet", type=float, default=0.0,
-                       help="fraction of training episodes whose classes share one alphabet")
-    train.add_argument("--jitter", type=float, default=0.0,
-                       help="strength of random affine jitter (1.0: up to 10 degrees, 10%% scale, shear, shift)")
-    train.add_argument("--val-every", type=int, default=0, help="validate every n steps (needs validation classes)")
-    train.add_argument("--val-episodes", type=int, default=100, help="episodes per validation")
-    train.add_argument("--patience", type=int, default=None, help="early stopping after n validations without gain")
-    train.add_argument("--checkpoint-every", type=int, default=None, help="write the checkpoint every n steps")
-    train.add_argument("--resume", action="store_true", help="continue from --out if it exists")
-    train.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
+
+
+def _add_training_options(train) -> None:
+    train.add_argument("--steps", type=positive_int, default=1000, help="outer steps")
+    train.add_argument("--meta-batch-size", type=positive_int, default=4, help="tasks per outer step")
+    train.add_argument("--lr", type=positive_float, default=1e-3, help="outer learning rate")
+    train.add_argument("--optimiser", default="adam", choices=OPTIMISERS, help="outer optimiser (default adam)")
+    train.add_argument("--schedule", default="constant", choices=SCHEDULES,
+                       help="learning-rate schedule (cosine_time: a cosine over --time-limit seconds)")
+    train.add_argument("--warmup", type=non_negative_int, default=0, help="linear warm-up steps")
+    train.add_argument("--val-every", type=positive_int, default=None,
+                       help="validate every n steps (needs validation classes)")
+    train.add_argument("--val-episodes", type=positive_int, default=100, help="episodes per validation")
+    train.add_argument("--patience", type=positive_int, default=None,
+                       help="early stopping after n validations without gain")
+    train.add_argument("--checkpoint-every", type=positive_int, default=None, help="write the checkpoint every n steps")
+    train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing --out with a new run")
+    train.add_argument("--time-limit", type=positive_float, default=None, help="stop after this many seconds")
     train.add_argument("--seed", type=int, default=0, help="seed of the initial state and of the episodes")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     train.add_argument("--out", required=True, help="checkpoint file to write")
-    train.set_defaults(run=cmd_train)
 
+
+def _add_evaluate_command(commands) -> None:
     ev = commands.add_parser("evaluate", help="score a checkpoint on N-way K-shot test episodes",
                              description="Accuracy ± 95%% CI of a checkpoint on test episodes of its held-out classes.")
     ev.add_argument("checkpoint", help="checkpoint written by `train`")
-    ev.add_argument("--ways", type=int, default=None, help="N (default: as trained)")
-    ev.add_argument("--shots", type=int, default=None, help="K (default: as trained)")
-    ev.add_argument("--queries", type=int, default=None, help="Q (default: as trained)")
+    ev.add_argument("--ways", type=positive_int, default=None, help="N (default: as trained)")
+    ev.add_argument("--shots", type=positive_int, default=None, help="K (default: as trained)")
+    ev.add_argument("--queries", type=positive_int, default=None, help="Q (default: as trained)")
     ev.add_argument("--within-alphabet", action="store_true", help="every episode's classes from one alphabet")
-    ev.add_argument("--episodes", type=int, default=600, help="test episodes (default 600)")
+    ev.add_argument("--episodes", type=positive_int, default=600, help="test episodes (default 600)")
     ev.add_argument("--seed", type=int, default=1234, help="seed of the test episodes")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(run=cmd_evaluate)
 
+
+def _add_lake_command(commands) -> None:
     lake = commands.add_parser("lake", help="Lake's 20-way within-alphabet one-shot runs (or the proxy) as JSON",
                                description="Score a checkpoint on Lake et al.'s 20 one-shot runs (--runs) or "
                                            "on 20-way within-alphabet one-shot episodes of its held-out "
@@ -371,23 +464,54 @@ def make_parser() -> argparse.ArgumentParser:
     lake.add_argument("checkpoint", help="checkpoint written by `train`")
     lake.add_argument("--runs", default=None, help="all_runs.zip or its unpacked folder")
     lake.add_argument("--proxy", action="store_true", help="held-out-alphabet proxy instead of the runs")
-    lake.add_argument("--episodes", type=int, default=1000, help="proxy episodes (default 1000)")
+    lake.add_argument("--episodes", type=positive_int, default=1000, help="proxy episodes (default 1000)")
     lake.add_argument("--seed", type=int, default=2015, help="seed of the proxy episodes")
     lake.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     lake.set_defaults(run=cmd_lake)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line on stderr, like every other usage error (Chapter 5)."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: error: {message}")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m mlbook`` (Chapter 5)."""
+    parser = OneLineParser(prog="python -m mlbook", description="Meta-learning from the command line.")
+    commands = parser.add_subparsers(dest="command", metavar="{train,evaluate,lake}")
+    commands.required = True
+    train = commands.add_parser("train", help="meta-train a learner and write a checkpoint",
+                                description="Meta-train a learner on episodes and write a checkpoint.")
+    _add_learner_options(train)
+    _add_data_options(train)
+    _add_training_options(train)
+    train.set_defaults(run=cmd_train)
+    _add_evaluate_command(commands)
+    _add_lake_command(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``python -m mlbook``; returns the exit status (Chapter 5)."""
+    """Run ``python -m mlbook``; returns the exit status (Chapter 5).
+
+    A mistake in what was asked (a :class:`UsageError`, a missing or foreign checkpoint) ends
+    with one line and exit status 2 (1 for a checkpoint or a diverged run); any other error is
+    a bug and keeps its traceback.
+    """
     parser = make_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as error:
+        print(error, file=sys.stderr)
+        return EXIT_USAGE
     try:
         return args.run(args)
-    except (UsageError, CheckpointError, NonFiniteError, ValueError, FileNotFoundError) as error:
+    except (UsageError, CheckpointError, NonFiniteError, FileNotFoundError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"{parser.prog} {args.command}: error: {message}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(error, (UsageError, ValueError)) else 1
+        return EXIT_USAGE if isinstance(error, UsageError) else 1
     except KeyboardInterrupt:
         print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -162,17 +162,8 @@ def _per_learner(name: str, value, names: list[str], what: str):
     return value
 
 
-def compare(learners, family, steps, meta_batch_size: int = 16, outer_lr=1e-3,
-            test_family=None, episodes: int = 200, seed: int = 0, eval_seed: int = 1234,
-            timing_tasks: int = 20, states: Mapping[str, Any] | None = None) -> Comparison:
-    """Meta-train every learner on ``family`` and measure it on ``test_family`` (Chapter 4).
-
-    ``learners`` is a dict ``{name: learner}`` or a list of learners (named by their
-    ``name``). ``steps`` and ``outer_lr`` are one value for all, or a dict with one per
-    learner name. ``test_family`` defaults to ``family`` (fresh episodes, from ``eval_seed``).
-    ``states`` maps names to already meta-trained states, which are measured without
-    training. Returns a :class:`Comparison`, whose rows also hold each learned ``state``.
-    """
+def _named_learners(learners) -> list[tuple[str, Any]]:
+    """``[(name, learner)]`` from a dict or a list, checked: distinct names, the learner interface."""
     if isinstance(learners, Mapping):
         named = list(learners.items())
     elif isinstance(learners, Sequence) and not isinstance(learners, str):
@@ -189,6 +180,22 @@ def compare(learners, family, steps, meta_batch_size: int = 16, outer_lr=1e-3,
         if not all(callable(getattr(learner, m, None)) for m in ("init", "adapt", "predict", "meta_loss")):
             raise ValueError(f"learners[{name!r}] does not implement the learner interface "
                              f"(init, adapt, predict, meta_loss)")
+    return named
+
+
+def compare(learners, family, steps, meta_batch_size: int = 16, outer_lr=1e-3,
+            test_family=None, episodes: int = 200, seed: int = 0, eval_seed: int = 1234,
+            timing_tasks: int = 20, states: Mapping[str, Any] | None = None) -> Comparison:
+    """Meta-train every learner on ``family`` and measure it on ``test_family`` (Chapter 4).
+
+    ``learners`` is a dict ``{name: learner}`` or a list of learners (named by their
+    ``name``). ``steps`` and ``outer_lr`` are one value for all, or a dict with one per
+    learner name. ``test_family`` defaults to ``family`` (fresh episodes, from ``eval_seed``).
+    ``states`` maps names to already meta-trained states, which are measured without
+    training. Returns a :class:`Comparison`, whose rows also hold each learned ``state``.
+    """
+    named = _named_learners(learners)
+    names = [n for n, _ in named]
     meta_batch_size = check_positive_int("meta_batch_size", meta_batch_size)
     episodes = check_positive_int("episodes", episodes)
     timing_tasks = check_positive_int("timing_tasks", timing_tasks)

@@ -293,6 +293,58 @@ def sample_nway_kshot(images: torch.Tensor, ways: int, shots: int, queries: int,
 SPLITS = ("train", "val", "test")
 
 
+def _named_assignment(fractions: dict, distinct: list[str]) -> dict[str, str]:
+    """{alphabet: split} from a dict naming the alphabets of some splits."""
+    unknown = [k for k in fractions if k not in SPLITS]
+    if unknown:
+        raise ValueError(f"fractions keys must be among {', '.join(map(repr, SPLITS))}; got {unknown}")
+    assignment = {}
+    for key, members in fractions.items():
+        members = [members] if isinstance(members, str) else list(members)
+        missing = [m for m in members if m not in distinct]
+        if missing:
+            raise ValueError(f"fractions[{key!r}] names unknown alphabets {missing}; "
+                             f"the alphabets are {distinct}")
+        for m in members:
+            if m in assignment and assignment[m] != key:
+                raise ValueError(f"alphabet {m!r} is in both {assignment[m]!r} and {key!r}")
+            assignment[m] = key
+    if "train" not in fractions:
+        for m in distinct:
+            assignment.setdefault(m, "train")
+    return assignment
+
+
+def _shared_assignment(fractions, distinct: list[str], seed: int) -> dict[str, str]:
+    """{alphabet: split} from three shares of the alphabets, shuffled by ``seed``."""
+    try:
+        shares = [float(f) for f in fractions]
+    except (TypeError, ValueError):
+        raise ValueError(f"fractions must be three numbers (train, val, test) or a dict of "
+                         f"alphabet names; got {fractions!r}") from None
+    if len(shares) != 3 or any(f < 0 for f in shares) or not math.isclose(sum(shares), 1.0, abs_tol=1e-6):
+        raise ValueError(f"fractions must be three non-negative numbers (train, val, test) summing "
+                         f"to 1; got {fractions!r}")
+    wanted = sum(f > 0 for f in shares)
+    if wanted > len(distinct):
+        raise ValueError(f"fractions asks for {wanted} non-empty splits but there are only "
+                         f"{len(distinct)} alphabets")
+    generator = torch.Generator().manual_seed(int(seed))
+    order = [distinct[i] for i in torch.randperm(len(distinct), generator=generator).tolist()]
+    # Every split with a positive share gets at least one alphabet; train takes the rest.
+    counts = [max(1, round(f * len(distinct))) if f > 0 else 0 for f in shares]
+    counts[0] = len(distinct) - counts[1] - counts[2]
+    if counts[0] < (1 if shares[0] > 0 else 0):
+        raise ValueError(f"fractions {fractions!r} leave no alphabet for 'train' out of {len(distinct)}")
+    assignment = {}
+    start = 0
+    for key, count in zip(SPLITS, counts):
+        for m in order[start:start + count]:
+            assignment[m] = key
+        start += count
+    return assignment
+
+
 def alphabet_split(alphabets: Sequence[str], fractions=(0.6, 0.2, 0.2), seed: int = 0,
                    split: str | None = None):
     """Split classes into train / val / test so that no alphabet is in two splits (Chapter 2).
@@ -311,49 +363,9 @@ def alphabet_split(alphabets: Sequence[str], fractions=(0.6, 0.2, 0.2), seed: in
         raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))} or None; got {split!r}")
     distinct = list(dict.fromkeys(names))
     if isinstance(fractions, dict):
-        unknown = [k for k in fractions if k not in SPLITS]
-        if unknown:
-            raise ValueError(f"fractions keys must be among {', '.join(map(repr, SPLITS))}; got {unknown}")
-        assignment = {}
-        for key, members in fractions.items():
-            members = [members] if isinstance(members, str) else list(members)
-            missing = [m for m in members if m not in distinct]
-            if missing:
-                raise ValueError(f"fractions[{key!r}] names unknown alphabets {missing}; "
-                                 f"the alphabets are {distinct}")
-            for m in members:
-                if m in assignment and assignment[m] != key:
-                    raise ValueError(f"alphabet {m!r} is in both {assignment[m]!r} and {key!r}")
-                assignment[m] = key
-        if "train" not in fractions:
-            for m in distinct:
-                assignment.setdefault(m, "train")
+        assignment = _named_assignment(fractions, distinct)
     else:
-        try:
-            shares = [float(f) for f in fractions]
-        except (TypeError, ValueError):
-            raise ValueError(f"fractions must be three numbers (train, val, test) or a dict of "
-                             f"alphabet names; got {fractions!r}") from None
-        if len(shares) != 3 or any(f < 0 for f in shares) or not math.isclose(sum(shares), 1.0, abs_tol=1e-6):
-            raise ValueError(f"fractions must be three non-negative numbers (train, val, test) summing "
-                             f"to 1; got {fractions!r}")
-        wanted = sum(f > 0 for f in shares)
-        if wanted > len(distinct):
-            raise ValueError(f"fractions asks for {wanted} non-empty splits but there are only "
-                             f"{len(distinct)} alphabets")
-        generator = torch.Generator().manual_seed(int(seed))
-        order = [distinct[i] for i in torch.randperm(len(distinct), generator=generator).tolist()]
-        # Every split with a positive share gets at least one alphabet; train takes the rest.
-        counts = [max(1, round(f * len(distinct))) if f > 0 else 0 for f in shares]
-        counts[0] = len(distinct) - counts[1] - counts[2]
-        if counts[0] < (1 if shares[0] > 0 else 0):
-            raise ValueError(f"fractions {fractions!r} leave no alphabet for 'train' out of {len(distinct)}")
-        assignment = {}
-        start = 0
-        for key, count in zip(SPLITS, counts):
-            for m in order[start:start + count]:
-                assignment[m] = key
-            start += count
+        assignment = _shared_assignment(fractions, distinct, seed)
     result = {key: torch.tensor([c for c, a in enumerate(names) if assignment.get(a) == key], dtype=torch.long)
               for key in SPLITS}
     return result if split is None else result[split]

@@ -15,8 +15,12 @@ the loop is a :class:`Trainer` made of small steps: restore, step, validate, che
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -30,8 +34,8 @@ from .storage import detached, load_checkpoint, load_state_into, remove_stale_te
 from .tasks import TaskFamily
 from .utils import check_choice, check_positive, check_positive_int, make_generator, progress
 
-__all__ = ["meta_train", "evaluate", "make_optimiser", "Trainer", "TrainConfig", "EvalResult",
-           "TrainResult", "NonFiniteError", "SCHEDULES", "OPTIMISERS"]
+__all__ = ["meta_train", "evaluate", "make_optimiser", "stop_on_signals", "Trainer", "TrainConfig",
+           "EvalResult", "TrainResult", "NonFiniteError", "SCHEDULES", "OPTIMISERS"]
 
 SCHEDULES = ("constant", "cosine", "step", "cosine_time")
 OPTIMISERS = ("adam", "adamw", "sgd")
@@ -63,7 +67,9 @@ class TrainResult:
     ``losses`` and ``accuracies`` have one entry per step since step 0 (accuracy is NaN for
     learners that do not report it); ``validation`` holds ``(step, mean, ci95)`` rows;
     ``best_step`` is the step of the best validation score; ``stopped`` says why training
-    ended ('steps', 'early_stopping', 'time_limit' or 'stop_after').
+    ended ('steps', 'early_stopping', 'time_limit', 'stop_after' or 'interrupted', with the
+    ``signal`` number). ``checkpoint`` is where the last checkpoint was written: the file asked
+    for, or a fallback in the temporary folder when that file could not be written.
     """
 
     state: dict
@@ -74,6 +80,8 @@ class TrainResult:
     stopped: str = "steps"
     step: int = 0
     seconds: float = 0.0
+    checkpoint: str | None = None
+    signal: int | None = None
 
 
 def _optional(check, name, value):
@@ -191,6 +199,32 @@ def _check_finite(step: int, what: str, named: list[tuple[str, torch.Tensor]]) -
                                  f"value(s) (NaN or inf); training stopped")
 
 
+_stop_signal: list[int] = []
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals=(signal.SIGINT, signal.SIGTERM)):
+    """Within the block, SIGINT or SIGTERM makes a running :func:`meta_train` finish its step,
+    write its checkpoint and return with ``stopped='interrupted'`` (Chapter 5).
+
+    A second signal while it finishes acts as usual (the handler is set back after the first).
+    """
+    previous = {}
+
+    def request_stop(signum, frame):
+        _stop_signal.append(signum)
+        signal.signal(signum, previous[signum])
+
+    for signum in signals:
+        previous[signum] = signal.signal(signum, request_stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _stop_signal.clear()
+
+
 class Trainer:
     """One meta-training run: its state, optimiser, schedule, generator and history (Chapter 5).
 
@@ -228,6 +262,7 @@ class Trainer:
         self.accuracies: list[float] = []
         self.validation: list[tuple[int, float, float]] = []
         self.best = {"score": -math.inf, "step": None, "state": None, "bad_validations": 0}
+        self.saved_to = self.checkpoint
 
     def _seconds(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
@@ -250,11 +285,27 @@ class Trainer:
         self.validation = [tuple(v) for v in saved.get("validation", [])]
         self.best.update(saved.get("best") or {})
 
-    def write_checkpoint(self) -> None:
-        """Write everything a bit-for-bit resume needs, atomically (only the main process)."""
+    def write_checkpoint(self, final: bool = False) -> None:
+        """Write everything a bit-for-bit resume needs, atomically (only the main process).
+
+        When the final write fails (the disk is full, the folder was removed), the run is saved
+        to a fallback file in the temporary folder instead, and ``self.saved_to`` says where.
+        """
         if self.checkpoint is None or not self.world.is_main:
             return
-        save_checkpoint(self.checkpoint, {
+        try:
+            self._save(self.checkpoint)
+        except OSError as error:
+            if not final:
+                raise
+            fallback = Path(tempfile.gettempdir()) / f"{self.checkpoint.stem}.rescued-{os.getpid()}.pt"
+            self._save(fallback)
+            print(f"could not write {self.checkpoint} ({error}); the finished run is saved in {fallback}",
+                  file=sys.stderr)
+            self.saved_to = fallback
+
+    def _save(self, path: Path) -> None:
+        save_checkpoint(path, {
             "learner": self.learner.name, "state": detached(self.state),
             "optimiser": self.optimiser.state_dict(), "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state().cpu(), "torch_rng": torch.get_rng_state(),
@@ -308,6 +359,8 @@ class Trainer:
 
     def _why_stop(self) -> str | None:
         config, done = self.config, self.step
+        if _stop_signal:
+            return "interrupted"
         if config.val_every is not None and done % config.val_every == 0 and done < config.steps:
             if self.validate():
                 return "early_stopping"
@@ -351,13 +404,15 @@ class Trainer:
         else:
             if self.val_family is not None and (config.val_every is not None or config.patience is not None):
                 self.validate()
-        self.write_checkpoint()
+        self.write_checkpoint(final=True)
         if hasattr(bar, "close"):
             bar.close()
         if self.best["state"] is not None and config.restore_best and stopped == "early_stopping":
             load_state_into(self.state, self.best["state"])
         return TrainResult(self.state, self.losses, self.accuracies, self.validation, self.best["step"],
-                           stopped, self.step, time.perf_counter() - self.started)
+                           stopped, self.step, time.perf_counter() - self.started,
+                           None if self.saved_to is None else str(self.saved_to),
+                           _stop_signal[0] if stopped == "interrupted" else None)
 
 
 def meta_train(learner, family: TaskFamily, steps: int | None = None, meta_batch_size: int | None = None,

@@ -52,12 +52,12 @@ def one_line_error(code, err, pattern):
 
 
 @pytest.mark.parametrize("args, pattern", [
-    (["train", "--learner", "Foo", "--out", "x.pt"], "unknown learner 'Foo'"),
-    (["train", "--data", "mnist", "--out", "x.pt"], "unknown data 'mnist'"),
+    (["train", "--learner", "Foo", "--out", "x.pt"], "--learner: invalid choice: 'Foo'"),
+    (["train", "--data", "mnist", "--out", "x.pt"], "--data: invalid choice: 'mnist'"),
     (["train", *TINY_IMAGES, "--shots", "10", "--queries", "15", "--out", "x.pt"], "impossible 5-way 10-shot"),
     (["train", *TINY_IMAGES, "--ways", "500", "--out", "x.pt"], "ways = 500 is more than"),
     (["train", "--data", "sinusoid", "--learner", "ProtoNet", "--out", "x.pt"], "regression"),
-    (["train", *TINY_IMAGES, "--ways", "0", "--out", "x.pt"], "--ways must be a positive integer"),
+    (["train", *TINY_IMAGES, "--ways", "0", "--out", "x.pt"], "--ways: must be a positive integer"),
     (["evaluate", "missing.pt"], "does not exist"),
     (["lake", "missing.pt", "--proxy"], "does not exist"),
 ], ids=["learner", "data", "shots", "ways", "regression", "zero-ways", "missing-eval", "missing-lake"])

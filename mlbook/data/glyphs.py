@@ -62,11 +62,21 @@ def make_glyphs(classes: int = 1200, examples: int = 20, image_size: int = 28, s
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     g = torch.Generator().manual_seed(seed)
+    alphabets = math.ceil(classes / alphabet_size)
+    # The three stages draw from one generator in this order; changing it changes every glyph.
+    vocabulary = _stroke_vocabulary(alphabets, g)
+    strokes, present = _characters(vocabulary, classes, alphabet_size, g)
+    curves = _drawings(strokes, present, examples, g)
+    # Pen radius in pixels, so that strokes are one to two pixels wide at 28x28, as in Omniglot.
+    pen = (0.6 + 0.5 * torch.rand(classes, examples, 1, generator=g)) * (image_size / 28)
+    return _render(curves.reshape(classes * examples, -1, 2), pen.reshape(-1, 1), image_size).reshape(
+        classes, examples, image_size, image_size)
+
+
+def _stroke_vocabulary(alphabets: int, g: torch.Generator) -> torch.Tensor:
+    """Each alphabet's strokes ``[A, V, 4, 2]`` (cubic control points), curled by its "hand"."""
     rand = lambda *shape: torch.rand(*shape, generator=g)    # noqa: E731
     randn = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
-    alphabets = math.ceil(classes / alphabet_size)
-
-    # Alphabet: a vocabulary of strokes, and a "hand" (how curly its strokes are).
     start = rand(alphabets, _VOCABULARY, 1, 2) * 1.2 - 0.6
     direction = _rotation(rand(alphabets, _VOCABULARY) * 2 * math.pi)[..., 0]          # [A, V, 2]
     length = 0.5 + 0.6 * rand(alphabets, _VOCABULARY, 1)
@@ -75,9 +85,12 @@ def make_glyphs(classes: int = 1200, examples: int = 20, image_size: int = 28, s
     middle = start + steps * (length * direction)[:, :, None] + curl
     end = start[:, :, 0] + length * direction
     vocabulary = torch.cat([start, middle, end[:, :, None]], dim=2)                      # [A, V, 4, 2]
-    vocabulary = vocabulary - vocabulary.mean(dim=2, keepdim=True)
+    return vocabulary - vocabulary.mean(dim=2, keepdim=True)
 
-    # Character: 2-4 strokes of its alphabet, each placed, scaled and turned its own way.
+
+def _characters(vocabulary: torch.Tensor, classes: int, alphabet_size: int, g: torch.Generator):
+    """Each character: 2-4 strokes of its alphabet, placed, scaled, turned and fitted to the frame."""
+    alphabets = vocabulary.shape[0]
     alphabet_of = torch.arange(classes) // alphabet_size
     pick = torch.randint(0, _VOCABULARY, (classes, _MAX_STROKES), generator=g)
     strokes = vocabulary[alphabet_of[:, None], pick]                                    # [C, S, 4, 2]
@@ -85,8 +98,8 @@ def make_glyphs(classes: int = 1200, examples: int = 20, image_size: int = 28, s
     turns = torch.randint(0, 8, (alphabets, 2), generator=g)
     which = torch.randint(0, 2, (classes, _MAX_STROKES), generator=g)
     quarter_turns = turns[alphabet_of[:, None], which].float() * (math.pi / 4)
-    scale = 0.6 + 0.5 * rand(classes, _MAX_STROKES, 1, 1)
-    offset = rand(classes, _MAX_STROKES, 1, 2) * 1.0 - 0.5
+    scale = 0.6 + 0.5 * torch.rand(classes, _MAX_STROKES, 1, 1, generator=g)
+    offset = torch.rand(classes, _MAX_STROKES, 1, 2, generator=g) * 1.0 - 0.5
     strokes = scale * strokes @ _rotation(quarter_turns).transpose(-1, -2) + offset
     count = torch.randint(2, _MAX_STROKES + 1, (classes,), generator=g)
     present = torch.arange(_MAX_STROKES)[None, :] < count[:, None]                       # [C, S]
@@ -97,9 +110,14 @@ def make_glyphs(classes: int = 1200, examples: int = 20, image_size: int = 28, s
     high = torch.where(mask, points_all, torch.full_like(points_all, -9.0)).amax(1)
     centre = (low + high) / 2
     size = (high - low).amax(-1).clamp(min=0.3)
-    strokes = (strokes - centre[:, None, None]) * (1.2 / size)[:, None, None, None]
+    return (strokes - centre[:, None, None]) * (1.2 / size)[:, None, None, None], present
 
-    # Drawing: each hand wobbles the control points and draws with its own affine and pen.
+
+def _drawings(strokes: torch.Tensor, present: torch.Tensor, examples: int, g: torch.Generator) -> torch.Tensor:
+    """``examples`` drawings of each character: every hand wobbles the strokes and draws with its own affine."""
+    rand = lambda *shape: torch.rand(*shape, generator=g)    # noqa: E731
+    randn = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    classes = strokes.shape[0]
     wobble = 0.06 * randn(classes, examples, _MAX_STROKES, 4, 2)
     drawn = strokes[:, None] + wobble                                                   # [C, E, S, 4, 2]
     angle = 0.12 * randn(classes, examples)
@@ -114,11 +132,7 @@ def make_glyphs(classes: int = 1200, examples: int = 20, image_size: int = 28, s
     curves = curves.reshape(classes, examples, -1, 2) @ affine.transpose(-1, -2) + shift
     # Absent strokes are moved far outside the frame, where they draw nothing.
     hidden = ~present[:, None, :, None].expand(-1, examples, -1, _POINTS).reshape(classes, examples, -1)
-    curves = torch.where(hidden[..., None], torch.full_like(curves, 50.0), curves)
-    # Pen radius in pixels, so that strokes are one to two pixels wide at 28x28, as in Omniglot.
-    pen = (0.6 + 0.5 * rand(classes, examples, 1)) * (image_size / 28)
-    return _render(curves.reshape(classes * examples, -1, 2), pen.reshape(-1, 1), image_size).reshape(
-        classes, examples, image_size, image_size)
+    return torch.where(hidden[..., None], torch.full_like(curves, 50.0), curves)
 
 
 def _render(curves: torch.Tensor, pen: torch.Tensor, image_size: int) -> torch.Tensor:
