@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from .metrics import format_score
 from .tasks import Episode
 from .train import evaluate, meta_train
 from .utils import check_positive_int, make_generator
@@ -112,9 +113,7 @@ class ComparisonRow:
     losses: list = field(repr=False, default_factory=list)
 
     def score(self) -> str:
-        if self.metric == "accuracy":
-            return f"{100 * self.mean:.1f}% ± {100 * self.ci95:.1f}%"
-        return f"{self.mean:.3f} ± {self.ci95:.3f}"
+        return format_score(self.metric, self.mean, self.ci95, digits=1)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .utils import check_choice, check_positive_int, make_generator
 
-__all__ = ["confidence_interval", "query_metrics", "gaussian_nll", "interval_coverage", "calibration",
+__all__ = ["confidence_interval", "format_score", "query_metrics", "gaussian_nll", "interval_coverage", "calibration",
            "CalibrationResult", "predictive_calibration", "LOG_2PI"]
 
 LOG_2PI = math.log(2 * math.pi)
@@ -30,6 +30,13 @@ def confidence_interval(values) -> tuple[float, float]:
     if values.numel() < 2:
         return mean, float("nan")
     return mean, _Z95 * values.std(unbiased=True).item() / math.sqrt(values.numel())
+
+
+def format_score(metric: str, mean: float, ci95: float, digits: int = 2) -> str:
+    """'97.10% ± 0.40%' for an accuracy, '0.5210 ± 0.0120' for a loss (Chapter 5)."""
+    if metric == "accuracy":
+        return f"{100 * mean:.{digits}f}% ± {100 * ci95:.{digits}f}%"
+    return f"{mean:.{digits + 2}f} ± {ci95:.{digits + 2}f}"
 
 
 def query_metrics(output: torch.Tensor, query_y: torch.Tensor, classification: bool) -> dict:

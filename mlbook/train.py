@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 
 from . import distributed as dist_utils
-from .metrics import confidence_interval
+from .metrics import confidence_interval, format_score
 from .storage import detached, load_checkpoint, load_state_into, remove_stale_temporaries, save_checkpoint
 from .tasks import TaskFamily
 from .utils import check_choice, check_positive, check_positive_int, make_generator, progress
@@ -55,9 +55,7 @@ class EvalResult:
     values: torch.Tensor = field(repr=False)
 
     def __str__(self) -> str:
-        if self.metric == "accuracy":
-            return f"{100 * self.mean:.2f}% ± {100 * self.ci95:.2f}%"
-        return f"{self.mean:.4f} ± {self.ci95:.4f}"
+        return format_score(self.metric, self.mean, self.ci95)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..models import init_params
 from ..taskmap import choose_strategy, map_tasks, run_tasks
 from ..tasks import Episode
 from ..utils import check_choice
@@ -155,7 +156,11 @@ class Learner:
 
     # -- the interface -------------------------------------------------------------------
     def init(self, seed: int, *, dtype=None, device=None) -> dict[str, Any]:
-        raise NotImplementedError
+        """phi, seeded: by default ``{"params": ...}``, fresh weights of the learner's ``model``."""
+        model = getattr(self, "model", None)
+        if not isinstance(model, torch.nn.Module):
+            raise NotImplementedError(f"{type(self).__name__} must define init, or keep its network in self.model")
+        return {"params": init_params(model, seed, dtype=dtype, device=device)}
 
     def adapt(self, state, support_x: torch.Tensor, support_y: torch.Tensor):
         raise NotImplementedError

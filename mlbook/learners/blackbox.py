@@ -19,13 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..metrics import query_metrics
-from ..models import MLP, Conv4, init_params
+from ..models import MLP, Conv4
 from ..taskmap import call
 from ..tasks import Episode
 from ..utils import check_positive_int
-from .base import Learner, LearnerConfig
-from .cnp import context_learner_for
-from .context import check_episode, check_inputs, check_support, check_ways_and_image_size, probe_feature_size
+from .context import ContextLearner, check_episode, check_inputs, check_support, probe_feature_size
 
 __all__ = ["BlackBox"]
 
@@ -79,7 +77,7 @@ class _Net(nn.Module):
         return self.head(self.norm(h[:, m:]))
 
 
-class BlackBox(Learner):
+class BlackBox(ContextLearner):
     """A transformer that reads the support set as (x, y) tokens and predicts the queries (Chapter 4).
 
     Regression (``ways=None``): inputs ``[M, x_dim]``, targets ``[M, y_dim]``, ``predict``
@@ -99,10 +97,7 @@ class BlackBox(Learner):
     def __init__(self, x_dim: int = 1, y_dim: int = 1, ways: int | None = None,
                  image_size: int | None = None, width: int = 64, heads: int = 4, layers: int = 2,
                  channels: int = 32, features: nn.Module | None = None):
-        self.ways, self.image_size = check_ways_and_image_size(ways, image_size)
-        super().__init__(loss="mse" if self.ways is None else "cross_entropy", strategy="loop")
-        self.x_dim = check_positive_int("x_dim", x_dim)
-        self.y_dim = check_positive_int("y_dim", y_dim)
+        super().__init__(x_dim, y_dim, ways, image_size)
         width = check_positive_int("width", width)
         heads = check_positive_int("heads", heads)
         layers = check_positive_int("layers", layers)
@@ -123,18 +118,9 @@ class BlackBox(Learner):
             self.feature_shape = (self.x_dim,)
         label_size = self.y_dim if self.ways is None else self.ways
         out_size = self.y_dim if self.ways is None else self.ways
-        self.net = _Net(features, feature_size, label_size, width, heads, layers, out_size)
+        self.model = _Net(features, feature_size, label_size, width, heads, layers, out_size)
 
-    @classmethod
-    def from_config(cls, config: LearnerConfig) -> "BlackBox":
-        """The default black box for the config's task (Chapter 4)."""
-        return context_learner_for(cls, config)
-
-    # -- the interface -------------------------------------------------------------------
-    def init(self, seed: int, *, dtype=None, device=None) -> dict:
-        """phi: every weight of the sequence model (and its image feature extractor)."""
-        return {"params": init_params(self.net, seed, dtype=dtype, device=device)}
-
+    # -- the interface (init is the base class's: phi = every weight of the model) ---------
     def adapt(self, state, support_x, support_y) -> dict:
         """The task state is the context itself: phi and the support set (Chapter 4)."""
         check_support(support_x, support_y, self.feature_shape, self.ways, self.y_dim)
@@ -150,7 +136,7 @@ class BlackBox(Learner):
     def forward(self, params, support_x, support_y, query_x) -> torch.Tensor:
         """Query outputs for a batch of tasks: ``[B, M, ...]`` inputs -> ``[B, Q, out]``."""
         labels = support_y if self.ways is None else F.one_hot(support_y, self.ways).to(params["embed.weight"].dtype)
-        return call(self.net, params, support_x, labels, query_x)
+        return call(self.model, params, support_x, labels, query_x)
 
     def _query_outputs(self, state, episode: Episode) -> torch.Tensor:
         check_episode(episode, self.feature_shape)

@@ -19,28 +19,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..metrics import gaussian_nll, query_metrics
-from ..models import MLP, Conv4, init_params
+from ..models import MLP, Conv4
 from ..taskmap import call
 from ..tasks import Episode
 from ..utils import check_positive, check_positive_int
-from .base import Learner, LearnerConfig
-from .context import check_episode, check_inputs, check_support, check_ways_and_image_size, probe_feature_size
+from .context import ContextLearner, check_episode, check_inputs, check_support, probe_feature_size
 
-__all__ = ["CNP", "context_learner_for"]
-
-
-def context_learner_for(cls, config: LearnerConfig):
-    """A CNP or black box for the config's task: 1-D regression, or ``ways``-way images (Chapter 4)."""
-    if config.regression:
-        return cls()
-    return cls(ways=config.ways, image_size=config.image_size, channels=min(config.channels, 32))
+__all__ = ["CNP"]
 
 
 def _sub(params: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
 
 
-class CNP(Learner):
+class CNP(ContextLearner):
     """A Conditional Neural Process behind the learner interface (Chapter 4).
 
     Regression (``ways=None``): inputs ``[M, x_dim]``, targets ``[M, y_dim]``; ``predict``
@@ -60,10 +52,7 @@ class CNP(Learner):
     def __init__(self, x_dim: int = 1, y_dim: int = 1, ways: int | None = None,
                  image_size: int | None = None, hidden: int = 64, representation: int = 64,
                  channels: int = 32, min_std: float = 0.05, features: nn.Module | None = None):
-        self.ways, self.image_size = check_ways_and_image_size(ways, image_size)
-        super().__init__(loss="mse" if self.ways is None else "cross_entropy", strategy="loop")
-        self.x_dim = check_positive_int("x_dim", x_dim)
-        self.y_dim = check_positive_int("y_dim", y_dim)
+        super().__init__(x_dim, y_dim, ways, image_size)
         hidden = check_positive_int("hidden", hidden)
         representation = check_positive_int("representation", representation)
         self.min_std = check_positive("min_std", min_std)
@@ -91,19 +80,10 @@ class CNP(Learner):
                 "encoder": MLP(feature_size, representation, hidden=(hidden,)),
                 "decoder": MLP(feature_size + representation, 1, hidden=(hidden,)),
             }
-        self.net = nn.ModuleDict(net)
+        self.model = nn.ModuleDict(net)
         self.probabilistic = self.ways is None
 
-    @classmethod
-    def from_config(cls, config: LearnerConfig) -> "CNP":
-        """The default CNP for the config's task (Chapter 4)."""
-        return context_learner_for(cls, config)
-
-    # -- the interface -------------------------------------------------------------------
-    def init(self, seed: int, *, dtype=None, device=None) -> dict:
-        """phi: the weights of the encoder, the decoder (and the image feature extractor)."""
-        return {"params": init_params(self.net, seed, dtype=dtype, device=device)}
-
+    # -- the interface (init is the base class's: phi = every weight of the model) ---------
     def adapt(self, state, support_x, support_y) -> dict:
         """Adapt(phi, D_train) = the aggregated representation r: one forward pass (Chapter 4)."""
         check_support(support_x, support_y, self.feature_shape, self.ways, self.y_dim)
@@ -134,24 +114,24 @@ class CNP(Learner):
     def embed(self, params, x: torch.Tensor) -> torch.Tensor:
         """Per-example features ``[B, M, F]`` of inputs ``[B, M, ...]`` (classification)."""
         if self.image_size is None:
-            return call(self.net["features"], _sub(params, "features."), x)
+            return call(self.model["features"], _sub(params, "features."), x)
         b, m = x.shape[:2]
-        z = call(self.net["features"], _sub(params, "features."), x.reshape(b * m, *x.shape[2:]))
+        z = call(self.model["features"], _sub(params, "features."), x.reshape(b * m, *x.shape[2:]))
         return z.reshape(b, m, -1)
 
     def represent(self, params, support_x, support_y) -> torch.Tensor:
         """The aggregation step: r ``[B, R]`` (regression) or per-class r_c ``[B, N, R]``."""
         if self.ways is None:
-            r_i = call(self.net["encoder"], _sub(params, "encoder."), torch.cat([support_x, support_y], -1))
+            r_i = call(self.model["encoder"], _sub(params, "encoder."), torch.cat([support_x, support_y], -1))
             return r_i.mean(1)
-        r_i = call(self.net["encoder"], _sub(params, "encoder."), self.embed(params, support_x))
+        r_i = call(self.model["encoder"], _sub(params, "encoder."), self.embed(params, support_x))
         onehot = F.one_hot(support_y, self.ways).to(r_i.dtype)                # [B, M, N]
         counts = onehot.sum(1).clamp(min=1)                                     # [B, N]
         return torch.einsum("bmn,bmr->bnr", onehot, r_i) / counts[..., None]
 
     def decode(self, params, r: torch.Tensor, x: torch.Tensor):
         """The decoder: (mean, variance) ``[B, M, y_dim]`` each, or logits ``[B, M, N]``."""
-        decoder, p = self.net["decoder"], _sub(params, "decoder.")
+        decoder, p = self.model["decoder"], _sub(params, "decoder.")
         if self.ways is None:
             r = r[:, None].expand(-1, x.shape[1], -1)
             out = call(decoder, p, torch.cat([x, r], -1))

@@ -11,8 +11,9 @@ from torch import nn
 
 from ..tasks import Episode
 from ..utils import check_positive_int
+from .base import Learner, LearnerConfig
 
-__all__ = ["check_support", "check_inputs", "check_ways_and_image_size", "check_episode", "probe_feature_size"]
+__all__ = ["ContextLearner", "check_support", "check_inputs", "check_ways_and_image_size", "check_episode", "probe_feature_size"]
 
 
 def check_ways_and_image_size(ways, image_size) -> tuple[int | None, int | None]:
@@ -80,3 +81,24 @@ def probe_feature_size(features: nn.Module, shape: tuple) -> int:
         raise ValueError(f"features must map [M, {', '.join(map(str, shape))}] images to [M, F] "
                          f"vectors; it gave shape {tuple(out.shape)}")
     return out.shape[1]
+
+
+class ContextLearner(Learner):
+    """Base of the learners that read a support set instead of taking gradient steps (Chapter 4).
+
+    Regression (``ways=None``) of ``[M, x_dim]`` inputs to ``[M, y_dim]`` targets, or ``ways``-way
+    classification of vectors, or of ``[M, 1, S, S]`` images when ``image_size=S``.
+    """
+
+    def __init__(self, x_dim: int = 1, y_dim: int = 1, ways: int | None = None, image_size: int | None = None):
+        self.ways, self.image_size = check_ways_and_image_size(ways, image_size)
+        super().__init__(loss="mse" if self.ways is None else "cross_entropy", strategy="loop")
+        self.x_dim = check_positive_int("x_dim", x_dim)
+        self.y_dim = check_positive_int("y_dim", y_dim)
+
+    @classmethod
+    def from_config(cls, config: LearnerConfig) -> "ContextLearner":
+        """The default model for the config's task: 1-D regression, or ``ways``-way images (Chapter 4)."""
+        if config.regression:
+            return cls()
+        return cls(ways=config.ways, image_size=config.image_size, channels=min(config.channels, 32))

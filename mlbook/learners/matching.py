@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import Conv4, init_params
+from ..models import Conv4
 from ..taskmap import call
 from ..tasks import Episode
 from ..utils import check_positive, check_positive_int
@@ -120,10 +120,6 @@ class MatchingNet(Learner):
     def from_config(cls, config: LearnerConfig) -> "MatchingNet":
         """A Conv4 embedding, with full-context embeddings when ``config.fce`` (Chapter 5)."""
         return cls(embedding_for(config), fce=config.fce)
-
-    def init(self, seed: int, *, dtype=None, device=None) -> dict:
-        """phi: backbone (and LSTM) parameters."""
-        return {"params": init_params(self.model, seed, dtype=dtype, device=device)}
 
     def _call(self, params, *args, **kwargs):
         return call(self.model, params, *args, **kwargs)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..metrics import query_metrics
-from ..models import Conv4, init_params
+from ..models import Conv4
 from ..taskmap import call
 from ..tasks import Episode
 from ..utils import check_choice, check_positive
@@ -77,10 +77,6 @@ class ProtoNet(Learner):
     def from_config(cls, config: LearnerConfig) -> "ProtoNet":
         """A Conv4 embedding (no output layer) and the configured distance (Chapter 5)."""
         return cls(embedding_for(config), distance=config.distance)
-
-    def init(self, seed: int, *, dtype=None, device=None) -> dict:
-        """phi: the embedding network's parameters."""
-        return {"params": init_params(self.model, seed, dtype=dtype, device=device)}
 
     def embed(self, state, x: torch.Tensor) -> torch.Tensor:
         """f_phi(x) for images with any number of leading axes: ``[..., C, H, W]`` -> ``[..., D]``."""
