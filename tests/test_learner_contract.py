@@ -97,7 +97,8 @@ def _construct(cls, kind: str):
         return cls(ways=WAYS, image_size=SIZE, features=FlatNet(0), **extra)
     if kind == "regression" and not cls.adapts_with_gradients:
         return cls.from_config(LearnerConfig(task="regression"))
-    metric = cls.kind == "metric"
+    # Learners that adapt a classifier get one; the others read an embedding.
+    metric = cls.kind != "optimisation"
     if kind == "regression":
         model = MLP(hidden=(32, 32))
     else:
