@@ -37,18 +37,30 @@ class Episode:
     query_y: torch.Tensor
 
     def __post_init__(self):
-        sizes = {f.name: getattr(self, f.name).shape[0] if getattr(self, f.name).dim() else None
-                 for f in fields(self)}
+        for name in ("support_x", "support_y", "query_x", "query_y"):
+            if not isinstance(getattr(self, name), torch.Tensor):
+                raise ValueError(f"Episode.{name} must be a torch.Tensor, got {type(getattr(self, name)).__name__}")
+        for name in ("support_x", "query_x"):
+            x = getattr(self, name)
+            if x.dim() < 3 or not x.dtype.is_floating_point:
+                raise ValueError(f"Episode.{name} must be a floating-point tensor [batch, examples, ...] "
+                                 f"(images scaled to [0, 1]); got dtype {x.dtype}, shape {tuple(x.shape)}")
+        sizes = {f.name: getattr(self, f.name).shape[0] for f in fields(self)}
         if len(set(sizes.values())) != 1:
             raise ValueError(f"Episode tensors must share the batch size; got {sizes}")
+        if self.support_x.shape[0] == 0:
+            raise ValueError("Episode has no tasks: the batch size must be at least 1")
         if self.support_x.shape[1] == 0:
             raise ValueError("support_x has no examples: a task needs a non-empty support set")
-        if self.support_x.shape[:2] != self.support_y.shape[:2]:
-            raise ValueError(f"support_x {tuple(self.support_x.shape)} and support_y "
-                             f"{tuple(self.support_y.shape)} disagree on [batch, examples]")
-        if self.query_x.shape[:2] != self.query_y.shape[:2]:
-            raise ValueError(f"query_x {tuple(self.query_x.shape)} and query_y "
-                             f"{tuple(self.query_y.shape)} disagree on [batch, examples]")
+        for x, y in (("support_x", "support_y"), ("query_x", "query_y")):
+            _check_targets(x, getattr(self, x), y, getattr(self, y))
+        if self.support_y.dtype != self.query_y.dtype:
+            raise ValueError(f"support_y ({self.support_y.dtype}) and query_y ({self.query_y.dtype}) must "
+                             f"be both class labels or both regression targets")
+        for name in ("support_x", "query_x", "support_y", "query_y"):
+            tensor = getattr(self, name)
+            if tensor.dtype.is_floating_point and not torch.isfinite(tensor).all():
+                raise ValueError(f"Episode.{name} holds NaN or infinite values")
 
     @property
     def batch_size(self) -> int:
@@ -65,12 +77,42 @@ class Episode:
         return [Episode(*group) for group in zip(*parts)]
 
 
+def _check_targets(x_name: str, x: torch.Tensor, y_name: str, y: torch.Tensor) -> None:
+    """Targets are integer labels ``[B, M]`` or regression values ``[B, M, D]`` beside ``x``."""
+    if y.shape[:2] != x.shape[:2]:
+        raise ValueError(f"{x_name} {tuple(x.shape)} and {y_name} {tuple(y.shape)} disagree on [batch, examples]")
+    if y.dtype.is_floating_point:
+        if y.dim() != 3:
+            raise ValueError(f"{y_name} holds real values, so it is a regression target and must be "
+                             f"[batch, examples, outputs]; got shape {tuple(y.shape)} (a [B, K] target "
+                             f"would broadcast against [B, K, 1] predictions into a wrong loss)")
+    elif y.dtype == torch.int64:
+        if y.dim() != 2:
+            raise ValueError(f"{y_name} holds class labels and must be [batch, examples]; got {tuple(y.shape)}")
+        if y.numel() and y.min() < 0:
+            raise ValueError(f"{y_name} must hold class labels 0..N-1; got {y.min().item()}")
+    else:
+        raise ValueError(f"{y_name} must be int64 class labels or floating-point regression targets; "
+                         f"got dtype {y.dtype}")
+
+
 class TaskFamily(Protocol):
     """What every task family offers: ``sample(batch_size, generator) -> Episode`` (Chapter 2)."""
 
     device: torch.device
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Episode: ...
+
+
+def _check_range(name: str, value) -> tuple[float, float]:
+    """A finite (low, high) pair with low <= high."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a range (low, high), got {value!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+        raise ValueError(f"{name} must be a finite range (low, high) with low <= high, got {value!r}")
+    return low, high
 
 
 def _uniform(low: float, high: float, shape, generator, device) -> torch.Tensor:
@@ -85,8 +127,8 @@ class _RegressionFamily:
     def __init__(self, shots: int = 10, queries: int = 10, device="cpu", noise: float = 0.0):
         self.shots = check_positive_int("shots", shots)
         self.queries = check_positive_int("queries", queries)
-        if noise < 0:
-            raise ValueError(f"noise must be >= 0, got {noise!r}")
+        if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
+            raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
         self.noise = float(noise)
         self.device = torch.device(device)
 
@@ -124,13 +166,10 @@ class SinusoidFamily(_RegressionFamily):
     def __init__(self, shots: int = 10, queries: int = 10, amplitude=(0.1, 5.0),
                  phase=(0.0, math.pi), device="cpu", noise: float = 0.0):
         super().__init__(shots, queries, device, noise)
-        low, high = amplitude
-        if not 0 <= low <= high:
+        self.amplitude = _check_range("amplitude", amplitude)
+        if self.amplitude[0] < 0:
             raise ValueError(f"amplitude must be a range (low, high) with 0 <= low <= high, got {amplitude!r}")
-        if not phase[0] <= phase[1]:
-            raise ValueError(f"phase must be a range (low, high) with low <= high, got {phase!r}")
-        self.amplitude = (float(low), float(high))
-        self.phase = (float(phase[0]), float(phase[1]))
+        self.phase = _check_range("phase", phase)
 
     def sample_parameters(self, batch_size, generator):
         amplitude = _uniform(*self.amplitude, (batch_size,), generator, self.device)
@@ -148,8 +187,8 @@ class LineFamily(_RegressionFamily):
     def __init__(self, shots: int = 10, queries: int = 10, slope=(-3.0, 3.0),
                  intercept=(-3.0, 3.0), device="cpu", noise: float = 0.0):
         super().__init__(shots, queries, device, noise)
-        self.slope = tuple(map(float, slope))
-        self.intercept = tuple(map(float, intercept))
+        self.slope = _check_range("slope", slope)
+        self.intercept = _check_range("intercept", intercept)
 
     def sample_parameters(self, batch_size, generator):
         slope = _uniform(*self.slope, (batch_size,), generator, self.device)
@@ -227,6 +266,8 @@ def _class_pool(images: torch.Tensor, classes) -> torch.Tensor:
     if pool.numel() and (pool.min() < 0 or pool.max() >= images.shape[0]):
         raise ValueError(f"classes must index 0..{images.shape[0] - 1}; got values from "
                          f"{pool.min().item()} to {pool.max().item()}")
+    if pool.unique().numel() != pool.numel():
+        raise ValueError("classes must not repeat a class: the same class would appear under two labels")
     return pool.long()
 
 

@@ -186,8 +186,24 @@ class Learner:
             metrics["accuracy"] = task_accuracy(output, y)
         return metrics
 
+    def validate_episode(self, state, episode: Episode) -> None:
+        """Raise a clear error when ``episode`` cannot be scored by this learner in ``state`` (Chapter 5)."""
+        if not isinstance(episode, Episode):
+            raise ValueError(f"episode must be an mlbook.tasks.Episode, got {type(episode).__name__}")
+        task = "classification" if episode.support_y.dtype == torch.int64 else "regression"
+        if task not in self.tasks:
+            raise ValueError(f"{self.name} does {', '.join(sorted(self.tasks))}, but the episode is {task}")
+        if (self.loss == "cross_entropy") != (task == "classification"):
+            raise ValueError(f"this {self.name} was built for {'classification' if self.loss == 'cross_entropy' else 'regression'}"
+                             f" (loss {self.loss!r}), but the episode is {task}")
+        leaves = self.parameters(state)
+        if leaves and leaves[0].dtype != episode.support_x.dtype:
+            raise ValueError(f"episode inputs are {episode.support_x.dtype} but the learner's state is "
+                             f"{leaves[0].dtype}: convert one of them (e.g. init(seed, dtype=...))")
+
     def metrics(self, state, episode: Episode) -> dict[str, torch.Tensor]:
         """Per-task metrics ``[B]`` of a meta-batch: the batched hook, or ``task_metrics`` mapped over tasks."""
+        self.validate_episode(state, episode)
         if self.episode_metrics is not None:
             return self.episode_metrics(state, episode)
         return map_tasks(lambda *task: self.task_metrics(state, *task), episode.support_x, episode.support_y,
@@ -217,6 +233,7 @@ class Learner:
         return self._per_task_backward(state, episode, scale, strategy)
 
     def _per_task_backward(self, state, episode: Episode, scale: float, strategy: str):
+        self.validate_episode(state, episode)
         tasks = episode.batch_size
         params = self.parameters(state)
 

@@ -23,7 +23,7 @@ from ..models import MLP, Conv4
 from ..taskmap import call
 from ..tasks import Episode
 from ..utils import check_positive_int
-from .context import ContextLearner, check_episode, check_inputs, check_support, probe_feature_size
+from .context import ContextLearner, check_episode_shape, check_inputs, check_support, probe_feature_size
 
 __all__ = ["BlackBox"]
 
@@ -139,7 +139,7 @@ class BlackBox(ContextLearner):
         return call(self.model, params, support_x, labels, query_x)
 
     def _query_outputs(self, state, episode: Episode) -> torch.Tensor:
-        check_episode(episode, self.feature_shape)
+        check_episode_shape(episode, self.feature_shape)
         return self.forward(state["params"], episode.support_x, episode.support_y, episode.query_x)
 
     def episode_metrics(self, state, episode: Episode) -> dict[str, torch.Tensor]:

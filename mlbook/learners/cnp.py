@@ -23,7 +23,7 @@ from ..models import MLP, Conv4
 from ..taskmap import call
 from ..tasks import Episode
 from ..utils import check_positive, check_positive_int
-from .context import ContextLearner, check_episode, check_inputs, check_support, probe_feature_size
+from .context import ContextLearner, check_episode_shape, check_inputs, check_support, probe_feature_size
 
 __all__ = ["CNP"]
 
@@ -144,7 +144,7 @@ class CNP(ContextLearner):
         return call(decoder, p, pairs)[..., 0]
 
     def _query_outputs(self, state, episode: Episode):
-        check_episode(episode, self.feature_shape)
+        check_episode_shape(episode, self.feature_shape)
         r = self.represent(state["params"], episode.support_x, episode.support_y)
         return self.decode(state["params"], r, episode.query_x)
 

@@ -13,7 +13,7 @@ from ..tasks import Episode
 from ..utils import check_positive_int
 from .base import Learner, LearnerConfig
 
-__all__ = ["ContextLearner", "check_support", "check_inputs", "check_ways_and_image_size", "check_episode", "probe_feature_size"]
+__all__ = ["ContextLearner", "check_support", "check_inputs", "check_ways_and_image_size", "check_episode_shape", "probe_feature_size"]
 
 
 def check_ways_and_image_size(ways, image_size) -> tuple[int | None, int | None]:
@@ -60,7 +60,7 @@ def check_support(support_x: torch.Tensor, support_y: torch.Tensor, feature_shap
                              f"got values from {support_y.min().item()} to {support_y.max().item()}")
 
 
-def check_episode(episode, feature_shape: tuple) -> None:
+def check_episode_shape(episode, feature_shape: tuple) -> None:
     """Raise a clear error unless ``episode`` is an Episode whose inputs end in ``feature_shape``."""
     if not isinstance(episode, Episode):
         raise ValueError(f"episode must be an mlbook.tasks.Episode, got {type(episode).__name__}")
