@@ -33,6 +33,9 @@ LEARNERS = registry()
 _INNER_SETTINGS = {
     ("FOMAML", "classification"): {"inner_lr": 0.1, "steps": 5},
     ("IMAML", "classification"): {"inner_lr": 0.1, "steps": 5, "lam": 0.5},
+    # At 0.5 x 3 steps the first inner loop overshoots (loss 4.0 before training), and the
+    # learned rule's cheapest fix is to cancel the gradient: accuracy stays at chance.
+    ("LearnedOpt", "classification"): {"inner_lr": 0.1, "steps": 3},
 }
 
 
@@ -97,8 +100,9 @@ def _construct(cls, kind: str):
         return cls(ways=WAYS, image_size=SIZE, features=FlatNet(0), **extra)
     if kind == "regression" and not cls.adapts_with_gradients:
         return cls.from_config(LearnerConfig(task="regression"))
-    # Learners that adapt a classifier get one; the others read an embedding.
-    metric = cls.kind != "optimisation"
+    # Learners that adapt a given classifier get one; the others read an embedding (and a
+    # learner that takes `ways` builds its own head).
+    metric = not cls.adapts_with_gradients or "ways" in inspect.signature(cls.__init__).parameters
     if kind == "regression":
         model = MLP(hidden=(32, 32))
     else:

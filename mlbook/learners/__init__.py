@@ -12,7 +12,8 @@ from .base import KINDS, TASKS, Learner, LearnerConfig, registered_learners, tas
 for _module in iter_modules(__path__):
     if _module.name != "base" and not _module.name.startswith("_"):
         import_module(f".{_module.name}", __name__)
-globals().update(registered_learners())
+# Each learner class is importable from here by its class name (registry() uses its `name`).
+globals().update({cls.__name__: cls for cls in registered_learners().values()})
 
 
 def registry() -> dict:
@@ -29,4 +30,4 @@ def get_learner(name: str) -> type:
 
 
 __all__ = ["Learner", "LearnerConfig", "KINDS", "TASKS", "task_loss", "task_accuracy", "registry",
-           "get_learner", *registered_learners()]
+           "get_learner", *(cls.__name__ for cls in registered_learners().values())]
