@@ -35,7 +35,7 @@ _INNER_SETTINGS = {
     ("IMAML", "classification"): {"inner_lr": 0.1, "steps": 5, "lam": 0.5},
     # At 0.5 x 3 steps the first inner loop overshoots (loss 4.0 before training), and the
     # learned rule's cheapest fix is to cancel the gradient: accuracy stays at chance.
-    ("LearnedOpt", "classification"): {"inner_lr": 0.1, "steps": 3},
+    ("LearnedOptimiser", "classification"): {"inner_lr": 0.1, "steps": 3},
 }
 
 

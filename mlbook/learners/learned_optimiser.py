@@ -50,7 +50,7 @@ class LearnedOptimiser(Learner):
     width of the rule. With ``first_order`` the inner gradients are constants to the outer loop.
     """
 
-    name = "LearnedOpt"
+    name = "LearnedOptimiser"
     kind = "learned optimiser"
     options = ("inner_lr", "inner_steps", "first_order")
     adapts_with_gradients = True
