@@ -249,7 +249,7 @@ CATALOGUE = {
                   (sgd_into_dict, "changed its input"), (sgd_no_grad, "carries no gradient"),
                   (sgd_detach, "carries no gradient"), (sgd_data, "carries no gradient"),
                   (sgd_fixed_lr, "not lr"), (sgd_step_only, "not the step"),
-                  (sgd_grad_mode_off, "left gradient tracking switched off"), (sgd_hard_coded, "take the names from"),
+                  (sgd_grad_mode_off, "left gradient tracking switched off"), (sgd_hard_coded, "take names from the inputs"),
                   (sgd_list, "return a dict"), (sgd_liar, "overrides __torch_function__"),
                   (sgd_swallowed_alarm, "no answer within")],
         "right": [sgd_loop, sgd_float64],

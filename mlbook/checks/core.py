@@ -379,7 +379,7 @@ def _describe(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     message = f"your function raised {type(error).__name__}" + (f": {text[:300]}" if text else "") + where
     if isinstance(error, KeyError):
-        message += "; take the names from the input dicts instead of writing them out"
+        message += "; that key is not in the dict (take names from the inputs instead of writing them out)"
     for needle, advice in _KNOWN_ERRORS:
         if needle in str(error):
             message += f"; {advice}"
