@@ -246,8 +246,8 @@ def meta_float64(model, params, episode, lr, steps):
 CATALOGUE = {
     "ch1.check_sgd_step": {
         "wrong": [(sgd_plus, "wrong sign"), (sgd_inplace, "changed its input"),
-                  (sgd_into_dict, "changed its input"), (sgd_no_grad, "carries no gradient"),
-                  (sgd_detach, "carries no gradient"), (sgd_data, "carries no gradient"),
+                  (sgd_into_dict, "changed its input"), (sgd_no_grad, "no gradient:"),
+                  (sgd_detach, "no gradient:"), (sgd_data, "no gradient:"),
                   (sgd_fixed_lr, "not lr"), (sgd_step_only, "not the step"),
                   (sgd_grad_mode_off, "left gradient tracking switched off"), (sgd_hard_coded, "take names from the inputs"),
                   (sgd_list, "return a dict"), (sgd_liar, "overrides __torch_function__"),
@@ -267,7 +267,7 @@ CATALOGUE = {
         "wrong": [(meta_support, "support set"), (meta_fit_query, "adapting on the query set"),
                   (meta_sum, "sum over tasks"), (meta_no_adapt, "without adapting"),
                   (meta_first_order, "second-order term is missing"), (meta_first_task, "first task only"),
-                  (meta_extra_step, "off-by-one"), (meta_detached, "carries no gradient"),
+                  (meta_extra_step, "off-by-one"), (meta_detached, "no gradient:"),
                   (meta_item, "should be a torch.Tensor"), (meta_overwrites_query, "changed its input")],
         "right": [meta_divide, meta_float64],
     },

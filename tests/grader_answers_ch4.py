@@ -186,7 +186,7 @@ CATALOGUE = {
     "ch4.check_metasgd_step": {
         "wrong": [(metasgd_sign, "wrong sign"), (metasgd_scalar, "one scalar rate"), (metasgd_abs, "\\|rates\\|"),
                   (metasgd_no_rates, "rates are not used"), (metasgd_step_only, "not the step"),
-                  (metasgd_detached_rates, "reaches `rates"), (metasgd_no_grad, "carries no gradient"),
+                  (metasgd_detached_rates, "reaches `rates"), (metasgd_no_grad, "no gradient:"),
                   (metasgd_inplace, "changed its input `params"), (metasgd_first_rate, "differs"),
                   (metasgd_matmul, "differs")],
         "right": [metasgd_addcmul, metasgd_loop_float64],
@@ -195,7 +195,7 @@ CATALOGUE = {
         "wrong": [(aggregation_sum, "per-class sum"), (aggregation_global, "whatever their label"),
                   (aggregation_nan, "NaN"), (aggregation_blocks, "blocks of consecutive rows"),
                   (aggregation_count_plus_one, "off-by-one"), (aggregation_transposed, "transpose"),
-                  (aggregation_detached, "carries no gradient"), (aggregation_new_tensor, "carries no gradient"),
+                  (aggregation_detached, "no gradient:"), (aggregation_new_tensor, "no gradient:"),
                   (aggregation_inplace, "changed its input `r`"), (aggregation_unique, "shape")],
         "right": [aggregation_loop, aggregation_index_add],
     },

@@ -600,6 +600,14 @@ def assert_shape(actual: Any, shape: tuple, what: str = "result") -> None:
         raise AssertionError(f"{what} has shape {tuple(actual.shape)}, expected {tuple(shape)}{extra}")
 
 
+def _verb(subject: str, verb: str) -> str:
+    """'differs' after a singular subject, 'differ' after a plural one ("the prototypes")."""
+    head = subject.split(" of ")[0].split()
+    last = head[-1].strip("`'\"") if head else ""
+    plural = last.endswith("s") and not last.endswith(("ss", "us"))
+    return (verb[:-3] + "y" if verb.endswith("ies") else verb[:-1]) if plural else verb
+
+
 def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> bool:
     return a.shape == b.shape and bool(torch.allclose(a, b, atol=atol, rtol=rtol))
 
@@ -631,8 +639,9 @@ def assert_close(actual: Any, expected: torch.Tensor, what: str = "result",
         if isinstance(value, torch.Tensor):
             value = value.detach().double()
             if value.shape == want.shape and not _close(value, want, atol, rtol) and _close(got, value, atol, rtol):
-                raise AssertionError(f"{what} differs from the expected values: it matches {description}")
-    base = f"{what} differs from the expected values"
+                raise AssertionError(f"{what} {_verb(what, 'differs')} from the expected values: it matches "
+                                     f"{description}")
+    base = f"{what} {_verb(what, 'differs')} from the expected values"
     if got.numel() == 1:
         g, w = got.item(), want.item()
         if abs(w) > atol and math.isclose(g, -w, rel_tol=rtol, abs_tol=atol):
@@ -684,9 +693,9 @@ def assert_gradients(actual: Any, expected: Any, student_inputs: dict[str, torch
     wanted = ", ".join(f"`{n}`" for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     s = _probe(actual)
     if s is None:
-        raise AssertionError(f"{what} carries no gradient: it was computed under torch.no_grad(), "
-                             f"detached, or went through .item(), .data or numpy; the exercise needs it "
-                             f"differentiable with respect to {wanted}")
+        raise AssertionError(f"{what} {_verb(what, 'carries')} no gradient: something was computed under "
+                             f"torch.no_grad(), detached, or went through .item(), .data or numpy; the exercise "
+                             f"needs a result differentiable with respect to {wanted}")
     reference = [reference_inputs[n] for n in names]
     try:
         got = torch.autograd.grad(s, [student_inputs[n] for n in names], allow_unused=True, retain_graph=True)
