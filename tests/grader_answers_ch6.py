@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from mlbook.checks.ch6 import reference_log_evidence, reference_posterior_update
+from mlbook.checks.ch6 import reference_log_evidence
 
 
 # -- posterior update --------------------------------------------------------------------------

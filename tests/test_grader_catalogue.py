@@ -3,10 +3,8 @@ fails with a message that names its mistake; each right answer, written differen
 reference, passes. Also: the graders contain what a student's code does to the process."""
 import importlib
 import re
-import time
 
 import pytest
-import torch
 
 import mlbook.checks.core as core
 

@@ -32,6 +32,7 @@ def _named(prefix, params):
 
 # -- Exercise 1: one functional SGD step --------------------------------------------------
 def reference_sgd_step(params, grads, lr):
+    """The reference: ``params - lr * grads`` for every name, as a new dict (Chapter 1)."""
     return {name: params[name] - lr * grads[name] for name in params}
 
 
@@ -75,6 +76,7 @@ def check_sgd_step(fn):
 
 # -- Exercise 2: Adapt(phi, D_train) with a few gradient steps ----------------------------
 def reference_adapt(model, params, x, y, lr, steps):
+    """The reference: ``steps`` differentiable MSE gradient steps from ``params`` (Chapter 1)."""
     for _ in range(steps):
         loss = F.mse_loss(functional_call(model, params, (x,)), y)
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
@@ -152,6 +154,7 @@ def check_adapt(fn):
 
 # -- Exercise 3: the meta-objective --------------------------------------------------------
 def reference_meta_objective(model, params, episode, lr, steps):
+    """The reference: the mean over tasks of the query loss after Adapt (Chapter 1)."""
     losses = []
     for i in range(episode.batch_size):
         adapted = reference_adapt(model, params, episode.support_x[i], episode.support_y[i], lr, steps)

@@ -68,7 +68,8 @@ def _rng_contract(fn, call, describe):
 
 # -- Exercise 1: one N-way K-shot episode with label remapping -----------------------------
 def reference_episode(images, ways, shots, queries, generator):
-    """One episode: ``(support_x [N*K, H, W], support_y [N*K], query_x [N*Q, H, W], query_y [N*Q])``."""
+    """The reference (Chapter 2): one episode ``(support_x [N*K, H, W], support_y [N*K],
+    query_x [N*Q, H, W], query_y [N*Q])``."""
     classes = torch.randperm(images.shape[0], generator=generator)[:ways]
     support_x, support_y, query_x, query_y = [], [], [], []
     for label, c in enumerate(classes.tolist()):
@@ -220,7 +221,8 @@ def check_episode(fn):
 
 # -- Exercise 2: split classes by alphabet ------------------------------------------------
 def reference_alphabet_split(alphabets, test_alphabets):
-    """Class indices ``(train, test)``: test classes are those whose alphabet is in ``test_alphabets``."""
+    """The reference (Chapter 2): class indices ``(train, test)``; test classes are those whose
+    alphabet is in ``test_alphabets``."""
     test_set = set(test_alphabets)
     train = [c for c, a in enumerate(alphabets) if a not in test_set]
     test = [c for c, a in enumerate(alphabets) if a in test_set]
@@ -300,7 +302,7 @@ def check_alphabet_split(fn):
 
 # -- Exercise 3: a sinusoid task sampler ---------------------------------------------------
 def reference_sinusoid_task(points, generator):
-    """One MAML sinusoid task: ``x [points, 1]`` ~ U[-5, 5], ``y = A sin(x - phase)``."""
+    """The reference (Chapter 2): one MAML sinusoid task, ``x [points, 1]`` ~ U[-5, 5], ``y = A sin(x - phase)``."""
     amplitude = 0.1 + 4.9 * torch.rand((), generator=generator)
     phase = math.pi * torch.rand((), generator=generator)
     x = -5 + 10 * torch.rand(points, 1, generator=generator)

@@ -25,6 +25,7 @@ def _problem(seed, hidden=(8,)):
 
 # -- Exercise 1: a differentiable inner loop with one learning rate per step ----------------
 def reference_unrolled_adapt(loss_fn, params, x, y, lrs):
+    """The reference: one step per rate, keeping the graph (Chapter 3)."""
     for lr in lrs:
         grads = torch.autograd.grad(loss_fn(params, x, y), list(params.values()), create_graph=True)
         params = {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
@@ -98,6 +99,7 @@ def check_unrolled_adapt(fn):
 
 # -- Exercise 2: the first-order approximation -------------------------------------------
 def reference_first_order_grad(loss_fn, params, sx, sy, qx, qy, lr, steps):
+    """The reference: the query gradient at theta adapted without a graph (Chapter 3)."""
     theta = {k: v.detach() for k, v in params.items()}
     for _ in range(steps):
         theta = {k: v.requires_grad_() for k, v in theta.items()}
@@ -161,6 +163,7 @@ def check_first_order_grad(fn):
 
 # -- Exercise 3: the Reptile update ------------------------------------------------------
 def reference_reptile_update(phi, thetas, epsilon):
+    """The reference: ``phi + epsilon * mean_i (theta_i - phi)`` (Chapter 3)."""
     return {k: phi[k] + epsilon * torch.stack([t[k] - phi[k] for t in thetas]).mean(0) for k in phi}
 
 

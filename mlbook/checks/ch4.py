@@ -21,6 +21,7 @@ def _named(prefix, tensors):
 
 # -- Exercise 1: the Meta-SGD update ------------------------------------------------------
 def reference_metasgd_step(params, grads, rates):
+    """The reference: ``params - rates * grads``, entry by entry (Chapter 4)."""
     return {name: params[name] - rates[name] * grads[name] for name in params}
 
 
@@ -69,6 +70,7 @@ def check_metasgd_step(fn):
 
 # -- Exercise 2: the CNP's per-class aggregation ------------------------------------------
 def reference_class_aggregation(r, labels, ways):
+    """The reference: per-class mean of ``r``, zeros for an empty class (Chapter 4)."""
     onehot = torch.nn.functional.one_hot(labels, ways).to(r.dtype)        # [M, N]
     return onehot.T @ r / onehot.sum(0).clamp(min=1)[:, None]
 
@@ -112,6 +114,7 @@ def check_class_aggregation(fn):
 
 # -- Exercise 3: the Gaussian negative log-likelihood ------------------------------------
 def reference_gaussian_nll(mean, variance, y):
+    """The reference: the mean Gaussian negative log-likelihood (Chapter 4)."""
     return (0.5 * torch.log(2 * math.pi * variance) + (y - mean) ** 2 / (2 * variance)).mean()
 
 

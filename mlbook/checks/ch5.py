@@ -21,6 +21,7 @@ def _embeddings(seed, ways, shots, dim):
 
 # -- Exercise 1: class prototypes ----------------------------------------------------------
 def reference_class_prototypes(embeddings, labels, ways):
+    """The reference: the mean embedding of each class (Chapter 5)."""
     return torch.stack([embeddings[labels == n].mean(0) for n in range(ways)])
 
 
@@ -42,7 +43,8 @@ def _proto_case(seed, ways, shots, dim):
             "the mean of all embeddings, whatever their label": zd.mean(0, keepdim=True).expand(ways, -1),
             "the first example of each class only: average all K of them":
                 torch.stack([zd[y == n][0] for n in range(ways)]),
-            "the sum divided by count + 1 (an off-by-one in the counts?)": onehot.T @ zd / (onehot.sum(0) + 1)[:, None]})
+            "the sum divided by count + 1 (an off-by-one in the counts?)":
+                onehot.T @ zd / (onehot.sum(0) + 1)[:, None]})
         assert_gradients(out, expected, {"embeddings": fn.args[0]}, {"embeddings": z}, "the prototypes",
                          atol=1e-8)
     return test
@@ -62,6 +64,7 @@ def check_class_prototypes(fn):
 
 # -- Exercise 2: the prototypical loss -----------------------------------------------------
 def reference_prototypical_loss(query, query_y, prototypes):
+    """The reference: cross-entropy of minus squared distances (Chapter 5)."""
     distances = ((query[:, None, :] - prototypes[None, :, :]) ** 2).sum(-1)      # [M, N]
     return F.cross_entropy(-distances, query_y)
 
@@ -106,6 +109,7 @@ def check_prototypical_loss(fn):
 
 # -- Exercise 3: accuracy with a 95% confidence interval -----------------------------------
 def reference_accuracy_ci(accuracies):
+    """The reference: mean accuracy and 1.96 * sample std / sqrt(E) (Chapter 5)."""
     accuracies = torch.as_tensor(accuracies, dtype=torch.float64)
     return accuracies.mean().item(), 1.96 * accuracies.std(unbiased=True).item() / math.sqrt(accuracies.numel())
 

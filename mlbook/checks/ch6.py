@@ -25,6 +25,7 @@ def _problem(seed, d=3, k=5, m=4, zero_mean=False):
 
 # -- Exercise 1: the Gaussian posterior update --------------------------------------------
 def reference_posterior_update(prior_mean, prior_cov, features, y, noise_var):
+    """The reference: the Gaussian posterior over the weights (Chapter 6)."""
     precision = torch.linalg.inv(prior_cov) + features.T @ features / noise_var
     cov = torch.linalg.inv(precision)
     mean = cov @ (torch.linalg.solve(prior_cov, prior_mean) + features.T @ y / noise_var)
@@ -81,6 +82,7 @@ def check_posterior_update(fn):
 
 # -- Exercise 2: the marginal likelihood ---------------------------------------------------
 def reference_log_evidence(prior_mean, prior_cov, features, y, noise_var):
+    """The reference: log N(y; Phi m, Phi S Phi^T + noise_var I) (Chapter 6)."""
     cov = features @ prior_cov @ features.T + noise_var * torch.eye(len(y), dtype=y.dtype)
     r = y - features @ prior_mean
     chol = torch.linalg.cholesky(cov)
@@ -135,6 +137,7 @@ def check_log_evidence(fn):
 
 # -- Exercise 3: the posterior predictive variance -----------------------------------------
 def reference_predictive_variance(post_cov, features, noise_var):
+    """The reference: phi^T Sigma phi + noise_var at each row (Chapter 6)."""
     return ((features @ post_cov) * features).sum(-1) + noise_var
 
 

@@ -1,4 +1,4 @@
-"""The exercise grader shared by every chapter (see the book's "How the exercises work").
+"""The exercise grader shared by every chapter (see the introduction's "Practise").
 
 A grader runs visible and hidden cases against a student's function and prints one line per
 case with a tick or a cross and a hint. It never raises into the notebook: a crash, a wrong
@@ -78,7 +78,8 @@ class _StudentError(Exception):
 
 @dataclass
 class Case:
-    """One check: ``test(student_fn)`` raises ``AssertionError`` with a message when it fails."""
+    """One check: ``test(student_fn)`` raises ``AssertionError`` with a message when it fails
+    (the introduction's "Practise" describes the graders)."""
 
     name: str
     test: Callable[[Callable], None]
@@ -88,6 +89,8 @@ class Case:
 
 @dataclass
 class CaseResult:
+    """The outcome of one case, as the report prints it (introduction, "Practise")."""
+
     name: str
     passed: bool
     message: str = ""
@@ -99,7 +102,8 @@ class CaseResult:
 
 @dataclass
 class Report:
-    """What a grader returns: per-case results; ``passed`` is True when every case passed."""
+    """What a grader returns: per-case results; ``passed`` is True when every case passed
+    (introduction, "Practise")."""
 
     title: str
     results: list[CaseResult] = field(default_factory=list)
@@ -274,8 +278,8 @@ def _summary(value: Any, depth: int = 0) -> str:
 
 
 class Student:
-    """The student's function as a case sees it (the grader's machinery, Chapter 1's "How the
-    exercises work"): each call gets copies of its inputs, runs under a guard of torch's global
+    """The student's function as a case sees it (the graders of the
+    introduction's "Practise"): each call gets copies of its inputs, runs under a guard of torch's global
     state, and is checked for changed inputs, state left changed and overriding tensor types.
 
     After a call, ``args`` holds the copies the function received (for gradient checks) and
@@ -560,8 +564,7 @@ def grade(title: str, student_fn: Callable, cases: list[Case], time_limit: float
     """Run ``cases`` on ``student_fn``, print the report and return it; never raises.
 
     ``time_limit`` (seconds, default ``DEFAULT_TIME_LIMIT``) bounds all the cases together; the
-    case running at the limit fails and the rest are not run (the book's "How the exercises
-    work", Chapter 1)."""
+    case running at the limit fails and the rest are not run (introduction, "Practise")."""
     time_limit = DEFAULT_TIME_LIMIT if time_limit is None else time_limit
     report = Report(title)
     if not callable(student_fn):
@@ -591,7 +594,7 @@ def _as_tensor_or_fail(actual: Any, what: str) -> torch.Tensor:
 
 
 def assert_shape(actual: Any, shape: tuple, what: str = "result") -> None:
-    """Assert that ``actual`` is a tensor of ``shape`` (graders' helper)."""
+    """Assert that ``actual`` is a tensor of ``shape`` (graders' helper; introduction, "Practise")."""
     _as_tensor_or_fail(actual, what)
     if tuple(actual.shape) != tuple(shape):
         extra = ""
@@ -614,7 +617,8 @@ def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> bool:
 
 def assert_close(actual: Any, expected: torch.Tensor, what: str = "result",
                  atol: float = 1e-5, rtol: float = 1e-4, mistakes: dict | None = None) -> None:
-    """Assert that ``actual`` is a tensor with ``expected``'s shape and values (graders' helper).
+    """Assert that ``actual`` is a tensor with ``expected``'s shape and values (graders' helper;
+    introduction, "Practise").
 
     ``mistakes`` maps a description of a common mistake to the value it gives (or a function
     returning it); a wrong answer that matches one is told which. A wrong sign, a constant
@@ -734,7 +738,7 @@ def _kl_bernoulli(q: float, p: float) -> float:
 
 
 def binomial_frequency_ok(count: int, n: int, p: float, alpha: float) -> bool:
-    """Is ``count`` plausible for Binomial(n, p)? False with probability below ``alpha``.
+    """Is ``count`` plausible for Binomial(n, p)? False with probability below ``alpha`` (Chapter 2).
 
     Chernoff's bound P(X >= k) <= exp(-n KL(k/n || p)) for k >= np (and its mirror below np)
     holds for every n, so rejecting when the bound of the observed side is below alpha / 2
@@ -745,7 +749,7 @@ def binomial_frequency_ok(count: int, n: int, p: float, alpha: float) -> bool:
 
 
 def ks_uniform_statistic(values: torch.Tensor, low: float, high: float) -> float:
-    """Kolmogorov-Smirnov distance between the sample ``values`` and U[low, high]."""
+    """Kolmogorov-Smirnov distance between the sample ``values`` and U[low, high] (Chapter 2)."""
     v = torch.sort(values.detach().double().flatten()).values
     n = v.numel()
     cdf = ((v - low) / (high - low)).clamp(0, 1)
@@ -754,14 +758,14 @@ def ks_uniform_statistic(values: torch.Tensor, low: float, high: float) -> float
 
 
 def ks_threshold(n: int, alpha: float) -> float:
-    """The distance a correct sampler exceeds with probability at most ``alpha``.
+    """The KS distance a correct sampler exceeds with probability at most ``alpha`` (Chapter 2).
 
     Massart's Dvoretzky-Kiefer-Wolfowitz inequality: P(D_n > eps) <= 2 exp(-2 n eps^2)."""
     return math.sqrt(math.log(2 / alpha) / (2 * n))
 
 
 def uniform_end_slack(n: int, width: float, alpha: float) -> float:
-    """How far from an end of U[a, a + width] the nearest of ``n`` draws may stay.
+    """How far from an end of U[a, a + width] the nearest of ``n`` draws may stay (Chapter 2).
 
     P(min of n draws > a + s) = (1 - s / width)^n; this s makes it alpha."""
     return width * (1 - alpha ** (1 / n))
