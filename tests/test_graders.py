@@ -225,3 +225,23 @@ def test_statistical_tests_rarely_fail_a_correct_sampler():
     assert not binomial_frequency_ok(0, 400, 2 / 9, 1e-9)
     assert ks_uniform_statistic(torch.linspace(0, 1, 10), 0, 1) > ks_threshold(10_000, 1e-8)
     assert math.isclose(uniform_end_slack(1, 1.0, 0.5), 0.5)
+
+
+_JUNK = {
+    "None": lambda *args: None,
+    "a string": lambda *args: "answer",
+    "a NaN tensor": lambda *args: __import__("torch").tensor(float("nan")),
+    "four Nones": lambda *args: (None, None, None, None),
+    "an empty dict": lambda *args: {},
+    "its first input": lambda *args: args[0],
+}
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_junk_answers_are_the_students_fault_not_the_graders(entry, capsys):
+    grader = entry[0]
+    for name, junk in _JUNK.items():
+        report = grader(junk)
+        out = capsys.readouterr().out
+        assert not report.passed, name
+        assert all(r.kind != "grader error" for r in report.results), (name, out)

@@ -11,8 +11,8 @@ __all__ = ["check_episode", "check_alphabet_split", "check_sinusoid_task"]
 
 
 def _images(classes=10, examples=8, size=6):
-    """Each image carries its class id in pixel (0, 0) and its example id in pixel (0, 1)."""
-    images = torch.zeros(classes, examples, size, size)
+    """Each image carries its class id in pixel (0, 0), its example id in pixel (0, 1), noise elsewhere."""
+    images = torch.rand(classes, examples, size, size, generator=torch.Generator().manual_seed(classes * examples))
     images[:, :, 0, 0] = torch.arange(classes, dtype=torch.float)[:, None]
     images[:, :, 0, 1] = torch.arange(examples, dtype=torch.float)[None, :]
     return images
@@ -95,6 +95,10 @@ def _episode_parts(out, images, ways, shots, queries):
         if tuple(t.shape) != (count, *size):
             raise AssertionError(f"{name} has shape {tuple(t.shape)}, expected {(count, *size)} "
                                  f"(N*{'K' if name[0] == 's' else 'Q'} images, stacked with torch.cat)")
+    for name, t in (("support_x", sx), ("query_x", qx)):
+        if t.dtype != images.dtype:
+            raise AssertionError(f"{name} has dtype {str(t.dtype).replace('torch.', '')}, the images "
+                                 f"{str(images.dtype).replace('torch.', '')}: keep the images as they are")
     for name, t, count in (("support_y", sy, ways * shots), ("query_y", qy, ways * queries)):
         if tuple(t.shape) != (count,):
             raise AssertionError(f"{name} has shape {tuple(t.shape)}, expected {(count,)}")
