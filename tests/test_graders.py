@@ -245,3 +245,13 @@ def test_junk_answers_are_the_students_fault_not_the_graders(entry, capsys):
         out = capsys.readouterr().out
         assert not report.passed, name
         assert all(r.kind != "grader error" for r in report.results), (name, out)
+
+
+def test_in_process_fallback_reports_an_endless_loop_as_such(monkeypatch, capsys):
+    monkeypatch.setenv("MLBOOK_GRADER_IN_PROCESS", "1")
+
+    def endless(x):
+        while True:
+            pass
+    grade("demo", endless, [Case("squares", _square_case, "x * x")], time_limit=0.3)
+    assert "no answer within 0.3 s" in capsys.readouterr().out

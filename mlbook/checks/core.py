@@ -307,7 +307,8 @@ class Student:
         state = _GlobalState()
         try:
             out = self.fn(*copies)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, _TimeLimit):
+            state.restore()
             raise
         except BaseException as error:  # anything the student's code raises is the student's
             state.restore()
@@ -340,21 +341,24 @@ _LIBRARY_DIRS = tuple(os.path.normcase(os.path.realpath(d)) + os.sep for d in {
     os.path.dirname(torch.__file__), sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"],
     sysconfig.get_paths()["platlib"]} if d)
 _THIS_FILE = os.path.normcase(os.path.realpath(__file__))
+_CHECKS_DIR = os.path.dirname(_THIS_FILE) + os.sep        # reference and wrong answers live here
+# mlbook's own modules count as a library too: an error inside MLP.forward is the caller's line.
+_LIBRARY_DIRS += (os.path.dirname(os.path.dirname(_THIS_FILE)) + os.sep,)
 
 
 def _student_frame(error: BaseException):
-    """The innermost traceback frame in the student's own code (not torch's, not Python's)."""
+    """The innermost traceback frame in the student's own code (not torch's, Python's or mlbook's)."""
     frames = traceback.extract_tb(error.__traceback__)
-    own = []
-    for frame in frames:
-        path = os.path.normcase(os.path.realpath(frame.filename)) if not frame.filename.startswith("<") \
-            else frame.filename
-        if path == _THIS_FILE:
-            continue
-        if path.startswith(_LIBRARY_DIRS) and "/mlbook/" not in path.replace(os.sep, "/"):
-            continue
-        own.append(frame)
-    return own[-1] if own else (frames[-1] if frames else None)
+    # The traceback starts in the grader; the student's code starts after Student.__call__.
+    calls = [i for i, f in enumerate(frames) if f.name == "__call__" and _path(f.filename) == _THIS_FILE]
+    frames = frames[calls[-1] + 1:] if calls else frames
+    own = [f for f in frames if not _path(f.filename).startswith(_LIBRARY_DIRS)
+           or _path(f.filename).startswith(_CHECKS_DIR)]
+    return own[-1] if own else (frames[0] if frames else None)
+
+
+def _path(filename: str) -> str:
+    return filename if filename.startswith("<") else os.path.normcase(os.path.realpath(filename))
 
 
 _KNOWN_ERRORS = [
