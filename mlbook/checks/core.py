@@ -25,9 +25,11 @@ restores torch's global state after the call, and refuses tensor subclasses that
 Forking a multi-threaded process (Jupyter's kernel has a few threads) can leave a child stuck
 on a lock another thread held; the child only runs torch and the student's code, writes its
 printed output to memory rather than to the kernel's sockets, and a stuck child is killed at
-the limit like an endless loop. Where ``os.fork`` does not exist (Windows), the cases run in
-the kernel's own process under a time-limit signal, with the same copies and state guards;
-there a loop that swallows every exception can still hang the kernel.
+the limit like an endless loop. Elsewhere than on Linux (Windows has no ``fork``; on macOS a
+forked child of a process that used Apple's frameworks may crash), or with the environment
+variable ``MLBOOK_GRADER_IN_PROCESS=1``, the cases run in the kernel's own process under a
+time-limit signal, with the same copies and state guards; there a loop that swallows every
+exception can still hang the kernel.
 """
 from __future__ import annotations
 
@@ -560,7 +562,10 @@ def _run_in_process(student_fn: Callable, cases: list[Case], time_limit: float, 
 
 
 def _can_fork() -> bool:
-    return hasattr(os, "fork") and os.environ.get("MLBOOK_GRADER_IN_PROCESS", "") in ("", "0")
+    # Linux only: on macOS a forked child of a process that has used Apple's frameworks
+    # (torch's Accelerate and MPS) may crash, which would read as the student's crash.
+    return hasattr(os, "fork") and sys.platform.startswith("linux") and \
+        os.environ.get("MLBOOK_GRADER_IN_PROCESS", "") in ("", "0")
 
 
 def grade(title: str, student_fn: Callable, cases: list[Case], time_limit: float | None = None,
