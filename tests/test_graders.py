@@ -255,3 +255,14 @@ def test_in_process_fallback_reports_an_endless_loop_as_such(monkeypatch, capsys
             pass
     grade("demo", endless, [Case("squares", _square_case, "x * x")], time_limit=0.3)
     assert "no answer within 0.3 s" in capsys.readouterr().out
+
+
+def test_what_the_student_prints_is_shown_even_at_the_time_limit(capsys):
+    def chatty(x):
+        print("looking for the answer")
+        while True:
+            pass
+
+    grade("demo", chatty, [Case("squares", _square_case, "x * x")], time_limit=0.5)
+    out = capsys.readouterr().out
+    assert "Your function printed:\nlooking for the answer" in out and "no answer within 0.5 s" in out

@@ -437,18 +437,32 @@ def _write_frame(fd: int, payload: bytes) -> None:
         data = data[os.write(fd, data):]
 
 
+class _PipeOut(io.TextIOBase):
+    """The child's stdout and stderr: what the student prints goes to the parent at once, so that
+    it is shown even when the case is killed at the time limit (up to _OUTPUT_LIMIT characters)."""
+
+    def __init__(self, fd: int):
+        self.fd, self.sent = fd, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if self.sent < _OUTPUT_LIMIT and text:
+            part = str(text)[:_OUTPUT_LIMIT - self.sent]
+            self.sent += len(part)
+            _write_frame(self.fd, pickle.dumps(("out", part)))
+        return len(text)
+
+
 def _child(write_fd: int, student_fn: Callable, cases: list[Case]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the parent handles an interrupt
     # Threads forked from the parent's pool are gone; one thread is also kinder to a shared CPU.
     torch.set_num_threads(1)
-    buffer = io.StringIO()
-    sys.stdout = sys.stderr = buffer
+    sys.stdout = sys.stderr = _PipeOut(write_fd)
     for case in cases:
         result = _run_case(case, student_fn)
-        printed = buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-        _write_frame(write_fd, pickle.dumps((dataclasses.asdict(result), printed[:_OUTPUT_LIMIT])))
+        _write_frame(write_fd, pickle.dumps(("case", dataclasses.asdict(result))))
 
 
 def _run_forked(student_fn: Callable, cases: list[Case], time_limit: float, report: Report) -> None:
@@ -487,11 +501,12 @@ def _run_forked(student_fn: Callable, cases: list[Case], time_limit: float, repo
                 size = struct.unpack("<I", data[:4])[0]
                 if len(data) < 4 + size:
                     break
-                fields, printed = pickle.loads(data[4:4 + size])
+                kind, payload = pickle.loads(data[4:4 + size])
                 data = data[4 + size:]
-                done.append(CaseResult(**fields))
-                if printed:
-                    outputs.append(printed)
+                if kind == "case":
+                    done.append(CaseResult(**payload))
+                else:
+                    outputs.append(payload)
     except BaseException:
         os.kill(pid, signal.SIGKILL)
         raise
