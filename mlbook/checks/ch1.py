@@ -7,36 +7,58 @@ from torch.func import functional_call
 
 from ..models import MLP, init_params
 from ..tasks import SinusoidFamily
-from .core import Case, assert_close, grade
+from .core import Case, assert_close, assert_gradients, grade
 
 __all__ = ["check_sgd_step", "check_adapt", "check_meta_objective"]
 
 
-def _random_params(seed):
+def _random_params(seed, names=("w", "b"), requires_grad=False):
     g = torch.Generator().manual_seed(seed)
-    return {"w": torch.randn(3, 2, generator=g), "b": torch.randn(3, generator=g)}
+    shapes = {"w": (3, 2), "b": (3,), "c": (2, 2), "scale": ()}
+    return {n: torch.randn(shapes.get(n, (4,)), generator=g).requires_grad_(requires_grad) for n in names}
+
+
+def _dict_out(out, expected_names, what="return"):
+    if not isinstance(out, dict):
+        raise AssertionError(f"{what} a dict of tensors with the same names as params, got {type(out).__name__}")
+    if set(out) != set(expected_names):
+        raise AssertionError(f"the returned dict has the names {sorted(map(str, out))}, expected "
+                             f"{sorted(expected_names)} (take the names from params, do not write them out)")
+
+
+def _named(prefix, params):
+    return {f"{prefix}[{k!r}]": v for k, v in params.items()}
 
 
 # -- Exercise 1: one functional SGD step --------------------------------------------------
 def reference_sgd_step(params, grads, lr):
+    """The reference: ``params - lr * grads`` for every name, as a new dict (Chapter 1)."""
     return {name: params[name] - lr * grads[name] for name in params}
 
 
-def _sgd_case(seed, lr):
+def _sgd_case(seed, lr, names=("w", "b"), check_grad=False):
     def test(fn):
-        params, grads = _random_params(seed), _random_params(seed + 100)
-        before = {k: v.clone() for k, v in params.items()}
+        params = _random_params(seed, names, check_grad)
+        grads = _random_params(seed + 100, names, check_grad)
+        expected = reference_sgd_step(params, grads, lr)       # before the student's call
         out = fn(params, grads, lr)
-        if not isinstance(out, dict):
-            raise AssertionError(f"return a dict of tensors, got {type(out).__name__}")
-        if set(out) != set(params):
-            raise AssertionError(f"the returned dict has keys {sorted(out)}, expected {sorted(params)}")
-        expected = reference_sgd_step(before, grads, lr)
+        _dict_out(out, params)
         for name in params:
-            assert_close(out[name], expected[name], f"new {name!r}")
-        for name in params:
-            if not torch.equal(params[name], before[name]):
-                raise AssertionError("your function changed its input params in place; return new tensors")
+            p, g = params[name].detach(), grads[name].detach()
+            if isinstance(out[name], torch.Tensor) and out[name].shape == p.shape and g.abs().min() > 1e-3:
+                step = ((p - out[name].detach().to(p.dtype)) / g)
+                if torch.allclose(step, step.mean().expand_as(step), atol=1e-4) and \
+                        abs(step.mean().item() - lr) > 1e-4 and abs(step.mean().item() + lr) > 1e-4:
+                    raise AssertionError(f"new {name!r} is a step of size {step.mean().item():.4g} along the "
+                                         f"gradient, not lr = {lr:g}: use the lr argument")
+            assert_close(out[name], expected[name], f"new {name!r}", mistakes={
+                "params + lr * grads: the step has the wrong sign (uphill)": p + lr * g,
+                "-lr * grads alone: return the new parameters, not the step": -lr * g,
+                "params - grads: lr is not used": p - g})
+        if check_grad:
+            fn_params, fn_grads, _ = fn.args
+            assert_gradients(out, expected, {**_named("params", fn_params), **_named("grads", fn_grads)},
+                             {**_named("params", params), **_named("grads", grads)}, "the new params")
     return test
 
 
@@ -45,12 +67,16 @@ def check_sgd_step(fn):
     return grade("Exercise 1.1: one functional SGD step", fn, [
         Case("lr = 0.1 on two tensors", _sgd_case(0, 0.1), "new = old - lr * grad, for every name"),
         Case("lr = 0.5", _sgd_case(1, 0.5), "use the lr argument, not a constant", hidden=True),
-        Case("inputs left unchanged", _sgd_case(2, 0.01), "build a new dict instead of `-=`", hidden=True),
+        Case("the step is differentiable", _sgd_case(2, 0.01, check_grad=True),
+             "the inner loop differentiates through this step: no torch.no_grad(), .detach() or .data"),
+        Case("other names, inputs left unchanged", _sgd_case(3, 0.2, ("w", "c", "scale")),
+             "loop over params' own names and build a new dict instead of `-=`", hidden=True),
     ])
 
 
 # -- Exercise 2: Adapt(phi, D_train) with a few gradient steps ----------------------------
 def reference_adapt(model, params, x, y, lr, steps):
+    """The reference: ``steps`` differentiable MSE gradient steps from ``params`` (Chapter 1)."""
     for _ in range(steps):
         loss = F.mse_loss(functional_call(model, params, (x,)), y)
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
@@ -58,18 +84,61 @@ def reference_adapt(model, params, x, y, lr, steps):
     return params
 
 
+def _variant_adapt(model, params, x, y, lr, steps, second_order=True, reduction="mean"):
+    """The reference with one common mistake switched on."""
+    for _ in range(steps):
+        loss = F.mse_loss(functional_call(model, params, (x,)), y, reduction=reduction)
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=second_order)
+        params = {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
+    return params
+
+
+def _adapt_problem(seed):
+    model = MLP(hidden=(8, 8))
+    params = {k: v.requires_grad_() for k, v in init_params(model, seed).items()}
+    episode = SinusoidFamily(shots=5, queries=5).sample(1, torch.Generator().manual_seed(seed))
+    x, y = episode.support_x[0].requires_grad_(), episode.support_y[0].requires_grad_()
+    return model, params, x, y
+
+
+def _adapt_mistakes(model, params, x, y, lr, steps):
+    mistakes = {f"{k} step(s) instead of steps = {steps} (an off-by-one in the loop?)":
+                (lambda k=k: _variant_adapt(model, params, x, y, lr, k))
+                for k in sorted({1, steps - 1, steps + 1} - {steps}) if k >= 0}
+    mistakes["gradient ascent: the step has the wrong sign"] = \
+        lambda: _variant_adapt(model, params, x, y, -lr, steps)
+    mistakes["the loss summed over points instead of the mean squared error"] = \
+        lambda: _variant_adapt(model, params, x, y, lr, steps, reduction="sum")
+    return mistakes
+
+
+def _once(fn):
+    cache = []
+
+    def cached():
+        if not cache:
+            cache.append(fn())
+        return cache[0]
+    return cached
+
+
 def _adapt_case(seed, lr, steps):
     def test(fn):
-        model = MLP(hidden=(8, 8))
-        params = init_params(model, seed)
-        episode = SinusoidFamily(shots=5, queries=5).sample(1, torch.Generator().manual_seed(seed))
-        x, y = episode.support_x[0], episode.support_y[0]
-        out = fn(model, params, x, y, lr, steps)
-        if not isinstance(out, dict) or set(out) != set(params):
-            raise AssertionError("return a dict with the same names as params")
+        model, params, x, y = _adapt_problem(seed)
         expected = reference_adapt(model, params, x, y, lr, steps)
+        out = fn(model, params, x, y, lr, steps)
+        _dict_out(out, params)
+        mistakes = {d: _once(f) for d, f in _adapt_mistakes(model, params, x, y, lr, steps).items()}
         for name in params:
-            assert_close(out[name], expected[name], f"adapted {name!r}", atol=1e-5)
+            assert_close(out[name], expected[name], f"adapted {name!r}", atol=1e-5,
+                         mistakes={d: (lambda f=f, name=name: f()[name]) for d, f in mistakes.items()})
+        _, fn_params, fn_x, fn_y, _, _ = fn.args
+        assert_gradients(out, expected, {**_named("params", fn_params), "x": fn_x, "y": fn_y},
+                         {**_named("params", params), "x": x, "y": y}, "the adapted params",
+                         atol=1e-4, rtol=1e-3, mistakes={
+                             "the first-order gradient: the second-order term is missing "
+                             "(torch.autograd.grad without create_graph=True?)":
+                             lambda: _variant_adapt(model, params, x, y, lr, steps, second_order=False)})
     return test
 
 
@@ -78,12 +147,14 @@ def check_adapt(fn):
     return grade("Exercise 1.2: Adapt(phi, D_train)", fn, [
         Case("one step", _adapt_case(0, 0.01, 1), "loss = MSE of functional_call(model, params, (x,)) against y"),
         Case("three steps", _adapt_case(1, 0.01, 3), "repeat the step `steps` times from the new params"),
-        Case("another learning rate", _adapt_case(2, 0.05, 2), "use lr", hidden=True),
+        Case("another learning rate, differentiable through every step", _adapt_case(2, 0.05, 2),
+             "use lr, and keep the graph of every step (create_graph=True, no .detach())", hidden=True),
     ])
 
 
 # -- Exercise 3: the meta-objective --------------------------------------------------------
 def reference_meta_objective(model, params, episode, lr, steps):
+    """The reference: the mean over tasks of the query loss after Adapt (Chapter 1)."""
     losses = []
     for i in range(episode.batch_size):
         adapted = reference_adapt(model, params, episode.support_x[i], episode.support_y[i], lr, steps)
@@ -91,21 +162,48 @@ def reference_meta_objective(model, params, episode, lr, steps):
     return torch.stack(losses).mean()
 
 
-def _meta_case(seed, batch, steps, check_grad=False):
+def _variant_meta(model, params, episode, lr, steps, fit="support", score="query", tasks=None,
+                  reduce="mean", second_order=True):
+    losses = []
+    for i in range(episode.batch_size if tasks is None else tasks):
+        fx, fy = (episode.support_x[i], episode.support_y[i]) if fit == "support" else \
+            (episode.query_x[i], episode.query_y[i])
+        sx, sy = (episode.query_x[i], episode.query_y[i]) if score == "query" else \
+            (episode.support_x[i], episode.support_y[i])
+        adapted = _variant_adapt(model, params, fx, fy, lr, steps, second_order=second_order)
+        losses.append(F.mse_loss(functional_call(model, adapted, (sx,)), sy))
+    stacked = torch.stack(losses)
+    return stacked.mean() if reduce == "mean" else stacked.sum()
+
+
+def _meta_case(seed, batch, steps):
     def test(fn):
         model = MLP(hidden=(8, 8))
-        params = init_params(model, seed)
+        params = {k: v.requires_grad_() for k, v in init_params(model, seed).items()}
         episode = SinusoidFamily(shots=5, queries=7).sample(batch, torch.Generator().manual_seed(seed))
-        out = fn(model, params, episode, 0.02, steps)
         expected = reference_meta_objective(model, params, episode, 0.02, steps)
-        assert_close(out, expected, "meta-objective", atol=1e-5)
-        if check_grad:
-            if not out.requires_grad:
-                raise AssertionError("the result carries no gradient to params: do not detach")
-            got = torch.autograd.grad(out, list(params.values()))
-            want = torch.autograd.grad(expected, list(params.values()))
-            for g, w in zip(got, want):
-                assert_close(g, w, "meta-gradient", atol=1e-4)
+        out = fn(model, params, episode, 0.02, steps)
+        if isinstance(out, torch.Tensor) and out.numel() == 1:
+            out = out.reshape(())
+        v = dict(model=model, params=params, episode=episode, lr=0.02)
+        assert_close(out, expected, "meta-objective", atol=1e-5, mistakes={
+            "the loss on the support set: score the query set after adapting on the support set":
+                lambda: _variant_meta(**v, steps=steps, score="support"),
+            "adapting on the query set instead of the support set":
+                lambda: _variant_meta(**v, steps=steps, fit="query"),
+            "the query loss without adapting first (zero inner steps)":
+                lambda: _variant_meta(**v, steps=0),
+            f"{steps + 1} inner steps instead of steps = {steps} (an off-by-one?)":
+                lambda: _variant_meta(**v, steps=steps + 1),
+            "the sum over tasks instead of the mean": lambda: _variant_meta(**v, steps=steps, reduce="sum"),
+            "the first task only: loop over all episode.batch_size tasks":
+                lambda: _variant_meta(**v, steps=steps, tasks=1)})
+        fn_params = fn.args[1]
+        assert_gradients(out, expected, _named("params", fn_params), _named("params", params),
+                         "the meta-objective", atol=1e-5, rtol=1e-3, mistakes={
+                             "the first-order meta-gradient: the second-order term is missing "
+                             "(create_graph=True in the inner step?)":
+                             lambda: _variant_meta(**v, steps=steps, second_order=False)})
     return test
 
 
@@ -114,9 +212,10 @@ def check_meta_objective(fn):
     return grade("Exercise 1.3: the meta-objective", fn, [
         Case("four tasks, one step", _meta_case(0, 4, 1),
              "adapt on each task's support set, then score its query set; average over tasks"),
-        Case("the meta-gradient flows through Adapt", _meta_case(1, 3, 1, check_grad=True),
+        Case("the meta-gradient flows through Adapt", _meta_case(1, 3, 1),
              "keep the graph of the inner step (create_graph=True)"),
-        Case("eight tasks, two steps", _meta_case(2, 8, 2), "", hidden=True),
+        Case("eight tasks, two steps", _meta_case(2, 8, 2),
+             "use `steps` inner steps for every one of the episode's tasks", hidden=True),
     ])
 
 

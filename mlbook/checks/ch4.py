@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .core import Case, assert_close, grade
+from .core import Case, assert_close, assert_gradients, grade
 
 __all__ = ["check_metasgd_step", "check_class_aggregation", "check_gaussian_nll"]
 
@@ -15,25 +15,44 @@ def _tensors(seed, shapes):
     return {name: torch.randn(*shape, generator=g) for name, shape in shapes.items()}
 
 
+def _named(prefix, tensors):
+    return {f"{prefix}[{k!r}]": v for k, v in tensors.items()}
+
+
 # -- Exercise 1: the Meta-SGD update ------------------------------------------------------
 def reference_metasgd_step(params, grads, rates):
+    """The reference: ``params - rates * grads``, entry by entry (Chapter 4)."""
     return {name: params[name] - rates[name] * grads[name] for name in params}
 
 
-def _metasgd_case(seed, shapes):
+def _metasgd_case(seed, shapes, check_grad=False):
     def test(fn):
         params, grads = _tensors(seed, shapes), _tensors(seed + 1, shapes)
         # Some rates negative: Meta-SGD learns a direction as well as a size.
         rates = {k: 0.1 * v for k, v in _tensors(seed + 2, shapes).items()}
-        before = {k: v.clone() for k, v in params.items()}
+        for d in (params, grads, rates):
+            for v in d.values():
+                v.requires_grad_(check_grad)
+        expected = reference_metasgd_step(params, grads, rates)
         out = fn(params, grads, rates)
         if not isinstance(out, dict) or set(out) != set(params):
-            raise AssertionError("return a dict with the same names as params")
-        expected = reference_metasgd_step(before, grads, rates)
+            raise AssertionError("return a dict with the same names as params"
+                                 + (f", got {type(out).__name__}" if not isinstance(out, dict) else
+                                    f", got the names {sorted(map(str, out))}"))
         for name in params:
-            assert_close(out[name], expected[name], f"new {name!r}")
-            if not torch.equal(params[name], before[name]):
-                raise AssertionError("your function changed params in place; return new tensors")
+            p, g, a = params[name].detach(), grads[name].detach(), rates[name].detach()
+            assert_close(out[name], expected[name], f"new {name!r}", mistakes={
+                "params + rates * grads: the step has the wrong sign": p + a * g,
+                "one scalar rate (rates.mean()) for every entry: multiply entry by entry": p - a.mean() * g,
+                "|rates|: a negative rate steps uphill on purpose, keep its sign": p - a.abs() * g,
+                "params - grads: the rates are not used": p - g,
+                "-rates * grads alone: return the new parameters, not the step": -a * g,
+                "params - rates: the gradient is not used": p - a})
+        if check_grad:
+            fp, fg, fr = fn.args
+            assert_gradients(out, expected, {**_named("rates", fr), **_named("params", fp), **_named("grads", fg)},
+                             {**_named("rates", rates), **_named("params", params), **_named("grads", grads)},
+                             "the new params")
     return test
 
 
@@ -44,11 +63,14 @@ def check_metasgd_step(fn):
              "multiply each gradient entry by its own rate: rates[name] * grads[name]"),
         Case("three tensors, some rates negative", _metasgd_case(5, {"a": (4, 4), "b": (4,), "c": (2, 4)}),
              "a negative rate steps uphill on purpose: do not take its absolute value", hidden=True),
+        Case("the rates are learned: gradients reach them", _metasgd_case(7, {"w": (2, 3), "b": (2,)}, True),
+             "Meta-SGD trains the rates by the meta-gradient: no .detach(), .data or torch.no_grad()"),
     ])
 
 
 # -- Exercise 2: the CNP's per-class aggregation ------------------------------------------
 def reference_class_aggregation(r, labels, ways):
+    """The reference: per-class mean of ``r``, zeros for an empty class (Chapter 4)."""
     onehot = torch.nn.functional.one_hot(labels, ways).to(r.dtype)        # [M, N]
     return onehot.T @ r / onehot.sum(0).clamp(min=1)[:, None]
 
@@ -60,9 +82,22 @@ def _aggregation_case(seed, shots, ways, dim, drop_last=False):
         labels = labels[torch.randperm(labels.numel(), generator=g)]
         if drop_last:  # one class has no example: its representation must be all zeros
             labels = labels[labels != ways - 1]
-        r = torch.randn(labels.numel(), dim, generator=g)
+        r = torch.randn(labels.numel(), dim, generator=g).requires_grad_()
+        expected = reference_class_aggregation(r, labels, ways)
         out = fn(r, labels, ways)
-        assert_close(out, reference_class_aggregation(r, labels, ways), "class representations")
+        onehot = torch.nn.functional.one_hot(labels, ways).to(r.dtype)
+        counts = onehot.sum(0)
+        rd = r.detach()
+        if isinstance(out, torch.Tensor) and tuple(out.shape) == (dim, ways) and dim != ways:
+            raise AssertionError(f"class representations have shape {(dim, ways)}, expected {(ways, dim)}: "
+                                 "one row per class (transpose?)")
+        assert_close(out, expected, "class representations", mistakes={
+            "the per-class sum: a mean divides by the number of examples of each class": onehot.T @ rd,
+            "the mean over all examples, whatever their label": rd.mean(0, keepdim=True).expand(ways, -1),
+            "the sum divided by count + 1 (an off-by-one in the counts?)": onehot.T @ rd / (counts + 1)[:, None],
+            "classes taken as blocks of consecutive rows: the labels are shuffled, group by label":
+                (lambda: rd.reshape(ways, -1, dim).mean(1) if rd.shape[0] % ways == 0 else None)})
+        assert_gradients(out, expected, {"r": fn.args[0]}, {"r": r}, "the class representations")
     return test
 
 
@@ -79,23 +114,38 @@ def check_class_aggregation(fn):
 
 # -- Exercise 3: the Gaussian negative log-likelihood ------------------------------------
 def reference_gaussian_nll(mean, variance, y):
+    """The reference: the mean Gaussian negative log-likelihood (Chapter 4)."""
     return (0.5 * torch.log(2 * math.pi * variance) + (y - mean) ** 2 / (2 * variance)).mean()
 
 
-def _nll_case(seed, shape, check_grad=False):
+def _nll_case(seed, shape):
     def test(fn):
         g = torch.Generator().manual_seed(seed)
-        mean, y = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
-        variance = (0.05 + torch.rand(*shape, generator=g) * 2).requires_grad_(check_grad)
-        out = fn(mean, variance, y)
+        mean, y = torch.randn(*shape, generator=g).requires_grad_(), torch.randn(*shape, generator=g).requires_grad_()
+        variance = (0.05 + torch.rand(*shape, generator=g) * 2).requires_grad_()
         expected = reference_gaussian_nll(mean, variance, y)
-        assert_close(out, expected, "negative log-likelihood")
-        if check_grad:
-            if not out.requires_grad:
-                raise AssertionError("no gradient flows to the variance: do not detach")
-            got = torch.autograd.grad(out, variance)[0]
-            want = torch.autograd.grad(expected, variance)[0]
-            assert_close(got, want, "gradient with respect to the variance")
+        out = fn(mean, variance, y)
+        if isinstance(out, torch.Tensor) and out.numel() == 1:
+            out = out.reshape(())
+        m, v, t = mean.detach(), variance.detach(), y.detach()
+        sq = (t - m) ** 2
+        n = m.numel()
+        assert_close(out, expected, "negative log-likelihood", mistakes={
+            "the loss without its 0.5 log(2 pi variance) term": (sq / (2 * v)).mean(),
+            "the variance read as a standard deviation: `variance` already holds sigma^2, do not square it":
+                reference_gaussian_nll(m, v ** 2, t),
+            "sigma = sqrt(variance) used in place of the variance (std vs variance)":
+                reference_gaussian_nll(m, v.sqrt(), t),
+            "log(variance) without the 2 pi inside the log": (0.5 * torch.log(v) + sq / (2 * v)).mean(),
+            "the sum over entries instead of the mean": reference_gaussian_nll(m, v, t) * n,
+            "the log-likelihood (the sign is flipped): return its negative": -reference_gaussian_nll(m, v, t),
+            "log(2 pi variance) without the factor 1/2": (torch.log(2 * math.pi * v) + sq / (2 * v)).mean(),
+            "(y - mean)^2 / variance without the factor 1/2": (0.5 * torch.log(2 * math.pi * v) + sq / v).mean()})
+        fm, fv, fy = fn.args
+        assert_gradients(out, expected, {"variance": fv, "mean": fm, "y": fy},
+                         {"variance": variance, "mean": mean, "y": y}, "the loss", mistakes={
+                             "the loss without its log term: it falls for ever as the variance grows":
+                             lambda: ((y - mean) ** 2 / (2 * variance)).mean()})
     return test
 
 
@@ -104,9 +154,10 @@ def check_gaussian_nll(fn):
     return grade("Exercise 4.3: the neural process's loss", fn, [
         Case("ten points", _nll_case(0, (10, 1)),
              "-log N(y; mu, s2) = 0.5 log(2 pi s2) + (y - mu)^2 / (2 s2), averaged"),
-        Case("gradient reaches the variance", _nll_case(1, (6, 2), check_grad=True),
-             "use the variance argument as a variance (not a standard deviation)"),
-        Case("a batch of tasks", _nll_case(2, (3, 8, 1)), "", hidden=True),
+        Case("gradient reaches the variance", _nll_case(1, (6, 2)),
+             "use the variance argument as a variance (not a standard deviation), with tensor operations"),
+        Case("a batch of tasks", _nll_case(2, (3, 8, 1)), "average over every entry, whatever the shape",
+             hidden=True),
     ])
 
 

@@ -23,12 +23,9 @@ def _problem(seed, d=3, k=5, m=4, zero_mean=False):
     return prior_mean, prior_cov, features, y, new_features
 
 
-def _copies(*tensors):
-    return [t.clone() for t in tensors]
-
-
 # -- Exercise 1: the Gaussian posterior update --------------------------------------------
 def reference_posterior_update(prior_mean, prior_cov, features, y, noise_var):
+    """The reference: the Gaussian posterior over the weights (Chapter 6)."""
     precision = torch.linalg.inv(prior_cov) + features.T @ features / noise_var
     cov = torch.linalg.inv(precision)
     mean = cov @ (torch.linalg.solve(prior_cov, prior_mean) + features.T @ y / noise_var)
@@ -38,12 +35,34 @@ def reference_posterior_update(prior_mean, prior_cov, features, y, noise_var):
 def _posterior_case(seed, d, k, noise_var, zero_mean=False):
     def test(fn):
         m, s, phi, y, _ = _problem(seed, d, k, zero_mean=zero_mean)
-        out = fn(*_copies(m, s, phi, y), noise_var)
+        mean, cov = reference_posterior_update(m, s, phi, y, noise_var)
+        out = fn(m, s, phi, y, noise_var)
         if not isinstance(out, (tuple, list)) or len(out) != 2:
             raise AssertionError("return a pair (posterior_mean, posterior_cov)")
-        mean, cov = reference_posterior_update(m, s, phi, y, noise_var)
-        assert_close(out[0], mean, "posterior mean", atol=1e-6)
-        assert_close(out[1], cov, "posterior covariance", atol=1e-6)
+        if all(isinstance(t, torch.Tensor) for t in out) and tuple(out[0].shape) == (d, d) and \
+                tuple(out[1].shape) == (d,):
+            raise AssertionError("the pair is in the wrong order: return (mean, cov)")
+        s_inv = torch.linalg.inv(s)
+        precision = s_inv + phi.T @ phi / noise_var
+
+        def posterior(m_=m, noise=noise_var, prior_precision=s_inv):
+            c = torch.linalg.inv(prior_precision + phi.T @ phi / noise)
+            return c @ (prior_precision @ m_ + phi.T @ y / noise), c
+        assert_close(out[1], cov, "posterior covariance", atol=1e-6, mistakes={
+            "the posterior precision: the covariance is its inverse": precision,
+            "sqrt(noise_var) in place of noise_var: noise_var is already sigma^2":
+                posterior(noise=math.sqrt(noise_var))[1],
+            "noise_var squared: noise_var is already sigma^2": posterior(noise=noise_var ** 2)[1],
+            "no prior precision inv(S) in the precision": torch.linalg.inv(phi.T @ phi / noise_var)
+            if k >= d else None})
+        assert_close(out[0], mean, "posterior mean", atol=1e-6, mistakes={
+            "the mean of a zero prior mean: keep the prior term inv(S) @ m": posterior(torch.zeros_like(m))[0],
+            "S @ m where inv(S) @ m belongs": cov @ (s @ m + phi.T @ y / noise_var),
+            "the bracket inv(S) m + Phi^T y / noise_var without multiplying by the posterior covariance":
+                s_inv @ m + phi.T @ y / noise_var,
+            "Phi^T y without dividing by noise_var": cov @ (s_inv @ m + phi.T @ y),
+            "sqrt(noise_var) in place of noise_var: noise_var is already sigma^2":
+                posterior(noise=math.sqrt(noise_var))[0]})
     return test
 
 
@@ -56,12 +75,14 @@ def check_posterior_update(fn):
              "the mean is cov @ (inv(S) @ m + Phi^T y / noise_var): keep the prior term"),
         Case("noise_var is a variance", _posterior_case(2, 2, 4, 0.09),
              "divide by noise_var itself (sigma^2), not by its square root", hidden=True),
-        Case("fewer points than weights", _posterior_case(3, 5, 2, 0.2), "", hidden=True),
+        Case("fewer points than weights", _posterior_case(3, 5, 2, 0.2),
+             "the prior keeps the precision invertible when K < D: do not drop inv(S)", hidden=True),
     ])
 
 
 # -- Exercise 2: the marginal likelihood ---------------------------------------------------
 def reference_log_evidence(prior_mean, prior_cov, features, y, noise_var):
+    """The reference: log N(y; Phi m, Phi S Phi^T + noise_var I) (Chapter 6)."""
     cov = features @ prior_cov @ features.T + noise_var * torch.eye(len(y), dtype=y.dtype)
     r = y - features @ prior_mean
     chol = torch.linalg.cholesky(cov)
@@ -69,13 +90,34 @@ def reference_log_evidence(prior_mean, prior_cov, features, y, noise_var):
     return -0.5 * (r @ alpha + 2 * chol.diagonal().log().sum() + len(y) * math.log(2 * math.pi))
 
 
+def _gaussian_log_density(r, cov):
+    return -0.5 * (r @ torch.linalg.solve(cov, r) + torch.logdet(cov) + len(r) * math.log(2 * math.pi))
+
+
 def _evidence_case(seed, d, k, noise_var, zero_mean=False):
     def test(fn):
         m, s, phi, y, _ = _problem(seed, d, k, zero_mean=zero_mean)
-        out = fn(*_copies(m, s, phi, y), noise_var)
+        want = reference_log_evidence(m, s, phi, y, noise_var)
+        out = fn(m, s, phi, y, noise_var)
         if isinstance(out, torch.Tensor) and out.numel() == 1:
             out = out.reshape(())
-        assert_close(out, reference_log_evidence(m, s, phi, y, noise_var), "log evidence", atol=1e-6)
+        eye = torch.eye(k, dtype=F64)
+        cov = phi @ s @ phi.T + noise_var * eye
+        r = y - phi @ m
+        const = 0.5 * k * math.log(2 * math.pi)
+        assert_close(out, want, "log evidence", atol=1e-6, mistakes={
+            "the log evidence without its -K/2 log(2 pi) constant": want + const,
+            "a zero prior mean: the mean of y is Phi @ m": _gaussian_log_density(y, cov),
+            "the likelihood at the prior mean alone: the covariance of y also has Phi S Phi^T":
+                _gaussian_log_density(r, noise_var * eye),
+            "sqrt(noise_var) in place of noise_var: noise_var is already sigma^2":
+                _gaussian_log_density(r, phi @ s @ phi.T + math.sqrt(noise_var) * eye),
+            "the negative log evidence: the sign is flipped": -want,
+            "the points treated as independent: keep the off-diagonal terms of Phi S Phi^T + noise I":
+                _gaussian_log_density(r, torch.diag(cov.diagonal())),
+            "the mean over points: the log evidence of the task is the sum (a joint density)": want / k,
+            "Phi S Phi^T without the noise variance": (lambda: _gaussian_log_density(r, phi @ s @ phi.T))
+            if k <= d else None})
     return test
 
 
@@ -86,13 +128,16 @@ def check_log_evidence(fn):
              "y ~ N(Phi m, Phi S Phi^T + noise_var I); include the -K/2 log(2 pi) constant"),
         Case("with a prior mean", _evidence_case(1, 3, 5, 0.5),
              "the mean of y is Phi @ m"),
-        Case("small noise, one point", _evidence_case(2, 2, 1, 0.01), "", hidden=True),
-        Case("many points", _evidence_case(3, 4, 12, 0.3), "", hidden=True),
+        Case("small noise, one point", _evidence_case(2, 2, 1, 0.01),
+             "with one point, y ~ N(phi m, phi S phi^T + noise_var): a one-dimensional Gaussian", hidden=True),
+        Case("many points", _evidence_case(3, 4, 12, 0.3),
+             "the points are correlated through the shared weights: use the full K x K covariance", hidden=True),
     ])
 
 
 # -- Exercise 3: the posterior predictive variance -----------------------------------------
 def reference_predictive_variance(post_cov, features, noise_var):
+    """The reference: phi^T Sigma phi + noise_var at each row (Chapter 6)."""
     return ((features @ post_cov) * features).sum(-1) + noise_var
 
 
@@ -100,8 +145,22 @@ def _variance_case(seed, d, m, noise_var):
     def test(fn):
         _, s, phi, y, new = _problem(seed, d, 4, m)
         _, cov = reference_posterior_update(torch.zeros(d, dtype=F64), s, phi, y, 0.3)
-        out = fn(*_copies(cov, new), noise_var)
-        assert_close(out, reference_predictive_variance(cov, new, noise_var), "predictive variance", atol=1e-6)
+        want = reference_predictive_variance(cov, new, noise_var)
+        out = fn(cov, new, noise_var)
+        if isinstance(out, torch.Tensor) and tuple(out.shape) == (m, m) and m > 1:
+            raise AssertionError(f"the predictive variance has shape {(m, m)}: that is the full covariance of the "
+                                 f"M predictions; return its diagonal, shape {(m,)}")
+        quad = ((new @ cov) * new).sum(-1)
+        assert_close(out, want, "predictive variance", atol=1e-6, mistakes={
+            "the variance of the mean function only: a new observation adds noise_var": quad,
+            "only the diagonal of Sigma: phi^T Sigma phi needs the off-diagonal terms too":
+                new ** 2 @ cov.diagonal() + noise_var,
+            "sqrt(noise_var) added: noise_var is already sigma^2": quad + math.sqrt(noise_var),
+            "noise_var squared: noise_var is already sigma^2": quad + noise_var ** 2,
+            "the posterior precision inv(Sigma) where the covariance belongs":
+                ((new @ torch.linalg.inv(cov)) * new).sum(-1) + noise_var,
+            "a standard deviation: return the variance, without a square root": (quad + noise_var).sqrt(),
+            "row sums of Phi Sigma Phi^T: take its diagonal": (new @ cov @ new.T).sum(-1) + noise_var})
     return test
 
 
@@ -112,7 +171,8 @@ def check_predictive_variance(fn):
              "variance = phi(x)^T Sigma phi(x) + noise_var, one number per row of features"),
         Case("the noise is part of the prediction", _variance_case(1, 2, 6, 1.5),
              "a new observation carries its own noise: add noise_var"),
-        Case("one input, many weights", _variance_case(2, 6, 1, 0.05), "", hidden=True),
+        Case("one input, many weights", _variance_case(2, 6, 1, 0.05),
+             "one row of features gives a result of shape [1]", hidden=True),
     ])
 
 
