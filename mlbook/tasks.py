@@ -132,8 +132,13 @@ class _RegressionFamily:
         self.noise = float(noise)
         self.device = torch.device(device)
 
+    # Names of the (low, high) ranges each task's parameters are drawn from, in drawing order.
+    parameter_ranges: tuple[str, ...] = ()
+
     def sample_parameters(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        raise NotImplementedError
+        """Each task's parameters ``[B, P]``, drawn uniformly from ``parameter_ranges`` in order."""
+        return torch.stack([_uniform(*getattr(self, name), (batch_size,), generator, self.device)
+                            for name in self.parameter_ranges], dim=1)
 
     def function(self, parameters: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Evaluate each task's function: ``parameters [B, P]``, ``x [B, M, 1]`` -> ``[B, M, 1]``."""
@@ -163,6 +168,8 @@ class SinusoidFamily(_RegressionFamily):
     Amplitude ~ U[0.1, 5.0], phase ~ U[0, pi], x ~ U[-5, 5].
     """
 
+    parameter_ranges = ("amplitude", "phase")
+
     def __init__(self, shots: int = 10, queries: int = 10, amplitude=(0.1, 5.0),
                  phase=(0.0, math.pi), device="cpu", noise: float = 0.0):
         super().__init__(shots, queries, device, noise)
@@ -170,11 +177,6 @@ class SinusoidFamily(_RegressionFamily):
         if self.amplitude[0] < 0:
             raise ValueError(f"amplitude must be a range (low, high) with 0 <= low <= high, got {amplitude!r}")
         self.phase = _check_range("phase", phase)
-
-    def sample_parameters(self, batch_size, generator):
-        amplitude = _uniform(*self.amplitude, (batch_size,), generator, self.device)
-        phase = _uniform(*self.phase, (batch_size,), generator, self.device)
-        return torch.stack([amplitude, phase], dim=1)
 
     def function(self, parameters, x):
         amplitude, phase = parameters[:, 0, None, None], parameters[:, 1, None, None]
@@ -184,16 +186,13 @@ class SinusoidFamily(_RegressionFamily):
 class LineFamily(_RegressionFamily):
     """Linear regression tasks y = a x + b, a ~ U[-3, 3], b ~ U[-3, 3] (Chapter 2, mismatch)."""
 
+    parameter_ranges = ("slope", "intercept")
+
     def __init__(self, shots: int = 10, queries: int = 10, slope=(-3.0, 3.0),
                  intercept=(-3.0, 3.0), device="cpu", noise: float = 0.0):
         super().__init__(shots, queries, device, noise)
         self.slope = _check_range("slope", slope)
         self.intercept = _check_range("intercept", intercept)
-
-    def sample_parameters(self, batch_size, generator):
-        slope = _uniform(*self.slope, (batch_size,), generator, self.device)
-        intercept = _uniform(*self.intercept, (batch_size,), generator, self.device)
-        return torch.stack([slope, intercept], dim=1)
 
     def function(self, parameters, x):
         return parameters[:, 0, None, None] * x + parameters[:, 1, None, None]
