@@ -34,7 +34,7 @@ MARK = "MLBOOK_LOADED_FROM"
 
 # Runs inside the virtual environment: execute one notebook with the environment's kernel.
 _DRIVER = r'''
-import json, sys
+import json, re, sys
 import nbformat
 from nbclient import NotebookClient
 
@@ -46,7 +46,7 @@ try:
     client.execute()
     status = "ok"
 except Exception as exc:  # the failing cell and its traceback are the finding
-    status = f"{type(exc).__name__}: {exc}"
+    status = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(exc).__name__}: {exc}")
 nbformat.write(nb, path)
 print(json.dumps({"status": status[-6000:]}))
 '''
