@@ -72,9 +72,13 @@ def colab(tmp_path_factory):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
     wheels = root / "wheels"
-    # No build isolation: the build needs only setuptools, which is here, and no network.
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-          "--wheel-dir", wheels, source])
+    # Without build isolation the build uses the setuptools that is here and needs no network;
+    # where that setuptools cannot build wheels, pip's isolated build fetches one.
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", wheels, source]
+    local = subprocess.run(command[:4] + ["--no-build-isolation"] + command[4:],
+                           capture_output=True, text=True)
+    if local.returncode != 0:
+        _run(command)
     (wheel,) = wheels.glob("mlbook-*.whl")
 
     env_dir = root / "venv"
