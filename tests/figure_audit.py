@@ -13,8 +13,10 @@ The rules, per visible axes of the figure:
   itself or, for subplots that share an axis, on another axes of the same grid column
   (x) or row (y), or the figure's ``supxlabel`` / ``supylabel``; an axis with no tick marks
   has no scale to name and needs no label;
-* an axes that shows an image (``imshow``) is a panel of an image grid: it needs a title or
-  label of its own, a title in its grid column, a label in its row, or a figure title;
+* an axes that shows an image (``imshow``) with its ticks removed or its axes off is a panel
+  of an image grid: it needs a title or label of its own, a title in its grid column, a
+  label in its row, or a figure title; an image that keeps its ticks (a heat map) is a plot
+  and needs its axis labels;
 * colour bars and empty axes (nothing drawn) are skipped.
 """
 from __future__ import annotations
@@ -73,9 +75,12 @@ def axis_problems(fig) -> list[str]:
     for index, ax in enumerate(axes):
         if getattr(ax, "_colorbar", None) is not None:
             continue
-        drawn = ax.lines or ax.collections or ax.patches or ax.containers or ax.texts or ax.tables
+        drawn = (ax.lines or ax.collections or ax.patches or ax.containers or ax.texts or ax.tables
+                 or ax.images)
         name = f"axes {index + 1} of {len(axes)}" + (f" ({_text(ax.title)!r})" if _text(ax.title) else "")
-        if ax.images:
+        scaled_x = ax.axison and _has_ticks(ax.xaxis)
+        scaled_y = ax.axison and _has_ticks(ax.yaxis)
+        if ax.images and not (scaled_x or scaled_y):
             titled = (_text(ax.title) or _text(ax.xaxis.label) or _text(ax.yaxis.label) or suptitle
                       or any(_text(o.title) for o in neighbours(ax, "x"))
                       or any(_text(o.yaxis.label) for o in neighbours(ax, "y")))
@@ -89,9 +94,9 @@ def axis_problems(fig) -> list[str]:
             if not (_text(ax.title) or suptitle):
                 problems.append(f"{name}: drawn with its axes switched off and no title")
             continue
-        if _has_ticks(ax.xaxis) and not (supxlabel or any(_text(o.xaxis.label) for o in neighbours(ax, "x"))):
+        if scaled_x and not (supxlabel or any(_text(o.xaxis.label) for o in neighbours(ax, "x"))):
             problems.append(f"{name}: the x axis has no label")
-        if _has_ticks(ax.yaxis) and not (supylabel or any(_text(o.yaxis.label) for o in neighbours(ax, "y"))):
+        if scaled_y and not (supylabel or any(_text(o.yaxis.label) for o in neighbours(ax, "y"))):
             problems.append(f"{name}: the y axis has no label")
     return problems
 

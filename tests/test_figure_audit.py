@@ -74,3 +74,15 @@ def test_png_carries_the_audit():
     fig.savefig(buffer, format="png")
     assert audit_of_png(buffer.getvalue()) == ["axes 1 of 1: the x axis has no label",
                                                "axes 1 of 1: the y axis has no label"]
+
+
+def test_heat_map_with_ticks_needs_axis_labels():
+    fig, ax = plt.subplots()
+    ax.imshow(np.zeros((3, 3)))
+    ax.set_title("accuracy")
+    assert len(axis_problems(fig)) == 2
+    ax.set_xlabel("test shape")
+    ax.set_ylabel("training shape")
+    assert axis_problems(fig) == []
+    ax.axis("off")  # an image with its axes off is a titled panel
+    assert axis_problems(fig) == []
