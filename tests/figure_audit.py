@@ -65,8 +65,8 @@ def axis_problems(fig) -> list[str]:
         grid, rows, cols = mine
         out = []
         for other, theirs in spans.items():
-            if theirs is None or theirs[0] is not grid:
-                continue
+            if theirs is None or theirs[0] is not grid or getattr(other, "_colorbar", None):
+                continue  # a colour bar's label names the colours, not this axis
             if (along == "x" and _overlaps(cols, theirs[2])) or (along == "y" and _overlaps(rows, theirs[1])):
                 out.append(other)
         return out

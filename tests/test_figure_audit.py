@@ -86,3 +86,11 @@ def test_heat_map_with_ticks_needs_axis_labels():
     assert axis_problems(fig) == []
     ax.axis("off")  # an image with its axes off is a titled panel
     assert axis_problems(fig) == []
+
+
+def test_colour_bar_label_does_not_name_the_y_axis():
+    fig, ax = plt.subplots()
+    image = ax.imshow(np.zeros((3, 3)))
+    fig.colorbar(image, label="accuracy")
+    ax.set_xlabel("test shape")
+    assert axis_problems(fig) == ["axes 1 of 2: the y axis has no label"]
