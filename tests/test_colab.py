@@ -6,17 +6,20 @@ not editable, in a fresh virtual environment, copies each chapter alone into an 
 folder and executes it there in fast mode. A chapter that reads a file of the repository,
 or needs a module file that the wheel does not ship, fails here.
 
-The virtual environment sees the system's site-packages (``--system-site-packages``), so
-torch and the Jupyter tools need no download. The system also has the editable ``mlbook``
-of the development checkout; ``test_venv_imports_mlbook_from_the_wheel`` proves that the
-environment's ``import mlbook`` resolves to the installed wheel instead, and every executed
-chapter prints where its ``mlbook`` came from, which is checked too.
+So that torch and the Jupyter tools need no download, the virtual environment also sees the
+site-packages of the Python running the tests, listed after its own (a ``.pth`` file; this
+works whether that Python is a system one or itself a virtual environment). Those
+site-packages hold the editable ``mlbook`` of the development checkout too;
+``test_venv_imports_mlbook_from_the_wheel`` proves that the environment's ``import mlbook``
+resolves to the installed wheel, not to the checkout, and every executed chapter prints
+where its ``mlbook`` came from, which is checked too.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -82,9 +85,14 @@ def colab(tmp_path_factory):
     (wheel,) = wheels.glob("mlbook-*.whl")
 
     env_dir = root / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", env_dir])
+    _run([sys.executable, "-m", "venv", env_dir])
     python = env_dir / "bin" / "python"
     _run([python, "-m", "pip", "install", "--no-deps", "--no-index", wheel])
+    # Then the test runner's packages (torch, Jupyter), after the environment's own. Plain
+    # paths, so the runner's .pth files (its editable mlbook finder among them) do not run.
+    own = _run([python, "-c", "import site; print(site.getsitepackages()[0])"]).stdout.strip()
+    parents = [p for p in [*site.getsitepackages(), site.getusersitepackages()] if os.path.isdir(p)]
+    (Path(own) / "zz_test_runner_packages.pth").write_text("\n".join(parents) + "\n")
     _run([python, "-m", "ipykernel", "install", "--prefix", env_dir, "--name", KERNEL])
 
     env = {key: value for key, value in os.environ.items()
