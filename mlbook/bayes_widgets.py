@@ -53,6 +53,8 @@ def plot_bands(ax, learner: BayesianLinearRegression, state, x: torch.Tensor, y:
     if k:
         ax.scatter(x[:k, 0].cpu(), y[:k].reshape(-1).cpu(), color="tab:red", zorder=3, s=18, label="support")
     ax.set_ylim(*ylim)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
     ax.set_title(title if title is not None else f"K = {k}")
     return ax
 
@@ -68,6 +70,8 @@ def posterior_grid(rows: Sequence[tuple[str, BayesianLinearRegression, dict]], x
         for c, k in enumerate(ks):
             plot_bands(axes[r, c], learner, state, x, y, k, grid, truth, strength,
                        title=f"{label}, K = {k}")
+    for ax in axes.flat:  # axis labels on the outer edge of the grid only
+        ax.label_outer()
     axes[0, 0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return fig

@@ -18,7 +18,7 @@ from .utils import check_positive, check_positive_int
 
 __all__ = [
     "Episode", "TaskFamily", "SinusoidFamily", "LineFamily", "ImageClassFamily",
-    "PolynomialFamily", "ScrambledFamily", "AlphabetFamily", "LinearGaussianFamily",
+    "PolynomialFamily", "ScrambledFamily", "RandomNetworkFamily", "AlphabetFamily", "LinearGaussianFamily",
     "VariableShotsFamily", "sample_nway_kshot", "alphabet_split", "SPLITS",
 ]
 
@@ -584,3 +584,32 @@ class VariableShotsFamily:
         episode = self.family.sample(batch_size, generator)
         k = int(torch.randint(self.min_shots, self.shots + 1, (1,), generator=generator, device=self.device))
         return Episode(episode.support_x[:, :k], episode.support_y[:, :k], episode.query_x, episode.query_y)
+
+
+class RandomNetworkFamily(_RegressionFamily):
+    """Each task is its own random one-hidden-layer tanh network (Chapter 2, shared structure).
+
+    Task i is ``y = scale * sum_j a_j tanh(w_j (x - t_j)) / sqrt(hidden)`` with its own
+    ``a_j ~ N(0, 1)``, slopes ``w_j ~ N(0, slope^2)`` and kink positions ``t_j ~ U[-5, 5]``.
+    Every task is a smooth function of x that a few points pin down, as a sinusoid is, but
+    two tasks share nothing beyond that: no common shape, period or centre.
+    """
+
+    def __init__(self, shots: int = 10, queries: int = 10, hidden: int = 8, scale: float = 3.0,
+                 slope: float = 1.0, device="cpu", noise: float = 0.0):
+        super().__init__(shots, queries, device, noise)
+        self.hidden = check_positive_int("hidden", hidden)
+        self.scale = check_positive("scale", scale)
+        self.slope = check_positive("slope", slope)
+
+    def sample_parameters(self, batch_size, generator):
+        shape = (batch_size, self.hidden)
+        a = torch.randn(shape, generator=generator, device=self.device)
+        w = self.slope * torch.randn(shape, generator=generator, device=self.device)
+        t = _uniform(*self.x_range, shape, generator, self.device)
+        return torch.cat([a, w, t], dim=1)
+
+    def function(self, parameters, x):
+        a, w, t = parameters[:, None, :].chunk(3, dim=-1)                     # [B, 1, H] each
+        hidden = torch.tanh(w * (x - t))                                        # [B, M, H]
+        return self.scale * (a * hidden).sum(-1, keepdim=True) / math.sqrt(self.hidden)

@@ -111,9 +111,33 @@ def budget(full: Any, fast: Any) -> Any:
     return fast if is_fast() else full
 
 
+def _watched() -> bool:
+    """Whether a person may be watching this process's progress bars (all chapters).
+
+    False inside a Jupyter kernel whose cell was sent by a client that cannot answer
+    ``input()``: nbclient, and so ``jupyter nbconvert --execute`` and the book build, send
+    every cell with ``allow_stdin`` off, while JupyterLab, Notebook, VS Code and Colab send
+    it on. A widget bar stored by such a run would only leave a blank area in the page.
+    Outside a kernel (a terminal, a script, the command line) the answer is True.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return True
+    kernel = getattr(get_ipython(), "kernel", None)
+    if kernel is None:
+        return True
+    return bool(getattr(kernel, "_allow_stdin", True))
+
+
 def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", **kwargs):
-    """A tqdm progress bar that stays quiet in tests and plain in built pages (all chapters)."""
+    """A tqdm progress bar that shows only when someone watches (all chapters).
+
+    It is off in fast mode (the tests), with ``MLBOOK_NO_PROGRESS=1``, and in a notebook
+    executed without a front end (the book build, nbconvert): see :func:`_watched`.
+    """
     from tqdm.auto import tqdm
 
-    disable = kwargs.pop("disable", is_fast() or os.environ.get("MLBOOK_NO_PROGRESS") == "1")
+    quiet = is_fast() or os.environ.get("MLBOOK_NO_PROGRESS") == "1" or not _watched()
+    disable = kwargs.pop("disable", quiet)
     return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, **kwargs)

@@ -41,6 +41,8 @@ def _draw(ax, learner, state, episode, parameters, inner_lr, steps):
     ax.plot(x, after, color="C0", label=f"theta after {steps} step(s)")
     ax.scatter(episode.support_x[0].cpu(), episode.support_y[0].cpu(), color="C3", zorder=3, label="D_train")
     ax.set_ylim(-6, 6)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
     ax.set_title(f"lr={inner_lr:g}, steps={steps}", fontsize=9)
 
 
@@ -54,6 +56,8 @@ def inner_loop_grid(learner, state, family, lrs=(0.001, 0.01, 0.05), steps=(1, 5
     for i, k in enumerate(steps):
         for j, lr in enumerate(lrs):
             _draw(axes[i][j], learner, state, episode, parameters, lr, k)
+    for ax in axes.flat:  # axis labels on the outer edge of the grid only
+        ax.label_outer()
     axes[0][0].legend(fontsize=7, loc="lower left")
     fig.suptitle("Adapt(phi, D_train) for one task: rows = inner steps, columns = inner learning rate")
     fig.tight_layout()

@@ -23,6 +23,8 @@ from urllib.parse import urlparse
 
 import yaml
 
+import figure_audit
+
 # MLBOOK_BOOK_ROOT points the checks at another copy of the book (to test the checks themselves).
 REPO = Path(os.environ.get("MLBOOK_BOOK_ROOT") or Path(__file__).resolve().parents[1]).resolve()
 
@@ -33,11 +35,14 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 WINDOW = (1280, 900)
+# The theme's content column reaches its full width (89 characters of code) from 1440 px on;
+# code width is judged there: a reader on a narrower screen scrolls whatever we do.
+CODE_WINDOW = (1600, 900)
 MAX_SCREENSHOT_HEIGHT = 16000
 
 PROBLEM_KINDS = (
     "console", "offsite", "heading", "figure", "math", "error-output", "colab", "exercise",
-    "widget", "timeout",
+    "widget", "timeout", "empty-output", "axis-label", "code-width", "progress", "stderr", "nan",
 )
 
 # Script and style sources a page may load: its own site, or content embedded in the page.
@@ -103,9 +108,15 @@ def build_site(out_dir: Path, log_path: Path, root: Path = REPO, timeout: int = 
     Raises ``RuntimeError`` with the end of the build log when the build fails (a chapter
     that raises fails it: ``nb_execution_raise_on_error`` is set in ``_config.yml``).
     """
-    env = dict(os.environ, MLBOOK_FAST="1", MLBOOK_NO_PROGRESS="1")
+    # No MLBOOK_NO_PROGRESS here: the build must leave no progress bar on its own, as a
+    # reader's build does (mlbook.progress stays quiet in a notebook executed by nbclient).
+    env = {key: value for key, value in os.environ.items() if key != "MLBOOK_NO_PROGRESS"}
+    env["MLBOOK_FAST"] = "1"
     # The tests' MPLBACKEND=Agg would reach the kernels and leave every page without figures.
     env.pop("MPLBACKEND", None)
+    # Every kernel of the build stamps each figure with its axis-label audit (figure_audit).
+    env["IPYTHONDIR"] = str(out_dir / "ipython")
+    figure_audit.write_startup(Path(env["IPYTHONDIR"]))
     command = [sys.executable, "-m", "jupyter_book.cli.main", "build", str(root),
                "--path-output", str(out_dir)]
     if shutil.which("jupyter-book"):
@@ -273,6 +284,16 @@ settle().then(() => {
     visibleText: visibleText(article),
     tracebackOutputs: article.querySelectorAll(".output.traceback, .output.error, .cell_output .traceback").length,
     outputText: outputs.map((o) => o.textContent).join("\n"),
+    // An output area that shows nothing: no text, no picture, no control (a stale widget).
+    // (The theme's copy button and the widget's data script are not content.)
+    emptyOutputs: outputs.map((o) => {
+      const shown = o.cloneNode(true);
+      shown.querySelectorAll(".copybtn, script, style").forEach((n) => n.remove());
+      return shown;
+    }).filter((o) => o.textContent.trim() === "" && !o.querySelector(
+        "img, svg, canvas, video, iframe, table, input, select, button, mjx-container")).length,
+    stderrOutputs: article.querySelectorAll(".cell_output .stderr, .cell_output .output.stderr").length,
+    outputImages: Array.from(article.querySelectorAll(".cell_output img")).map((im) => im.currentSrc || im.src),
     colab: colab,
     exercises: article.querySelectorAll(".exercise").length,
     solutions: solutions.map((s) => ({id: s.id, cls: s.className})),
@@ -294,7 +315,46 @@ _RAW_MATH_PATTERNS = [
     (re.compile(r"\$[^$\n]{0,80}\\[A-Za-z]+[^$\n]{0,80}\$"), "$...\\command...$"),
     (re.compile(r"\$[^$\s][^$\n]{0,40}[_^][^$\n]{0,40}\$"), "$..._...$"),
 ]
+_PROGRESS = re.compile(r"\d+%\|[^|\n]*\||\d+/\d+ \[\d+:\d+<")
+_WARNING = re.compile(r"\b\w*Warning: .{0,80}")
+_NAN = re.compile(r"(?<![\w.])[-+]?nan(?![\w])", re.I)
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^-{20,}\s*\n\w+(Error|Exception)", re.M)
+
+
+def figure_problems(src: str) -> list[str]:
+    """What the figure audit (tests/figure_audit.py) stamped into one output image."""
+    import base64
+    import urllib.request
+
+    name = src.rsplit("/", 1)[-1][:60] if not src.startswith("data:") else "an inline image"
+    if src.startswith("data:"):
+        header, _, payload = src.partition(",")
+        if "image/png" not in header:
+            return []
+        data = base64.b64decode(payload) if ";base64" in header else payload.encode()
+    elif urlparse(src).scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(src, timeout=30) as response:
+                data = response.read()
+        except OSError:  # an image that does not load is the "figure" check's finding
+            return []
+        if not data.startswith(b"\x89PNG"):
+            return []
+    else:
+        return []
+    found = figure_audit.audit_of_png(data)
+    if found is None:
+        return [f"{name}: a figure that was not audited when drawn (built without the figure hook?)"]
+    return [f"{name}: {problem}" for problem in found]
+
+
+# Code blocks that scroll sideways: wider than the column the theme gives them.
+_WIDE_CODE_JS = r"""
+const article = document.querySelector("article.bd-article") || document.querySelector("main") || document.body;
+return Array.from(article.querySelectorAll(".cell_input pre"))
+    .filter((pre) => pre.scrollWidth > pre.clientWidth + 2)
+    .map((pre) => pre.textContent.split("\n").reduce((a, b) => (b.length > a.length ? b : a), "").slice(0, 100));
+"""
 
 
 def _solution_state_js(solution_id: str) -> str:
@@ -404,6 +464,37 @@ def check_page(driver, base_url: str, page_html: str, source: str, screenshot_di
     if match:
         problems.append(("error-output", f"a traceback is printed in an output: {match.group(0)[:80]!r}"))
 
+    # Empty output areas, progress bars, stderr and nan: nothing a reader cannot use.
+    if data["emptyOutputs"]:
+        problems.append(("empty-output", f"{data['emptyOutputs']} output areas show nothing"))
+    match = _PROGRESS.search(data["outputText"])
+    if match:
+        problems.append(("progress", f"a progress bar is shown: {match.group(0)!r}"))
+    if data["stderrOutputs"]:
+        problems.append(("stderr", f"{data['stderrOutputs']} stderr outputs shown"))
+    match = _WARNING.search(data["outputText"])
+    if match:
+        problems.append(("stderr", f"a warning is printed in an output: {match.group(0)!r}"))
+    match = _NAN.search(data["outputText"])
+    if match:
+        at = max(0, match.start() - 40)
+        snippet = data["outputText"][at:match.end() + 20].replace("\n", " ")
+        problems.append(("nan", f"nan in an output: ...{snippet}..."))
+
+    # Code cells fit the column at the theme's full width: no sideways scrolling.
+    driver.set_window_size(*CODE_WINDOW)
+    try:
+        wide_code = driver.execute_script(_WIDE_CODE_JS)
+    finally:
+        driver.set_window_size(*WINDOW)
+    for line in wide_code:
+        problems.append(("code-width", f"a code cell scrolls sideways; its longest line: {line!r}"))
+
+    # Figures: each one was audited when it was drawn, and has labelled axes.
+    for src in data["outputImages"]:
+        for problem in figure_problems(src):
+            problems.append(("axis-label", problem))
+
     # Colab: notebook pages launch their own notebook from the book's repository.
     links = sorted(set(data["colab"]))
     report.colab = links[0] if links else ""
@@ -465,6 +556,51 @@ def check_page(driver, base_url: str, page_html: str, source: str, screenshot_di
         if entry.get("level") == "SEVERE":
             problems.append(("console", entry.get("message", "")[:300]))
     return report
+
+
+# --------------------------------------------------------------------------------------
+# Executed notebooks (what the build stored, including what the page hides)
+# --------------------------------------------------------------------------------------
+def executed_notebook(html_root: Path, source: str) -> Path:
+    """The notebook the build executed for ``source`` (``_build/jupyter_execute/...``)."""
+    return html_root.parent / "jupyter_execute" / source
+
+
+def stored_output_problems(notebook: dict) -> list[tuple[str, str]]:
+    """Faults in an executed notebook's stored outputs, as ``(kind, message)``.
+
+    stderr streams (warnings; ``_config.yml`` hides them from the page, so only this finds
+    them), errors, ``nan`` in printed results, progress bars, and widget views whose model
+    the notebook does not store (drawn as an empty area).
+    """
+    problems = []
+    state = notebook.get("metadata", {}).get("widgets", {}).get(
+        "application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    for index, cell in enumerate(notebook.get("cells", [])):
+        for output in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+            where = f"cell {index}"
+            kind = output.get("output_type")
+            if kind == "error":
+                problems.append(("error-output", f"{where}: {output.get('ename')}: {output.get('evalue')}"))
+                continue
+            if kind == "stream":
+                text = "".join(output.get("text", ""))
+                if output.get("name") == "stderr":
+                    problems.append(("stderr", f"{where}: stderr {text.strip()[:160]!r}"))
+            else:
+                data = output.get("data", {})
+                text = "".join(data.get("text/plain", "")) if "text/html" not in data else ""
+                view = data.get("application/vnd.jupyter.widget-view+json")
+                if view and view.get("model_id") not in state:
+                    problems.append(("empty-output", f"{where}: a widget view with no stored model"))
+            for pattern, label in ((_PROGRESS, "progress"), (_WARNING, "stderr"), (_NAN, "nan"),
+                                   (_TRACEBACK, "error-output")):
+                match = pattern.search(text)
+                if match:
+                    problems.append((label, f"{where}: {match.group(0)[:120]!r}"))
+            if kind == "stream" and not text.strip():
+                problems.append(("empty-output", f"{where}: an output with only white space"))
+    return problems
 
 
 def save_screenshot(driver, path: Path) -> Path:

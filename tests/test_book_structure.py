@@ -97,3 +97,47 @@ def test_citations_and_chapter_links_resolve(source):
     links = re.findall(r"\]\(([^)#\s]+\.(?:ipynb|md))(?:#[^)]*)?\)", text)
     missing = [link for link in links if "://" not in link and not (folder / link).is_file()]
     assert not missing, f"links to pages that do not exist: {missing}"
+
+
+# The theme's content column, at its full width (a window of 1440 px or more), holds 89
+# characters of its 14 px monospace code (measured in Chromium): wider lines scroll sideways.
+MAX_CODE_LINE = 89
+
+
+def over_wide_lines(notebook: dict, limit: int = MAX_CODE_LINE) -> list[str]:
+    """``cell N line M (L chars)`` for every code line longer than ``limit``."""
+    found = []
+    for index, cell in enumerate(notebook["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        for number, line in enumerate(_text(cell).splitlines(), 1):
+            if len(line) > limit:
+                found.append(f"cell {index} line {number} ({len(line)} chars): {line.strip()[:60]}")
+    return found
+
+
+def test_over_wide_code_line_is_found():
+    """The width check itself: a planted 90-character line is reported, 89 is not."""
+    notebook = {"cells": [{"cell_type": "code", "source": ["x = 1\n", "y = '" + "a" * 83 + "'\n",
+                                                           "z = '" + "b" * 84 + "'"]}]}
+    found = over_wide_lines(notebook)
+    assert len(found) == 1 and found[0].startswith("cell 0 line 3 (90 chars)"), found
+
+
+@pytest.mark.parametrize("source", CHAPTERS)
+def test_code_lines_fit_the_page(source):
+    wide = over_wide_lines(json.loads((REPO / source).read_text()))
+    assert not wide, f"{len(wide)} code lines over {MAX_CODE_LINE} characters:\n" + "\n".join(wide)
+
+
+# Colab has the notebook and the installed package, nothing else of the repository.
+_REPOSITORY_PATH = re.compile(r"""["'](?:\.\./|\./)?(?:benchmarks|book|tests|mlbook|notes)/[^"']*["']"""
+                              r"""|["']\.\./[^"']*["']""")
+
+
+@pytest.mark.parametrize("source", CHAPTERS)
+def test_code_reads_no_repository_file(source):
+    """A quick static guard; tests/test_colab.py runs every chapter alone to be sure."""
+    hits = [f"cell {i}: {m.group(0)}" for i, cell in enumerate(_cells(source))
+            if cell["cell_type"] == "code" for m in _REPOSITORY_PATH.finditer(_text(cell))]
+    assert not hits, "code cells name files of the repository:\n" + "\n".join(hits)

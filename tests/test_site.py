@@ -26,9 +26,11 @@ from pathlib import Path
 
 import pytest
 
+import figure_audit
 from site_helpers import (
-    REPO, SiteServer, broken_internal_links, build_site, check_page, expected_colab_url,
-    find_browser, load_config, start_browser, toc_sources,
+    REPO, SiteServer, broken_internal_links, build_site, check_page, executed_notebook,
+    expected_colab_url, find_browser, load_config, start_browser, stored_output_problems,
+    toc_sources,
 )
 
 pytestmark = pytest.mark.timeout(2400)
@@ -180,7 +182,66 @@ def _offsite_script(html: str) -> str:
     return html.replace("</head>", '<script src="http://127.0.0.2:8999/tracker.js"></script></head>', 1)
 
 
+_EMPTY_OUTPUT = """
+<div class="cell_output docutils container">
+<div class="output text_plain highlight-myst-ansi notranslate"><div class="highlight"><pre><span></span>
+</pre></div></div></div>
+"""
+
+
+def _empty_output(html: str) -> str:
+    at = html.index('<div class="cell_output docutils container">')
+    return html[:at] + _EMPTY_OUTPUT + html[at:]
+
+
+def _nan_output(html: str) -> str:
+    at = html.index('<div class="cell_output docutils container">')
+    return html[:at] + _EMPTY_OUTPUT.replace("<span></span>\n", "<span></span>loss: nan") + html[at:]
+
+
+def _wide_code(html: str) -> str:
+    marker = '<div class="cell_input docutils container">'
+    at = html.index(marker)
+    at = html.index("<pre><span></span>", at) + len("<pre><span></span>")
+    line = "planted = " + repr("x" * 110) + "  # a line far wider than the column\n"
+    return html[:at] + line + html[at:]
+
+
+def _unlabelled_axis_png() -> bytes:
+    """A figure with one unlabelled axis, rendered through the audit the build uses."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure_audit.install()
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot([0, 1, 2], [2, 0, 1])
+    ax.set_xlabel("outer step")  # the y axis is left without a label
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _unlabelled_axis(html: str) -> str:
+    import base64
+
+    src = "data:image/png;base64," + base64.b64encode(_unlabelled_axis_png()).decode()
+    output = html.index('<div class="cell_output docutils container">')
+    new, count = re.subn(r'(<img[^>]*src=")([^"]*_images/[^"]+)(")', lambda m: m.group(1) + src + m.group(3),
+                         html[output:], count=1)
+    assert count == 1, "the chapter page has no output figure to replace"
+    return html[:output] + new
+
+
 PLANTS = {
+    "empty-output": (_empty_output, "empty-output"),
+    "nan-output": (_nan_output, "nan"),
+    "over-wide-code": (_wide_code, "code-width"),
+    "unlabelled-axis": (_unlabelled_axis, "axis-label"),
     "broken-figure": (_break_figure, "figure"),
     "raw-formula": (_raw_formula, "math"),
     "mathjax-missing": (_drop_mathjax, "math"),
@@ -263,3 +324,38 @@ def test_chapter_that_raises_fails_the_build(tmp_path):
                             env=env, timeout=600)
     assert result.returncode != 0, "a chapter that raises built without error"
     assert "this chapter is broken" in result.stdout + result.stderr
+
+
+# ----------------------------------------------------------------------------------------
+# What the build stored: stderr (hidden from the page by _config.yml), nan, progress bars.
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("source", CHAPTERS)
+def test_executed_chapter_stores_no_warning_nan_or_progress(source, site):
+    path = executed_notebook(site, source)
+    assert path.is_file(), f"the build kept no executed notebook at {path}"
+    problems = stored_output_problems(json.loads(path.read_text()))
+    assert not problems, "\n".join(f"[{kind}] {msg}" for kind, msg in problems)
+
+
+def test_planted_stored_faults_are_found():
+    """Each fault planted into a notebook's outputs is reported, and a clean one is not."""
+    import nbformat
+
+    clean = nbformat.v4.new_code_cell("print(1)", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text="query MSE 0.25 ± 0.01\n")])
+    planted = {
+        "stderr": nbformat.v4.new_output("stream", name="stderr", text="UserWarning: careful\n"),
+        "nan": nbformat.v4.new_output("stream", name="stdout", text="loss nan\n"),
+        "progress": nbformat.v4.new_output("stream", name="stdout",
+                                           text="training:  45%|####      | 45/100 [00:01<00:02]\n"),
+        "empty-output": nbformat.v4.new_output("display_data", data={
+            "text/plain": "HBox()", "application/vnd.jupyter.widget-view+json":
+                {"version_major": 2, "version_minor": 0, "model_id": "0123abcd"}}),
+        "error-output": nbformat.v4.new_output("error", ename="ValueError", evalue="boom",
+                                               traceback=[]),
+    }
+    assert stored_output_problems(nbformat.v4.new_notebook(cells=[clean])) == []
+    for kind, output in planted.items():
+        notebook = nbformat.v4.new_notebook(cells=[clean, nbformat.v4.new_code_cell("x", outputs=[output])])
+        found = {k for k, _ in stored_output_problems(notebook)}
+        assert kind in found, (kind, found)
