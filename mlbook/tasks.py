@@ -135,6 +135,10 @@ class _RegressionFamily:
     def sample_parameters(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
+    def _uniform_parameters(self, batch_size, generator, *ranges) -> torch.Tensor:
+        # Drawn one range after the other, in the order given: a family's seeded tasks depend on it.
+        return torch.stack([_uniform(*r, (batch_size,), generator, self.device) for r in ranges], dim=1)
+
     def function(self, parameters: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Evaluate each task's function: ``parameters [B, P]``, ``x [B, M, 1]`` -> ``[B, M, 1]``."""
         raise NotImplementedError
@@ -172,9 +176,7 @@ class SinusoidFamily(_RegressionFamily):
         self.phase = _check_range("phase", phase)
 
     def sample_parameters(self, batch_size, generator):
-        amplitude = _uniform(*self.amplitude, (batch_size,), generator, self.device)
-        phase = _uniform(*self.phase, (batch_size,), generator, self.device)
-        return torch.stack([amplitude, phase], dim=1)
+        return self._uniform_parameters(batch_size, generator, self.amplitude, self.phase)
 
     def function(self, parameters, x):
         amplitude, phase = parameters[:, 0, None, None], parameters[:, 1, None, None]
@@ -191,9 +193,7 @@ class LineFamily(_RegressionFamily):
         self.intercept = _check_range("intercept", intercept)
 
     def sample_parameters(self, batch_size, generator):
-        slope = _uniform(*self.slope, (batch_size,), generator, self.device)
-        intercept = _uniform(*self.intercept, (batch_size,), generator, self.device)
-        return torch.stack([slope, intercept], dim=1)
+        return self._uniform_parameters(batch_size, generator, self.slope, self.intercept)
 
     def function(self, parameters, x):
         return parameters[:, 0, None, None] * x + parameters[:, 1, None, None]
