@@ -7,7 +7,7 @@ from torch.func import functional_call
 
 from ..models import MLP, init_params
 from ..tasks import SinusoidFamily
-from .core import Case, assert_close, assert_gradients, grade
+from .core import Case, assert_close, assert_gradients, chapter_graders, grade
 
 __all__ = ["check_sgd_step", "check_adapt", "check_meta_objective"]
 
@@ -219,41 +219,4 @@ def check_meta_objective(fn):
     ])
 
 
-# -- stubs and plausible wrong answers, used by the tests ---------------------------------
-def _stub(*args):
-    raise NotImplementedError
-
-
-def _wrong_sgd_plus(params, grads, lr):
-    return {k: params[k] + lr * grads[k] for k in params}
-
-
-def _wrong_sgd_inplace(params, grads, lr):
-    for k in params:
-        params[k] -= lr * grads[k]
-    return params
-
-
-def _wrong_adapt_one_step(model, params, x, y, lr, steps):
-    return reference_adapt(model, params, x, y, lr, 1)
-
-
-def _wrong_meta_support(model, params, episode, lr, steps):
-    losses = []
-    for i in range(episode.batch_size):
-        adapted = reference_adapt(model, params, episode.support_x[i], episode.support_y[i], lr, steps)
-        losses.append(F.mse_loss(functional_call(model, adapted, (episode.support_x[i],)), episode.support_y[i]))
-    return torch.stack(losses).mean()
-
-
-def _wrong_meta_detached(model, params, episode, lr, steps):
-    detached = {k: v.detach().requires_grad_() for k, v in params.items()}
-    return reference_meta_objective(model, detached, episode, lr, steps).detach()
-
-
-GRADERS = {
-    "check_sgd_step": (check_sgd_step, reference_sgd_step, _stub, [_wrong_sgd_plus, _wrong_sgd_inplace]),
-    "check_adapt": (check_adapt, reference_adapt, _stub, [_wrong_adapt_one_step]),
-    "check_meta_objective": (check_meta_objective, reference_meta_objective, _stub,
-                             [_wrong_meta_support, _wrong_meta_detached]),
-}
+GRADERS = chapter_graders(globals())

@@ -5,7 +5,8 @@ import math
 
 import torch
 
-from .core import Case, binomial_frequency_ok, grade, ks_threshold, ks_uniform_statistic, uniform_end_slack
+from .core import (Case, binomial_frequency_ok, chapter_graders, grade, ks_threshold, ks_uniform_statistic,
+                   uniform_end_slack)
 
 __all__ = ["check_episode", "check_alphabet_split", "check_sinusoid_task"]
 
@@ -418,91 +419,4 @@ def check_sinusoid_task(fn):
     ])
 
 
-# -- stubs and plausible wrong answers, used by the tests ---------------------------------
-def _stub(*args):
-    raise NotImplementedError
-
-
-def _wrong_episode_no_remap(images, ways, shots, queries, generator):
-    classes = torch.randperm(images.shape[0], generator=generator)[:ways]
-    sx, sy, qx, qy = [], [], [], []
-    for c in classes.tolist():
-        picks = torch.randperm(images.shape[1], generator=generator)[:shots + queries]
-        sx.append(images[c, picks[:shots]])
-        qx.append(images[c, picks[shots:]])
-        sy += [c] * shots
-        qy += [c] * queries
-    return torch.cat(sx), torch.tensor(sy), torch.cat(qx), torch.tensor(qy)
-
-
-def _wrong_episode_with_replacement(images, ways, shots, queries, generator):
-    classes = torch.randperm(images.shape[0], generator=generator)[:ways]
-    sx, sy, qx, qy = [], [], [], []
-    for label, c in enumerate(classes.tolist()):
-        picks = torch.randint(0, images.shape[1], (shots + queries,), generator=generator)
-        sx.append(images[c, picks[:shots]])
-        qx.append(images[c, picks[shots:]])
-        sy += [label] * shots
-        qy += [label] * queries
-    return torch.cat(sx), torch.tensor(sy), torch.cat(qx), torch.tensor(qy)
-
-
-def _wrong_episode_classes_with_replacement(images, ways, shots, queries, generator):
-    classes = torch.randint(0, images.shape[0], (ways,), generator=generator)
-    sx, sy, qx, qy = [], [], [], []
-    for label, c in enumerate(classes.tolist()):
-        picks = torch.randperm(images.shape[1], generator=generator)[:shots + queries]
-        sx.append(images[c, picks[:shots]])
-        qx.append(images[c, picks[shots:]])
-        sy += [label] * shots
-        qy += [label] * queries
-    return torch.cat(sx), torch.tensor(sy), torch.cat(qx), torch.tensor(qy)
-
-
-def _wrong_split_random(alphabets, test_alphabets):
-    count = sum(a in set(test_alphabets) for a in alphabets)
-    order = torch.randperm(len(alphabets), generator=torch.Generator().manual_seed(0)).tolist()
-    return sorted(order[count:]), sorted(order[:count])
-
-
-def _wrong_split_blocks(alphabets, test_alphabets):
-    # Assumes each alphabet's classes form one block, starting where it first appears.
-    first = {}
-    for c, a in enumerate(alphabets):
-        first.setdefault(a, c)
-    test = []
-    for a in test_alphabets:
-        test += range(first[a], first[a] + alphabets.count(a))
-    return [c for c in range(len(alphabets)) if c not in test], test
-
-
-def _wrong_sinusoid_full_phase(points, generator):
-    amplitude = 0.1 + 4.9 * torch.rand((), generator=generator)
-    phase = 2 * math.pi * torch.rand((), generator=generator)
-    x = -5 + 10 * torch.rand(points, 1, generator=generator)
-    return x, amplitude * torch.sin(x - phase)
-
-
-def _wrong_sinusoid_unit_x(points, generator):
-    amplitude = 0.1 + 4.9 * torch.rand((), generator=generator)
-    phase = math.pi * torch.rand((), generator=generator)
-    x = torch.rand(points, 1, generator=generator)
-    return x, amplitude * torch.sin(x - phase)
-
-
-def _wrong_sinusoid_offset(points, generator):
-    amplitude = 0.1 + 4.9 * torch.rand((), generator=generator)
-    phase = math.pi * torch.rand((), generator=generator)
-    x = -5 + 10 * torch.rand(points, 1, generator=generator)
-    return x, amplitude * torch.sin(x) + phase
-
-
-GRADERS = {
-    "check_episode": (check_episode, reference_episode, _stub,
-                      [_wrong_episode_no_remap, _wrong_episode_with_replacement,
-                       _wrong_episode_classes_with_replacement]),
-    "check_alphabet_split": (check_alphabet_split, reference_alphabet_split, _stub,
-                             [_wrong_split_random, _wrong_split_blocks]),
-    "check_sinusoid_task": (check_sinusoid_task, reference_sinusoid_task, _stub,
-                            [_wrong_sinusoid_full_phase, _wrong_sinusoid_unit_x, _wrong_sinusoid_offset]),
-}
+GRADERS = chapter_graders(globals())

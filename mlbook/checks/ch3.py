@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from ..bilevel import task_loss_fn
 from ..models import MLP, init_params
 from ..tasks import SinusoidFamily
-from .core import Case, assert_close, assert_gradients, grade
+from .core import Case, assert_close, assert_gradients, chapter_graders, grade
 
 __all__ = ["check_unrolled_adapt", "check_first_order_grad", "check_reptile_update"]
 
@@ -204,44 +204,4 @@ def check_reptile_update(fn):
     ])
 
 
-# -- stubs and plausible wrong answers, used by the tests ---------------------------------
-def _stub(*args):
-    raise NotImplementedError
-
-
-def _wrong_adapt_no_graph(loss_fn, params, x, y, lrs):
-    for lr in lrs:
-        grads = torch.autograd.grad(loss_fn(params, x, y), list(params.values()), retain_graph=True)
-        params = {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
-    return params
-
-
-def _wrong_adapt_first_rate(loss_fn, params, x, y, lrs):
-    return reference_unrolled_adapt(loss_fn, params, x, y, [lrs[0]] * len(lrs))
-
-
-def _wrong_fo_at_phi(loss_fn, params, sx, sy, qx, qy, lr, steps):
-    grads = torch.autograd.grad(loss_fn(params, qx, qy), list(params.values()))
-    return dict(zip(params, grads))
-
-
-def _wrong_fo_support(loss_fn, params, sx, sy, qx, qy, lr, steps):
-    return reference_first_order_grad(loss_fn, params, sx, sy, sx, sy, lr, steps)
-
-
-def _wrong_reptile_sign(phi, thetas, epsilon):
-    return {k: phi[k] - epsilon * torch.stack([t[k] - phi[k] for t in thetas]).mean(0) for k in phi}
-
-
-def _wrong_reptile_last(phi, thetas, epsilon):
-    return {k: phi[k] + epsilon * (thetas[-1][k] - phi[k]) for k in phi}
-
-
-GRADERS = {
-    "check_unrolled_adapt": (check_unrolled_adapt, reference_unrolled_adapt, _stub,
-                             [_wrong_adapt_no_graph, _wrong_adapt_first_rate]),
-    "check_first_order_grad": (check_first_order_grad, reference_first_order_grad, _stub,
-                               [_wrong_fo_at_phi, _wrong_fo_support]),
-    "check_reptile_update": (check_reptile_update, reference_reptile_update, _stub,
-                             [_wrong_reptile_sign, _wrong_reptile_last]),
-}
+GRADERS = chapter_graders(globals())

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .core import Case, assert_close, assert_gradients, grade
+from .core import Case, assert_close, assert_gradients, chapter_graders, grade
 
 __all__ = ["check_metasgd_step", "check_class_aggregation", "check_gaussian_nll"]
 
@@ -161,45 +161,4 @@ def check_gaussian_nll(fn):
     ])
 
 
-# -- stubs and plausible wrong answers, used by the tests ---------------------------------
-def _stub(*args):
-    raise NotImplementedError
-
-
-def _wrong_metasgd_scalar(params, grads, rates):
-    return {k: params[k] - rates[k].mean() * grads[k] for k in params}
-
-
-def _wrong_metasgd_abs(params, grads, rates):
-    return {k: params[k] - rates[k].abs() * grads[k] for k in params}
-
-
-def _wrong_aggregation_sum(r, labels, ways):
-    return torch.nn.functional.one_hot(labels, ways).to(r.dtype).T @ r
-
-
-def _wrong_aggregation_global(r, labels, ways):
-    return r.mean(0, keepdim=True).expand(ways, -1)
-
-
-def _wrong_aggregation_nan(r, labels, ways):
-    onehot = torch.nn.functional.one_hot(labels, ways).to(r.dtype)
-    return onehot.T @ r / onehot.sum(0)[:, None]
-
-
-def _wrong_nll_no_log(mean, variance, y):
-    return ((y - mean) ** 2 / (2 * variance)).mean()
-
-
-def _wrong_nll_std(mean, variance, y):
-    return reference_gaussian_nll(mean, variance.sqrt(), y)
-
-
-GRADERS = {
-    "check_metasgd_step": (check_metasgd_step, reference_metasgd_step, _stub,
-                           [_wrong_metasgd_scalar, _wrong_metasgd_abs]),
-    "check_class_aggregation": (check_class_aggregation, reference_class_aggregation, _stub,
-                                [_wrong_aggregation_sum, _wrong_aggregation_global, _wrong_aggregation_nan]),
-    "check_gaussian_nll": (check_gaussian_nll, reference_gaussian_nll, _stub,
-                           [_wrong_nll_no_log, _wrong_nll_std]),
-}
+GRADERS = chapter_graders(globals())

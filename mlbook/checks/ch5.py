@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .core import Case, assert_close, assert_gradients, grade
+from .core import Case, assert_close, assert_gradients, chapter_graders, grade
 
 __all__ = ["check_class_prototypes", "check_prototypical_loss", "check_accuracy_ci"]
 
@@ -173,41 +173,4 @@ def check_accuracy_ci(fn):
     ])
 
 
-# -- stubs and plausible wrong answers, used by the tests ---------------------------------
-def _stub(*args):
-    raise NotImplementedError
-
-
-def _wrong_proto_sum(embeddings, labels, ways):
-    return torch.stack([embeddings[labels == n].sum(0) for n in range(ways)])
-
-
-def _wrong_proto_blocks(embeddings, labels, ways):
-    return embeddings.reshape(ways, -1, embeddings.shape[-1]).mean(1)   # assumes sorted labels
-
-
-def _wrong_loss_unsquared(query, query_y, prototypes):
-    return F.cross_entropy(-torch.cdist(query, prototypes), query_y)
-
-
-def _wrong_loss_sign(query, query_y, prototypes):
-    return F.cross_entropy(((query[:, None] - prototypes[None]) ** 2).sum(-1), query_y)
-
-
-def _wrong_ci_population(accuracies):
-    a = torch.as_tensor(accuracies, dtype=torch.float64)
-    return a.mean().item(), 1.96 * a.std(unbiased=False).item() / math.sqrt(a.numel())
-
-
-def _wrong_ci_no_sqrt(accuracies):
-    a = torch.as_tensor(accuracies, dtype=torch.float64)
-    return a.mean().item(), 1.96 * a.std().item()
-
-
-GRADERS = {
-    "check_class_prototypes": (check_class_prototypes, reference_class_prototypes, _stub,
-                               [_wrong_proto_sum, _wrong_proto_blocks]),
-    "check_prototypical_loss": (check_prototypical_loss, reference_prototypical_loss, _stub,
-                                [_wrong_loss_unsquared, _wrong_loss_sign]),
-    "check_accuracy_ci": (check_accuracy_ci, reference_accuracy_ci, _stub, [_wrong_ci_population, _wrong_ci_no_sqrt]),
-}
+GRADERS = chapter_graders(globals())

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .core import Case, assert_close, grade
+from .core import Case, assert_close, chapter_graders, grade
 
 __all__ = ["check_posterior_update", "check_log_evidence", "check_predictive_variance"]
 
@@ -176,47 +176,4 @@ def check_predictive_variance(fn):
     ])
 
 
-# -- stubs and plausible wrong answers, used by the tests ---------------------------------
-def _stub(*args):
-    raise NotImplementedError
-
-
-def _wrong_posterior_no_prior_mean(prior_mean, prior_cov, features, y, noise_var):
-    return reference_posterior_update(torch.zeros_like(prior_mean), prior_cov, features, y, noise_var)
-
-
-def _wrong_posterior_noise_std(prior_mean, prior_cov, features, y, noise_var):
-    return reference_posterior_update(prior_mean, prior_cov, features, y, math.sqrt(noise_var))
-
-
-def _wrong_evidence_no_constant(prior_mean, prior_cov, features, y, noise_var):
-    return reference_log_evidence(prior_mean, prior_cov, features, y, noise_var) + 0.5 * len(y) * math.log(2 * math.pi)
-
-
-def _wrong_evidence_zero_mean(prior_mean, prior_cov, features, y, noise_var):
-    return reference_log_evidence(torch.zeros_like(prior_mean), prior_cov, features, y, noise_var)
-
-
-def _wrong_evidence_no_noise_in_logdet(prior_mean, prior_cov, features, y, noise_var):
-    # the likelihood at the prior mean alone: ignores the prior's spread
-    r = y - features @ prior_mean
-    return -0.5 * (r @ r / noise_var + len(y) * math.log(2 * math.pi * noise_var))
-
-
-def _wrong_variance_no_noise(post_cov, features, noise_var):
-    return reference_predictive_variance(post_cov, features, 0.0)
-
-
-def _wrong_variance_diagonal_only(post_cov, features, noise_var):
-    return (features ** 2 @ post_cov.diagonal()) + noise_var
-
-
-GRADERS = {
-    "check_posterior_update": (check_posterior_update, reference_posterior_update, _stub,
-                               [_wrong_posterior_no_prior_mean, _wrong_posterior_noise_std]),
-    "check_log_evidence": (check_log_evidence, reference_log_evidence, _stub,
-                           [_wrong_evidence_no_constant, _wrong_evidence_zero_mean,
-                            _wrong_evidence_no_noise_in_logdet]),
-    "check_predictive_variance": (check_predictive_variance, reference_predictive_variance, _stub,
-                                  [_wrong_variance_no_noise, _wrong_variance_diagonal_only]),
-}
+GRADERS = chapter_graders(globals())

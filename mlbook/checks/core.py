@@ -56,9 +56,9 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["Case", "CaseResult", "Report", "Student", "grade", "assert_close", "assert_shape",
-           "assert_gradients", "binomial_frequency_ok", "ks_uniform_statistic", "ks_threshold",
-           "uniform_end_slack"]
+__all__ = ["Case", "CaseResult", "Report", "Student", "grade", "chapter_graders", "assert_close",
+           "assert_shape", "assert_gradients", "binomial_frequency_ok", "ks_uniform_statistic",
+           "ks_threshold", "uniform_end_slack"]
 
 # The whole grader (all its cases together) returns within this many seconds, plus about one
 # second to start and stop the child process.
@@ -605,6 +605,16 @@ def grade(title: str, student_fn: Callable, cases: list[Case], time_limit: float
         print(report.text())
         report.printed = True
     return report
+
+
+def chapter_graders(namespace: dict) -> dict[str, tuple[Callable, Callable]]:
+    """``{"check_x": (check_x, reference_x)}`` for every grader in a chapter module's ``__all__``,
+    for the tests (introduction, "Practise").
+
+    Every ``check_x`` is graded against its reference ``reference_x``; a grader without one
+    fails at import rather than going untested."""
+    return {name: (namespace[name], namespace["reference_" + name.removeprefix("check_")])
+            for name in namespace["__all__"]}
 
 
 # -- helpers for the graders ---------------------------------------------------------------
