@@ -7,7 +7,8 @@ from torch.func import functional_call
 
 from ..models import MLP, init_params
 from ..tasks import SinusoidFamily
-from .core import Case, assert_close, assert_gradients, chapter_graders, grade
+from .core import (Case, as_scalar, assert_close, assert_gradients, assert_same_names, chapter_graders, entry_mistakes,
+                   grade, named)
 
 __all__ = ["check_sgd_step", "check_adapt", "check_meta_objective"]
 
@@ -18,16 +19,9 @@ def _random_params(seed, names=("w", "b"), requires_grad=False):
     return {n: torch.randn(shapes.get(n, (4,)), generator=g).requires_grad_(requires_grad) for n in names}
 
 
-def _dict_out(out, expected_names, what="return"):
-    if not isinstance(out, dict):
-        raise AssertionError(f"{what} a dict of tensors with the same names as params, got {type(out).__name__}")
-    if set(out) != set(expected_names):
-        raise AssertionError(f"the returned dict has the names {sorted(map(str, out))}, expected "
-                             f"{sorted(expected_names)} (take the names from params, do not write them out)")
-
-
-def _named(prefix, params):
-    return {f"{prefix}[{k!r}]": v for k, v in params.items()}
+def _dict_out(out, params):
+    assert_same_names(out, params, "a dict of tensors with the same names as params",
+                      " (take the names from params, do not write them out)")
 
 
 # -- Exercise 1: one functional SGD step --------------------------------------------------
@@ -57,8 +51,8 @@ def _sgd_case(seed, lr, names=("w", "b"), check_grad=False):
                 "params - grads: lr is not used": p - g})
         if check_grad:
             fn_params, fn_grads, _ = fn.args
-            assert_gradients(out, expected, {**_named("params", fn_params), **_named("grads", fn_grads)},
-                             {**_named("params", params), **_named("grads", grads)}, "the new params")
+            assert_gradients(out, expected, {**named("params", fn_params), **named("grads", fn_grads)},
+                             {**named("params", params), **named("grads", grads)}, "the new params")
     return test
 
 
@@ -112,29 +106,18 @@ def _adapt_mistakes(model, params, x, y, lr, steps):
     return mistakes
 
 
-def _once(fn):
-    cache = []
-
-    def cached():
-        if not cache:
-            cache.append(fn())
-        return cache[0]
-    return cached
-
-
 def _adapt_case(seed, lr, steps):
     def test(fn):
         model, params, x, y = _adapt_problem(seed)
         expected = reference_adapt(model, params, x, y, lr, steps)
         out = fn(model, params, x, y, lr, steps)
         _dict_out(out, params)
-        mistakes = {d: _once(f) for d, f in _adapt_mistakes(model, params, x, y, lr, steps).items()}
+        mistakes = entry_mistakes(_adapt_mistakes(model, params, x, y, lr, steps))
         for name in params:
-            assert_close(out[name], expected[name], f"adapted {name!r}", atol=1e-5,
-                         mistakes={d: (lambda f=f, name=name: f()[name]) for d, f in mistakes.items()})
+            assert_close(out[name], expected[name], f"adapted {name!r}", atol=1e-5, mistakes=mistakes(name))
         _, fn_params, fn_x, fn_y, _, _ = fn.args
-        assert_gradients(out, expected, {**_named("params", fn_params), "x": fn_x, "y": fn_y},
-                         {**_named("params", params), "x": x, "y": y}, "the adapted params",
+        assert_gradients(out, expected, {**named("params", fn_params), "x": fn_x, "y": fn_y},
+                         {**named("params", params), "x": x, "y": y}, "the adapted params",
                          atol=1e-4, rtol=1e-3, mistakes={
                              "the first-order gradient: the second-order term is missing "
                              "(torch.autograd.grad without create_graph=True?)":
@@ -183,8 +166,7 @@ def _meta_case(seed, batch, steps):
         episode = SinusoidFamily(shots=5, queries=7).sample(batch, torch.Generator().manual_seed(seed))
         expected = reference_meta_objective(model, params, episode, 0.02, steps)
         out = fn(model, params, episode, 0.02, steps)
-        if isinstance(out, torch.Tensor) and out.numel() == 1:
-            out = out.reshape(())
+        out = as_scalar(out)
         v = dict(model=model, params=params, episode=episode, lr=0.02)
         assert_close(out, expected, "meta-objective", atol=1e-5, mistakes={
             "the loss on the support set: score the query set after adapting on the support set":
@@ -199,7 +181,7 @@ def _meta_case(seed, batch, steps):
             "the first task only: loop over all episode.batch_size tasks":
                 lambda: _variant_meta(**v, steps=steps, tasks=1)})
         fn_params = fn.args[1]
-        assert_gradients(out, expected, _named("params", fn_params), _named("params", params),
+        assert_gradients(out, expected, named("params", fn_params), named("params", params),
                          "the meta-objective", atol=1e-5, rtol=1e-3, mistakes={
                              "the first-order meta-gradient: the second-order term is missing "
                              "(create_graph=True in the inner step?)":

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from ..bilevel import task_loss_fn
 from ..models import MLP, init_params
 from ..tasks import SinusoidFamily
-from .core import Case, assert_close, assert_gradients, chapter_graders, grade
+from .core import Case, assert_close, assert_gradients, assert_same_names, chapter_graders, entry_mistakes, grade, named
 
 __all__ = ["check_unrolled_adapt", "check_first_order_grad", "check_reptile_update"]
 
@@ -39,17 +39,6 @@ def _variant_unrolled(loss_fn, params, x, y, lrs, second_order=True):
     return params
 
 
-def _named(prefix, params):
-    return {f"{prefix}[{k!r}]": v for k, v in params.items()}
-
-
-def _dict_out(out, names, what="params"):
-    if not isinstance(out, dict):
-        raise AssertionError(f"return a dict with the same names as {what}, got {type(out).__name__}")
-    if set(out) != set(names):
-        raise AssertionError(f"the returned dict has the names {sorted(map(str, out))}, expected {sorted(names)}")
-
-
 def _adapt_case(seed, lrs):
     def test(fn):
         loss_fn, params, (sx, sy, qx, qy) = _problem(seed)
@@ -57,7 +46,7 @@ def _adapt_case(seed, lrs):
         lr_tensor = torch.tensor(lrs, dtype=DT, requires_grad=True)
         want = reference_unrolled_adapt(loss_fn, params, sx, sy, lr_tensor)
         out = fn(loss_fn, params, sx, sy, lr_tensor)
-        _dict_out(out, params)
+        assert_same_names(out, params)
         n = len(lrs)
         mistakes = {
             "every step with lrs[0]: step t must use lrs[t]":
@@ -69,13 +58,12 @@ def _adapt_case(seed, lrs):
             "gradient ascent: the step has the wrong sign": lambda: reference_unrolled_adapt(loss_fn, params, sx, sy,
                                                                                              -lr_tensor),
         }
-        cache = {}
+        mistakes = entry_mistakes(mistakes)
         for name in params:
-            assert_close(out[name], want[name], f"adapted {name!r}", atol=1e-10, mistakes={
-                d: (lambda d=d, f=f, name=name: cache.setdefault(d, f())[name]) for d, f in mistakes.items()})
+            assert_close(out[name], want[name], f"adapted {name!r}", atol=1e-10, mistakes=mistakes(name))
         _, fn_params, fn_x, _, fn_lrs = fn.args
-        assert_gradients(out, want, {**_named("params", fn_params), "lrs": fn_lrs, "x": fn_x},
-                         {**_named("params", params), "lrs": lr_tensor, "x": sx}, "the adapted params",
+        assert_gradients(out, want, {**named("params", fn_params), "lrs": fn_lrs, "x": fn_x},
+                         {**named("params", params), "lrs": lr_tensor, "x": sx}, "the adapted params",
                          atol=1e-9, rtol=1e-6, mistakes={
                              "the first-order gradient: the second-order term is missing "
                              "(torch.autograd.grad without create_graph=True?)":
@@ -120,7 +108,7 @@ def _fo_case(seed, lr, steps):
         loss_fn, params, (sx, sy, qx, qy) = _problem(seed)
         want = reference_first_order_grad(loss_fn, params, sx, sy, qx, qy, lr, steps)
         out = fn(loss_fn, params, sx, sy, qx, qy, lr, steps)
-        _dict_out(out, params, "params (one gradient per name)")
+        assert_same_names(out, params, "a dict with the same names as params (one gradient per name)")
         args = (loss_fn, params, sx, sy, qx, qy)
         mistakes = {
             "the query gradient at params, before adapting (zero inner steps)":
@@ -137,7 +125,7 @@ def _fo_case(seed, lr, steps):
             "MAML's full second-order gradient: the exercise asks for the first-order approximation "
             "(no graph through the inner steps)": lambda: _second_order_grad(*args, lr, steps),
         }
-        cache = {}
+        mistakes = entry_mistakes(mistakes)
         for name in params:
             if isinstance(out[name], torch.Tensor) and out[name].shape == want[name].shape and \
                     not torch.allclose(out[name].detach().double(), want[name], atol=1e-9):
@@ -145,8 +133,7 @@ def _fo_case(seed, lr, steps):
                 if torch.allclose(out[name].detach().double(), adapted[name].detach(), atol=1e-9):
                     raise AssertionError(f"the result for {name!r} is the adapted parameter theta, not a gradient: "
                                          "return the query loss's gradient at theta")
-            assert_close(out[name], want[name], f"gradient for {name!r}", atol=1e-9, mistakes={
-                d: (lambda d=d, f=f, name=name: cache.setdefault(d, f())[name]) for d, f in mistakes.items()})
+            assert_close(out[name], want[name], f"gradient for {name!r}", atol=1e-9, mistakes=mistakes(name))
     return test
 
 
@@ -174,7 +161,7 @@ def _reptile_case(seed, tasks, epsilon):
         thetas = [{k: v + torch.randn(v.shape, generator=g, dtype=DT) for k, v in phi.items()} for _ in range(tasks)]
         want = reference_reptile_update(phi, thetas, epsilon)
         out = fn(phi, thetas, epsilon)
-        _dict_out(out, phi, "phi")
+        assert_same_names(out, phi, "a dict with the same names as phi")
         mean = {k: torch.stack([t[k] for t in thetas]).mean(0) for k in phi}
         for k in phi:
             assert_close(out[k], want[k], f"new {k!r}", atol=1e-12, mistakes={

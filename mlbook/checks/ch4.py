@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .core import Case, assert_close, assert_gradients, chapter_graders, grade
+from .core import Case, as_scalar, assert_close, assert_gradients, chapter_graders, grade, named
 
 __all__ = ["check_metasgd_step", "check_class_aggregation", "check_gaussian_nll"]
 
@@ -13,10 +13,6 @@ __all__ = ["check_metasgd_step", "check_class_aggregation", "check_gaussian_nll"
 def _tensors(seed, shapes):
     g = torch.Generator().manual_seed(seed)
     return {name: torch.randn(*shape, generator=g) for name, shape in shapes.items()}
-
-
-def _named(prefix, tensors):
-    return {f"{prefix}[{k!r}]": v for k, v in tensors.items()}
 
 
 # -- Exercise 1: the Meta-SGD update ------------------------------------------------------
@@ -50,8 +46,8 @@ def _metasgd_case(seed, shapes, check_grad=False):
                 "params - rates: the gradient is not used": p - a})
         if check_grad:
             fp, fg, fr = fn.args
-            assert_gradients(out, expected, {**_named("rates", fr), **_named("params", fp), **_named("grads", fg)},
-                             {**_named("rates", rates), **_named("params", params), **_named("grads", grads)},
+            assert_gradients(out, expected, {**named("rates", fr), **named("params", fp), **named("grads", fg)},
+                             {**named("rates", rates), **named("params", params), **named("grads", grads)},
                              "the new params")
     return test
 
@@ -125,8 +121,7 @@ def _nll_case(seed, shape):
         variance = (0.05 + torch.rand(*shape, generator=g) * 2).requires_grad_()
         expected = reference_gaussian_nll(mean, variance, y)
         out = fn(mean, variance, y)
-        if isinstance(out, torch.Tensor) and out.numel() == 1:
-            out = out.reshape(())
+        out = as_scalar(out)
         m, v, t = mean.detach(), variance.detach(), y.detach()
         sq = (t - m) ** 2
         n = m.numel()

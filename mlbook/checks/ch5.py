@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .core import Case, assert_close, assert_gradients, chapter_graders, grade
+from .core import Case, as_scalar, assert_close, assert_gradients, chapter_graders, grade
 
 __all__ = ["check_class_prototypes", "check_prototypical_loss", "check_accuracy_ci"]
 
@@ -79,8 +79,7 @@ def _loss_case(seed, ways, queries, dim):
         protos.requires_grad_()
         expected = reference_prototypical_loss(query, query_y, protos)
         out = fn(query, query_y, protos)
-        if isinstance(out, torch.Tensor) and out.numel() == 1:
-            out = out.reshape(())
+        out = as_scalar(out)
         q, p = query.detach(), protos.detach()
         d2 = ((q[:, None] - p[None]) ** 2).sum(-1)
         assert_close(out, expected, "loss", atol=1e-8, mistakes={

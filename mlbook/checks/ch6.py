@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .core import Case, assert_close, chapter_graders, grade
+from .core import Case, as_scalar, assert_close, chapter_graders, grade
 
 __all__ = ["check_posterior_update", "check_log_evidence", "check_predictive_variance"]
 
@@ -99,8 +99,7 @@ def _evidence_case(seed, d, k, noise_var, zero_mean=False):
         m, s, phi, y, _ = _problem(seed, d, k, zero_mean=zero_mean)
         want = reference_log_evidence(m, s, phi, y, noise_var)
         out = fn(m, s, phi, y, noise_var)
-        if isinstance(out, torch.Tensor) and out.numel() == 1:
-            out = out.reshape(())
+        out = as_scalar(out)
         eye = torch.eye(k, dtype=F64)
         cov = phi @ s @ phi.T + noise_var * eye
         r = y - phi @ m
