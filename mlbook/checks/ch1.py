@@ -30,6 +30,18 @@ def reference_sgd_step(params, grads, lr):
     return {name: params[name] - lr * grads[name] for name in params}
 
 
+def check_sgd_step(fn):
+    """Grade ``fn(params, grads, lr) -> new_params``: theta - lr * g, functionally (Chapter 1)."""
+    return grade("Exercise 1.1: one functional SGD step", fn, [
+        Case("lr = 0.1 on two tensors", _sgd_case(0, 0.1), "new = old - lr * grad, for every name"),
+        Case("lr = 0.5", _sgd_case(1, 0.5), "use the lr argument, not a constant", hidden=True),
+        Case("the step is differentiable", _sgd_case(2, 0.01, check_grad=True),
+             "the inner loop differentiates through this step: no torch.no_grad(), .detach() or .data"),
+        Case("other names, inputs left unchanged", _sgd_case(3, 0.2, ("w", "c", "scale")),
+             "loop over params' own names and build a new dict instead of `-=`", hidden=True),
+    ])
+
+
 def _sgd_case(seed, lr, names=("w", "b"), check_grad=False):
     def test(fn):
         params = _random_params(seed, names, check_grad)
@@ -56,18 +68,6 @@ def _sgd_case(seed, lr, names=("w", "b"), check_grad=False):
     return test
 
 
-def check_sgd_step(fn):
-    """Grade ``fn(params, grads, lr) -> new_params``: theta - lr * g, functionally (Chapter 1)."""
-    return grade("Exercise 1.1: one functional SGD step", fn, [
-        Case("lr = 0.1 on two tensors", _sgd_case(0, 0.1), "new = old - lr * grad, for every name"),
-        Case("lr = 0.5", _sgd_case(1, 0.5), "use the lr argument, not a constant", hidden=True),
-        Case("the step is differentiable", _sgd_case(2, 0.01, check_grad=True),
-             "the inner loop differentiates through this step: no torch.no_grad(), .detach() or .data"),
-        Case("other names, inputs left unchanged", _sgd_case(3, 0.2, ("w", "c", "scale")),
-             "loop over params' own names and build a new dict instead of `-=`", hidden=True),
-    ])
-
-
 # -- Exercise 2: Adapt(phi, D_train) with a few gradient steps ----------------------------
 def reference_adapt(model, params, x, y, lr, steps):
     """The reference: ``steps`` differentiable MSE gradient steps from ``params`` (Chapter 1)."""
@@ -76,6 +76,16 @@ def reference_adapt(model, params, x, y, lr, steps):
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
         params = {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
     return params
+
+
+def check_adapt(fn):
+    """Grade ``fn(model, params, x, y, lr, steps) -> adapted params`` (Chapter 1)."""
+    return grade("Exercise 1.2: Adapt(phi, D_train)", fn, [
+        Case("one step", _adapt_case(0, 0.01, 1), "loss = MSE of functional_call(model, params, (x,)) against y"),
+        Case("three steps", _adapt_case(1, 0.01, 3), "repeat the step `steps` times from the new params"),
+        Case("another learning rate, differentiable through every step", _adapt_case(2, 0.05, 2),
+             "use lr, and keep the graph of every step (create_graph=True, no .detach())", hidden=True),
+    ])
 
 
 def _variant_adapt(model, params, x, y, lr, steps, second_order=True, reduction="mean"):
@@ -125,16 +135,6 @@ def _adapt_case(seed, lr, steps):
     return test
 
 
-def check_adapt(fn):
-    """Grade ``fn(model, params, x, y, lr, steps) -> adapted params`` (Chapter 1)."""
-    return grade("Exercise 1.2: Adapt(phi, D_train)", fn, [
-        Case("one step", _adapt_case(0, 0.01, 1), "loss = MSE of functional_call(model, params, (x,)) against y"),
-        Case("three steps", _adapt_case(1, 0.01, 3), "repeat the step `steps` times from the new params"),
-        Case("another learning rate, differentiable through every step", _adapt_case(2, 0.05, 2),
-             "use lr, and keep the graph of every step (create_graph=True, no .detach())", hidden=True),
-    ])
-
-
 # -- Exercise 3: the meta-objective --------------------------------------------------------
 def reference_meta_objective(model, params, episode, lr, steps):
     """The reference: the mean over tasks of the query loss after Adapt (Chapter 1)."""
@@ -143,6 +143,18 @@ def reference_meta_objective(model, params, episode, lr, steps):
         adapted = reference_adapt(model, params, episode.support_x[i], episode.support_y[i], lr, steps)
         losses.append(F.mse_loss(functional_call(model, adapted, (episode.query_x[i],)), episode.query_y[i]))
     return torch.stack(losses).mean()
+
+
+def check_meta_objective(fn):
+    """Grade ``fn(model, params, episode, lr, steps) -> scalar``: mean post-adaptation query loss (Chapter 1)."""
+    return grade("Exercise 1.3: the meta-objective", fn, [
+        Case("four tasks, one step", _meta_case(0, 4, 1),
+             "adapt on each task's support set, then score its query set; average over tasks"),
+        Case("the meta-gradient flows through Adapt", _meta_case(1, 3, 1),
+             "keep the graph of the inner step (create_graph=True)"),
+        Case("eight tasks, two steps", _meta_case(2, 8, 2),
+             "use `steps` inner steps for every one of the episode's tasks", hidden=True),
+    ])
 
 
 def _variant_meta(model, params, episode, lr, steps, fit="support", score="query", tasks=None,
@@ -187,18 +199,6 @@ def _meta_case(seed, batch, steps):
                              "(create_graph=True in the inner step?)":
                              lambda: _variant_meta(**v, steps=steps, second_order=False)})
     return test
-
-
-def check_meta_objective(fn):
-    """Grade ``fn(model, params, episode, lr, steps) -> scalar``: mean post-adaptation query loss (Chapter 1)."""
-    return grade("Exercise 1.3: the meta-objective", fn, [
-        Case("four tasks, one step", _meta_case(0, 4, 1),
-             "adapt on each task's support set, then score its query set; average over tasks"),
-        Case("the meta-gradient flows through Adapt", _meta_case(1, 3, 1),
-             "keep the graph of the inner step (create_graph=True)"),
-        Case("eight tasks, two steps", _meta_case(2, 8, 2),
-             "use `steps` inner steps for every one of the episode's tasks", hidden=True),
-    ])
 
 
 GRADERS = chapter_graders(globals())

@@ -32,6 +32,17 @@ def reference_unrolled_adapt(loss_fn, params, x, y, lrs):
     return params
 
 
+def check_unrolled_adapt(fn):
+    """Grade ``fn(loss_fn, params, x, y, lrs) -> theta``: one differentiable step per rate (Chapter 3)."""
+    return grade("Exercise 3.1: a differentiable inner loop", fn, [
+        Case("one step", _adapt_case(0, [0.1]), "theta = params - lr * grad of loss_fn(params, x, y)"),
+        Case("three steps, three rates", _adapt_case(1, [0.1, 0.05, 0.02]), "step t uses lrs[t]"),
+        Case("the meta-gradient reaches params and the rates", _adapt_case(2, [0.1, 0.1]),
+             "torch.autograd.grad(..., create_graph=True) keeps the second-order graph; use lr as a tensor, "
+             "not lr.item()"),
+    ])
+
+
 def _variant_unrolled(loss_fn, params, x, y, lrs, second_order=True):
     for lr in lrs:
         grads = torch.autograd.grad(loss_fn(params, x, y), list(params.values()), create_graph=second_order)
@@ -74,17 +85,6 @@ def _adapt_case(seed, lrs):
     return test
 
 
-def check_unrolled_adapt(fn):
-    """Grade ``fn(loss_fn, params, x, y, lrs) -> theta``: one differentiable step per rate (Chapter 3)."""
-    return grade("Exercise 3.1: a differentiable inner loop", fn, [
-        Case("one step", _adapt_case(0, [0.1]), "theta = params - lr * grad of loss_fn(params, x, y)"),
-        Case("three steps, three rates", _adapt_case(1, [0.1, 0.05, 0.02]), "step t uses lrs[t]"),
-        Case("the meta-gradient reaches params and the rates", _adapt_case(2, [0.1, 0.1]),
-             "torch.autograd.grad(..., create_graph=True) keeps the second-order graph; use lr as a tensor, "
-             "not lr.item()"),
-    ])
-
-
 # -- Exercise 2: the first-order approximation -------------------------------------------
 def reference_first_order_grad(loss_fn, params, sx, sy, qx, qy, lr, steps):
     """The reference: the query gradient at theta adapted without a graph (Chapter 3)."""
@@ -96,6 +96,17 @@ def reference_first_order_grad(loss_fn, params, sx, sy, qx, qy, lr, steps):
     theta = {k: v.requires_grad_() for k, v in theta.items()}
     grads = torch.autograd.grad(loss_fn(theta, qx, qy), list(theta.values()))
     return dict(zip(theta, grads))
+
+
+def check_first_order_grad(fn):
+    """Grade ``fn(loss_fn, params, sx, sy, qx, qy, lr, steps) -> dict``: FOMAML's meta-gradient (Chapter 3)."""
+    return grade("Exercise 3.2: the first-order approximation", fn, [
+        Case("one step", _fo_case(0, 0.1, 1), "adapt on the support set, then take the query gradient at theta"),
+        Case("three steps", _fo_case(1, 0.05, 3), "the gradient is taken at the adapted theta, not at params"),
+        Case("another task", _fo_case(2, 0.2, 2),
+             "`steps` plain steps theta - lr * grad on (sx, sy); then the gradient of the loss on (qx, qy)",
+             hidden=True),
+    ])
 
 
 def _second_order_grad(loss_fn, params, sx, sy, qx, qy, lr, steps):
@@ -137,21 +148,23 @@ def _fo_case(seed, lr, steps):
     return test
 
 
-def check_first_order_grad(fn):
-    """Grade ``fn(loss_fn, params, sx, sy, qx, qy, lr, steps) -> dict``: FOMAML's meta-gradient (Chapter 3)."""
-    return grade("Exercise 3.2: the first-order approximation", fn, [
-        Case("one step", _fo_case(0, 0.1, 1), "adapt on the support set, then take the query gradient at theta"),
-        Case("three steps", _fo_case(1, 0.05, 3), "the gradient is taken at the adapted theta, not at params"),
-        Case("another task", _fo_case(2, 0.2, 2),
-             "`steps` plain steps theta - lr * grad on (sx, sy); then the gradient of the loss on (qx, qy)",
-             hidden=True),
-    ])
-
-
 # -- Exercise 3: the Reptile update ------------------------------------------------------
 def reference_reptile_update(phi, thetas, epsilon):
     """The reference: ``phi + epsilon * mean_i (theta_i - phi)`` (Chapter 3)."""
     return {k: phi[k] + epsilon * torch.stack([t[k] - phi[k] for t in thetas]).mean(0) for k in phi}
+
+
+def check_reptile_update(fn):
+    """Grade ``fn(phi, thetas, epsilon) -> new phi``: phi + epsilon * mean_i (theta_i - phi) (Chapter 3)."""
+    return grade("Exercise 3.3: the Reptile update", fn, [
+        Case("one task", _reptile_case(0, tasks=1, epsilon=0.5), "move phi a fraction epsilon towards theta"),
+        Case("four tasks", _reptile_case(1, tasks=4, epsilon=0.1), "average the directions theta_i - phi over tasks"),
+        Case("epsilon = 1 with two tasks", _reptile_case(2, tasks=2, epsilon=1.0),
+             "with epsilon = 1, phi moves all the way to the mean of the thetas", hidden=True),
+        Case("three tasks, a small step", _reptile_case(3, tasks=3, epsilon=0.25),
+             "new phi = phi + epsilon * mean over tasks of (theta_i - phi); leave phi and thetas unchanged",
+             hidden=True),
+    ])
 
 
 def _reptile_case(seed, tasks, epsilon):
@@ -176,19 +189,6 @@ def _reptile_case(seed, tasks, epsilon):
                 "epsilon * mean(theta_i) + phi: subtract phi inside the mean": phi[k] + epsilon * mean[k],
                 "epsilon * mean(theta_i - phi) alone: add it to phi": epsilon * (mean[k] - phi[k])})
     return test
-
-
-def check_reptile_update(fn):
-    """Grade ``fn(phi, thetas, epsilon) -> new phi``: phi + epsilon * mean_i (theta_i - phi) (Chapter 3)."""
-    return grade("Exercise 3.3: the Reptile update", fn, [
-        Case("one task", _reptile_case(0, 1, 0.5), "move phi a fraction epsilon towards theta"),
-        Case("four tasks", _reptile_case(1, 4, 0.1), "average the directions theta_i - phi over tasks"),
-        Case("epsilon = 1 with two tasks", _reptile_case(2, 2, 1.0),
-             "with epsilon = 1, phi moves all the way to the mean of the thetas", hidden=True),
-        Case("three tasks, a small step", _reptile_case(3, 3, 0.25),
-             "new phi = phi + epsilon * mean over tasks of (theta_i - phi); leave phi and thetas unchanged",
-             hidden=True),
-    ])
 
 
 GRADERS = chapter_graders(globals())

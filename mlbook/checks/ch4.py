@@ -21,6 +21,18 @@ def reference_metasgd_step(params, grads, rates):
     return {name: params[name] - rates[name] * grads[name] for name in params}
 
 
+def check_metasgd_step(fn):
+    """Grade ``fn(params, grads, rates) -> new params``: theta = phi - alpha ⊙ g (Chapter 4)."""
+    return grade("Exercise 4.1: the Meta-SGD update", fn, [
+        Case("a weight matrix and a bias", _metasgd_case(0, {"w": (3, 2), "b": (3,)}),
+             "multiply each gradient entry by its own rate: rates[name] * grads[name]"),
+        Case("three tensors, some rates negative", _metasgd_case(5, {"a": (4, 4), "b": (4,), "c": (2, 4)}),
+             "a negative rate steps uphill on purpose: do not take its absolute value", hidden=True),
+        Case("the rates are learned: gradients reach them", _metasgd_case(7, {"w": (2, 3), "b": (2,)}, True),
+             "Meta-SGD trains the rates by the meta-gradient: no .detach(), .data or torch.no_grad()"),
+    ])
+
+
 def _metasgd_case(seed, shapes, check_grad=False):
     def test(fn):
         params, grads = _tensors(seed, shapes), _tensors(seed + 1, shapes)
@@ -52,23 +64,22 @@ def _metasgd_case(seed, shapes, check_grad=False):
     return test
 
 
-def check_metasgd_step(fn):
-    """Grade ``fn(params, grads, rates) -> new params``: theta = phi - alpha ⊙ g (Chapter 4)."""
-    return grade("Exercise 4.1: the Meta-SGD update", fn, [
-        Case("a weight matrix and a bias", _metasgd_case(0, {"w": (3, 2), "b": (3,)}),
-             "multiply each gradient entry by its own rate: rates[name] * grads[name]"),
-        Case("three tensors, some rates negative", _metasgd_case(5, {"a": (4, 4), "b": (4,), "c": (2, 4)}),
-             "a negative rate steps uphill on purpose: do not take its absolute value", hidden=True),
-        Case("the rates are learned: gradients reach them", _metasgd_case(7, {"w": (2, 3), "b": (2,)}, True),
-             "Meta-SGD trains the rates by the meta-gradient: no .detach(), .data or torch.no_grad()"),
-    ])
-
-
 # -- Exercise 2: the CNP's per-class aggregation ------------------------------------------
 def reference_class_aggregation(r, labels, ways):
     """The reference: per-class mean of ``r``, zeros for an empty class (Chapter 4)."""
     onehot = torch.nn.functional.one_hot(labels, ways).to(r.dtype)        # [M, N]
     return onehot.T @ r / onehot.sum(0).clamp(min=1)[:, None]
+
+
+def check_class_aggregation(fn):
+    """Grade ``fn(r [M, D], labels [M], ways) -> [ways, D]``: per-class mean of r (Chapter 4)."""
+    return grade("Exercise 4.2: a CNP's aggregation step", fn, [
+        Case("5-way 1-shot", _aggregation_case(0, 1, 5, 4), "row c is the mean of r over the examples labelled c"),
+        Case("3-way 4-shot, shuffled labels", _aggregation_case(1, 4, 3, 6),
+             "a mean, not a sum: divide by the number of examples of each class"),
+        Case("a class with no examples gives zeros", _aggregation_case(2, 2, 4, 3, drop_last=True),
+             "guard the division: clamp the counts to at least 1", hidden=True),
+    ])
 
 
 def _aggregation_case(seed, shots, ways, dim, drop_last=False):
@@ -97,21 +108,21 @@ def _aggregation_case(seed, shots, ways, dim, drop_last=False):
     return test
 
 
-def check_class_aggregation(fn):
-    """Grade ``fn(r [M, D], labels [M], ways) -> [ways, D]``: per-class mean of r (Chapter 4)."""
-    return grade("Exercise 4.2: a CNP's aggregation step", fn, [
-        Case("5-way 1-shot", _aggregation_case(0, 1, 5, 4), "row c is the mean of r over the examples labelled c"),
-        Case("3-way 4-shot, shuffled labels", _aggregation_case(1, 4, 3, 6),
-             "a mean, not a sum: divide by the number of examples of each class"),
-        Case("a class with no examples gives zeros", _aggregation_case(2, 2, 4, 3, drop_last=True),
-             "guard the division: clamp the counts to at least 1", hidden=True),
-    ])
-
-
 # -- Exercise 3: the Gaussian negative log-likelihood ------------------------------------
 def reference_gaussian_nll(mean, variance, y):
     """The reference: the mean Gaussian negative log-likelihood (Chapter 4)."""
     return (0.5 * torch.log(2 * math.pi * variance) + (y - mean) ** 2 / (2 * variance)).mean()
+
+
+def check_gaussian_nll(fn):
+    """Grade ``fn(mean, variance, y) -> scalar``: mean Gaussian NLL, the CNP's meta-loss (Chapter 4)."""
+    return grade("Exercise 4.3: the neural process's loss", fn, [
+        Case("ten points", _nll_case(0, (10, 1)),
+             "-log N(y; mu, s2) = 0.5 log(2 pi s2) + (y - mu)^2 / (2 s2), averaged"),
+        Case("gradient reaches the variance", _nll_case(1, (6, 2)),
+             "use the variance argument as a variance (not a standard deviation), with tensor operations"),
+        Case("a batch of tasks", _nll_case(2, (3, 8, 1)), "average over every entry, whatever the shape", hidden=True),
+    ])
 
 
 def _nll_case(seed, shape):
@@ -142,18 +153,6 @@ def _nll_case(seed, shape):
                              "the loss without its log term: it falls for ever as the variance grows":
                              lambda: ((y - mean) ** 2 / (2 * variance)).mean()})
     return test
-
-
-def check_gaussian_nll(fn):
-    """Grade ``fn(mean, variance, y) -> scalar``: mean Gaussian NLL, the CNP's meta-loss (Chapter 4)."""
-    return grade("Exercise 4.3: the neural process's loss", fn, [
-        Case("ten points", _nll_case(0, (10, 1)),
-             "-log N(y; mu, s2) = 0.5 log(2 pi s2) + (y - mu)^2 / (2 s2), averaged"),
-        Case("gradient reaches the variance", _nll_case(1, (6, 2)),
-             "use the variance argument as a variance (not a standard deviation), with tensor operations"),
-        Case("a batch of tasks", _nll_case(2, (3, 8, 1)), "average over every entry, whatever the shape",
-             hidden=True),
-    ])
 
 
 GRADERS = chapter_graders(globals())
