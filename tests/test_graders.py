@@ -1,6 +1,6 @@
 """Every grader in mlbook.checks, both ways: the reference passes; the blank stub fails (the
-plausible wrong answers are in the catalogues of test_grader_catalogue.py). Also: a grader
-survives a crash and an endless loop."""
+plausible wrong answers are in tests/grader_answers_ch*.py, run by test_grader_catalogue.py).
+Also: a grader survives a crash and an endless loop."""
 import importlib
 import pkgutil
 import time
