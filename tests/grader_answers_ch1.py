@@ -28,6 +28,12 @@ def sgd_inplace(params, grads, lr):
     return params
 
 
+def sgd_subtract_in_place(params, grads, lr):
+    for k in params:
+        params[k] -= lr * grads[k]
+    return params
+
+
 def sgd_into_dict(params, grads, lr):
     for k in params:
         params[k] = params[k] - lr * grads[k]
@@ -246,6 +252,7 @@ def meta_float64(model, params, episode, lr, steps):
 CATALOGUE = {
     "ch1.check_sgd_step": {
         "wrong": [(sgd_plus, "wrong sign"), (sgd_inplace, "changed its input"),
+                  (sgd_subtract_in_place, "changed its input"),
                   (sgd_into_dict, "changed its input"), (sgd_no_grad, "no gradient:"),
                   (sgd_detach, "no gradient:"), (sgd_data, "no gradient:"),
                   (sgd_fixed_lr, "not lr"), (sgd_step_only, "not the step"),

@@ -60,6 +60,24 @@ def episode_one_based(images, ways, shots, queries, generator):
                     lambda c: torch.randperm(images.shape[1], generator=generator), lambda label, c: label + 1)
 
 
+def episode_class_ids_as_labels(images, ways, shots, queries, generator):
+    classes = torch.randperm(images.shape[0], generator=generator)[:ways].tolist()
+    return _episode(images, ways, shots, queries, classes,
+                    lambda c: torch.randperm(images.shape[1], generator=generator), lambda label, c: c)
+
+
+def episode_examples_with_replacement(images, ways, shots, queries, generator):
+    classes = torch.randperm(images.shape[0], generator=generator)[:ways].tolist()
+    return _episode(images, ways, shots, queries, classes,
+                    lambda c: torch.randint(0, images.shape[1], (shots + queries,), generator=generator))
+
+
+def episode_classes_with_replacement(images, ways, shots, queries, generator):
+    classes = torch.randint(0, images.shape[0], (ways,), generator=generator).tolist()
+    return _episode(images, ways, shots, queries, classes,
+                    lambda c: torch.randperm(images.shape[1], generator=generator))
+
+
 def episode_sorted_classes(images, ways, shots, queries, generator):
     classes = sorted(torch.randperm(images.shape[0], generator=generator)[:ways].tolist())
     return _episode(images, ways, shots, queries, classes,
@@ -167,6 +185,24 @@ def split_first_test_only(alphabets, test_alphabets):
     return [c for c in range(len(alphabets)) if c not in test], test
 
 
+def split_random(alphabets, test_alphabets):
+    # the right number of test classes, but any of them
+    count = sum(a in set(test_alphabets) for a in alphabets)
+    order = torch.randperm(len(alphabets), generator=torch.Generator().manual_seed(0)).tolist()
+    return sorted(order[count:]), sorted(order[:count])
+
+
+def split_blocks_from_first(alphabets, test_alphabets):
+    # assumes each alphabet's classes form one block, starting where it first appears
+    first = {}
+    for c, a in enumerate(alphabets):
+        first.setdefault(a, c)
+    test = []
+    for a in test_alphabets:
+        test += range(first[a], first[a] + alphabets.count(a))
+    return [c for c in range(len(alphabets)) if c not in test], test
+
+
 def split_loop(alphabets, test_alphabets):
     train, test = [], []
     for index in range(len(alphabets)):
@@ -237,6 +273,18 @@ def sinusoid_full_amplitude(points, generator):
     return _task(points, generator, amplitude=5 * torch.rand((), generator=generator))
 
 
+def sinusoid_full_phase(points, generator):
+    return _task(points, generator, phase=2 * math.pi * torch.rand((), generator=generator))
+
+
+def sinusoid_unit_x(points, generator):
+    return _task(points, generator, x=torch.rand(points, 1, generator=generator))
+
+
+def sinusoid_offset(points, generator):
+    return _task(points, generator, law=lambda a, p, x: a * torch.sin(x) + p)
+
+
 def sinusoid_float64(points, generator):
     u = torch.rand(2 + points, generator=generator, dtype=torch.float64)
     amplitude, phase = 0.1 + 4.9 * u[0], math.pi * u[1]
@@ -257,7 +305,10 @@ CATALOGUE = {
                   (episode_same_examples, "example 0 of a class"), (episode_two_sets, "met in"),
                   (episode_float_labels, "integers \\(torch.long\\)"), (episode_one_based, "start at 1"),
                   (episode_sorted_classes, "do not sort"), (episode_reseeds, "never drew from `generator`"),
-                  (episode_overlap, "appears twice"), (episode_first_shots, "in the support set")],
+                  (episode_overlap, "appears twice"), (episode_first_shots, "in the support set"),
+                  (episode_class_ids_as_labels, "the original class numbers"),
+                  (episode_examples_with_replacement, "appears twice"),
+                  (episode_classes_with_replacement, "two labels stand for the same class")],
         "right": [episode_vectorised, episode_multinomial],
     },
     "ch2.check_alphabet_split": {
@@ -266,7 +317,8 @@ CATALOGUE = {
                   (split_swapped, "is in test, but"), (split_one_based, "count from 0"),
                   (split_names, "integer class indices"), (split_all_in_train, "in both splits"),
                   (split_sorts_input, "changed its input `alphabets`"), (split_first_block, "one block of classes"),
-                  (split_first_test_only, "in train")],
+                  (split_first_test_only, "in train"), (split_random, "is in test, but"),
+                  (split_blocks_from_first, "one block of classes")],
         "right": [split_loop, split_tensor],
     },
     "ch2.check_sinusoid_task": {
@@ -275,7 +327,9 @@ CATALOGUE = {
                   (sinusoid_narrow_x, "no x comes near -5"), (sinusoid_global_rng, "global generator"),
                   (sinusoid_python_random, "Python's random module"), (sinusoid_plus_phase, "with a minus"),
                   (sinusoid_cosine, "not a cosine"), (sinusoid_gaussian_x, "xs are not uniform"),
-                  (sinusoid_flat_y, "shape"), (sinusoid_full_amplitude, "must lie in \\[0.1, 5\\]")],
+                  (sinusoid_flat_y, "shape"), (sinusoid_full_amplitude, "must lie in \\[0.1, 5\\]"),
+                  (sinusoid_full_phase, "outside \\[0, pi\\]"), (sinusoid_unit_x, "no x comes near -5"),
+                  (sinusoid_offset, "an added constant")],
         "right": [sinusoid_float64, sinusoid_uniform_],
     },
 }

@@ -1,5 +1,6 @@
-"""Every grader in mlbook.checks, both ways: the reference passes; the blank stub and each
-plausible wrong answer fail. Also: a grader survives a crash and an endless loop."""
+"""Every grader in mlbook.checks, both ways: the reference passes; the blank stub fails (the
+plausible wrong answers are in tests/grader_answers_ch*.py, run by test_grader_catalogue.py).
+Also: a grader survives a crash and an endless loop."""
 import importlib
 import pkgutil
 import time
@@ -24,6 +25,11 @@ def _grader_entries():
 ENTRIES = _grader_entries()
 
 
+def _stub(*args):
+    """An exercise cell as the notebook hands it out, before the student writes anything."""
+    raise NotImplementedError
+
+
 def test_every_chapter_module_has_graders():
     modules = {p.id.split(".")[0] for p in ENTRIES}
     assert "ch1" in modules
@@ -32,25 +38,17 @@ def test_every_chapter_module_has_graders():
 
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_reference_passes(entry, capsys):
-    grader, reference, _, _ = entry
+    grader, reference = entry
     report = grader(reference)
     assert report.passed, capsys.readouterr().out
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_stub_fails(entry, capsys):
-    grader, _, stub, _ = entry
-    report = grader(stub)
+    grader, _ = entry
+    report = grader(_stub)
     assert not report.passed
     assert "not implemented yet" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("entry", ENTRIES)
-def test_wrong_answers_fail(entry):
-    grader, _, _, wrong_answers = entry
-    assert wrong_answers, "each grader needs at least one plausible wrong answer"
-    for wrong in wrong_answers:
-        assert not grader(wrong).passed, wrong.__name__
 
 
 def test_grader_survives_crash_and_endless_loop(capsys):
@@ -203,8 +201,8 @@ def test_changed_input_is_reported_as_such(capsys):
 
 def test_every_case_has_a_hint(capsys):
     for entry in ENTRIES:
-        grader, _, stub, _ = entry.values[0]
-        report = grader(stub)
+        grader, _ = entry.values[0]
+        report = grader(_stub)
         assert all(r.hint for r in report.results), report.text()
 
 

@@ -7,7 +7,8 @@ from torch.func import functional_call
 
 from ..models import MLP, init_params
 from ..tasks import SinusoidFamily
-from .core import Case, assert_close, assert_gradients, grade
+from .core import (Case, as_scalar, assert_close, assert_gradients, assert_same_names, chapter_graders, entry_mistakes,
+                   grade, named)
 
 __all__ = ["check_sgd_step", "check_adapt", "check_meta_objective"]
 
@@ -18,22 +19,27 @@ def _random_params(seed, names=("w", "b"), requires_grad=False):
     return {n: torch.randn(shapes.get(n, (4,)), generator=g).requires_grad_(requires_grad) for n in names}
 
 
-def _dict_out(out, expected_names, what="return"):
-    if not isinstance(out, dict):
-        raise AssertionError(f"{what} a dict of tensors with the same names as params, got {type(out).__name__}")
-    if set(out) != set(expected_names):
-        raise AssertionError(f"the returned dict has the names {sorted(map(str, out))}, expected "
-                             f"{sorted(expected_names)} (take the names from params, do not write them out)")
-
-
-def _named(prefix, params):
-    return {f"{prefix}[{k!r}]": v for k, v in params.items()}
+def _dict_out(out, params):
+    assert_same_names(out, params, "a dict of tensors with the same names as params",
+                      " (take the names from params, do not write them out)")
 
 
 # -- Exercise 1: one functional SGD step --------------------------------------------------
 def reference_sgd_step(params, grads, lr):
     """The reference: ``params - lr * grads`` for every name, as a new dict (Chapter 1)."""
     return {name: params[name] - lr * grads[name] for name in params}
+
+
+def check_sgd_step(fn):
+    """Grade ``fn(params, grads, lr) -> new_params``: theta - lr * g, functionally (Chapter 1)."""
+    return grade("Exercise 1.1: one functional SGD step", fn, [
+        Case("lr = 0.1 on two tensors", _sgd_case(0, 0.1), "new = old - lr * grad, for every name"),
+        Case("lr = 0.5", _sgd_case(1, 0.5), "use the lr argument, not a constant", hidden=True),
+        Case("the step is differentiable", _sgd_case(2, 0.01, check_grad=True),
+             "the inner loop differentiates through this step: no torch.no_grad(), .detach() or .data"),
+        Case("other names, inputs left unchanged", _sgd_case(3, 0.2, ("w", "c", "scale")),
+             "loop over params' own names and build a new dict instead of `-=`", hidden=True),
+    ])
 
 
 def _sgd_case(seed, lr, names=("w", "b"), check_grad=False):
@@ -57,21 +63,9 @@ def _sgd_case(seed, lr, names=("w", "b"), check_grad=False):
                 "params - grads: lr is not used": p - g})
         if check_grad:
             fn_params, fn_grads, _ = fn.args
-            assert_gradients(out, expected, {**_named("params", fn_params), **_named("grads", fn_grads)},
-                             {**_named("params", params), **_named("grads", grads)}, "the new params")
+            assert_gradients(out, expected, {**named("params", fn_params), **named("grads", fn_grads)},
+                             {**named("params", params), **named("grads", grads)}, "the new params")
     return test
-
-
-def check_sgd_step(fn):
-    """Grade ``fn(params, grads, lr) -> new_params``: theta - lr * g, functionally (Chapter 1)."""
-    return grade("Exercise 1.1: one functional SGD step", fn, [
-        Case("lr = 0.1 on two tensors", _sgd_case(0, 0.1), "new = old - lr * grad, for every name"),
-        Case("lr = 0.5", _sgd_case(1, 0.5), "use the lr argument, not a constant", hidden=True),
-        Case("the step is differentiable", _sgd_case(2, 0.01, check_grad=True),
-             "the inner loop differentiates through this step: no torch.no_grad(), .detach() or .data"),
-        Case("other names, inputs left unchanged", _sgd_case(3, 0.2, ("w", "c", "scale")),
-             "loop over params' own names and build a new dict instead of `-=`", hidden=True),
-    ])
 
 
 # -- Exercise 2: Adapt(phi, D_train) with a few gradient steps ----------------------------
@@ -82,6 +76,16 @@ def reference_adapt(model, params, x, y, lr, steps):
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
         params = {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
     return params
+
+
+def check_adapt(fn):
+    """Grade ``fn(model, params, x, y, lr, steps) -> adapted params`` (Chapter 1)."""
+    return grade("Exercise 1.2: Adapt(phi, D_train)", fn, [
+        Case("one step", _adapt_case(0, 0.01, 1), "loss = MSE of functional_call(model, params, (x,)) against y"),
+        Case("three steps", _adapt_case(1, 0.01, 3), "repeat the step `steps` times from the new params"),
+        Case("another learning rate, differentiable through every step", _adapt_case(2, 0.05, 2),
+             "use lr, and keep the graph of every step (create_graph=True, no .detach())", hidden=True),
+    ])
 
 
 def _variant_adapt(model, params, x, y, lr, steps, second_order=True, reduction="mean"):
@@ -112,44 +116,23 @@ def _adapt_mistakes(model, params, x, y, lr, steps):
     return mistakes
 
 
-def _once(fn):
-    cache = []
-
-    def cached():
-        if not cache:
-            cache.append(fn())
-        return cache[0]
-    return cached
-
-
 def _adapt_case(seed, lr, steps):
     def test(fn):
         model, params, x, y = _adapt_problem(seed)
         expected = reference_adapt(model, params, x, y, lr, steps)
         out = fn(model, params, x, y, lr, steps)
         _dict_out(out, params)
-        mistakes = {d: _once(f) for d, f in _adapt_mistakes(model, params, x, y, lr, steps).items()}
+        mistakes = entry_mistakes(_adapt_mistakes(model, params, x, y, lr, steps))
         for name in params:
-            assert_close(out[name], expected[name], f"adapted {name!r}", atol=1e-5,
-                         mistakes={d: (lambda f=f, name=name: f()[name]) for d, f in mistakes.items()})
+            assert_close(out[name], expected[name], f"adapted {name!r}", atol=1e-5, mistakes=mistakes(name))
         _, fn_params, fn_x, fn_y, _, _ = fn.args
-        assert_gradients(out, expected, {**_named("params", fn_params), "x": fn_x, "y": fn_y},
-                         {**_named("params", params), "x": x, "y": y}, "the adapted params",
+        assert_gradients(out, expected, {**named("params", fn_params), "x": fn_x, "y": fn_y},
+                         {**named("params", params), "x": x, "y": y}, "the adapted params",
                          atol=1e-4, rtol=1e-3, mistakes={
                              "the first-order gradient: the second-order term is missing "
                              "(torch.autograd.grad without create_graph=True?)":
                              lambda: _variant_adapt(model, params, x, y, lr, steps, second_order=False)})
     return test
-
-
-def check_adapt(fn):
-    """Grade ``fn(model, params, x, y, lr, steps) -> adapted params`` (Chapter 1)."""
-    return grade("Exercise 1.2: Adapt(phi, D_train)", fn, [
-        Case("one step", _adapt_case(0, 0.01, 1), "loss = MSE of functional_call(model, params, (x,)) against y"),
-        Case("three steps", _adapt_case(1, 0.01, 3), "repeat the step `steps` times from the new params"),
-        Case("another learning rate, differentiable through every step", _adapt_case(2, 0.05, 2),
-             "use lr, and keep the graph of every step (create_graph=True, no .detach())", hidden=True),
-    ])
 
 
 # -- Exercise 3: the meta-objective --------------------------------------------------------
@@ -160,6 +143,18 @@ def reference_meta_objective(model, params, episode, lr, steps):
         adapted = reference_adapt(model, params, episode.support_x[i], episode.support_y[i], lr, steps)
         losses.append(F.mse_loss(functional_call(model, adapted, (episode.query_x[i],)), episode.query_y[i]))
     return torch.stack(losses).mean()
+
+
+def check_meta_objective(fn):
+    """Grade ``fn(model, params, episode, lr, steps) -> scalar``: mean post-adaptation query loss (Chapter 1)."""
+    return grade("Exercise 1.3: the meta-objective", fn, [
+        Case("four tasks, one step", _meta_case(0, 4, 1),
+             "adapt on each task's support set, then score its query set; average over tasks"),
+        Case("the meta-gradient flows through Adapt", _meta_case(1, 3, 1),
+             "keep the graph of the inner step (create_graph=True)"),
+        Case("eight tasks, two steps", _meta_case(2, 8, 2),
+             "use `steps` inner steps for every one of the episode's tasks", hidden=True),
+    ])
 
 
 def _variant_meta(model, params, episode, lr, steps, fit="support", score="query", tasks=None,
@@ -183,8 +178,7 @@ def _meta_case(seed, batch, steps):
         episode = SinusoidFamily(shots=5, queries=7).sample(batch, torch.Generator().manual_seed(seed))
         expected = reference_meta_objective(model, params, episode, 0.02, steps)
         out = fn(model, params, episode, 0.02, steps)
-        if isinstance(out, torch.Tensor) and out.numel() == 1:
-            out = out.reshape(())
+        out = as_scalar(out)
         v = dict(model=model, params=params, episode=episode, lr=0.02)
         assert_close(out, expected, "meta-objective", atol=1e-5, mistakes={
             "the loss on the support set: score the query set after adapting on the support set":
@@ -199,7 +193,7 @@ def _meta_case(seed, batch, steps):
             "the first task only: loop over all episode.batch_size tasks":
                 lambda: _variant_meta(**v, steps=steps, tasks=1)})
         fn_params = fn.args[1]
-        assert_gradients(out, expected, _named("params", fn_params), _named("params", params),
+        assert_gradients(out, expected, named("params", fn_params), named("params", params),
                          "the meta-objective", atol=1e-5, rtol=1e-3, mistakes={
                              "the first-order meta-gradient: the second-order term is missing "
                              "(create_graph=True in the inner step?)":
@@ -207,53 +201,4 @@ def _meta_case(seed, batch, steps):
     return test
 
 
-def check_meta_objective(fn):
-    """Grade ``fn(model, params, episode, lr, steps) -> scalar``: mean post-adaptation query loss (Chapter 1)."""
-    return grade("Exercise 1.3: the meta-objective", fn, [
-        Case("four tasks, one step", _meta_case(0, 4, 1),
-             "adapt on each task's support set, then score its query set; average over tasks"),
-        Case("the meta-gradient flows through Adapt", _meta_case(1, 3, 1),
-             "keep the graph of the inner step (create_graph=True)"),
-        Case("eight tasks, two steps", _meta_case(2, 8, 2),
-             "use `steps` inner steps for every one of the episode's tasks", hidden=True),
-    ])
-
-
-# -- stubs and plausible wrong answers, used by the tests ---------------------------------
-def _stub(*args):
-    raise NotImplementedError
-
-
-def _wrong_sgd_plus(params, grads, lr):
-    return {k: params[k] + lr * grads[k] for k in params}
-
-
-def _wrong_sgd_inplace(params, grads, lr):
-    for k in params:
-        params[k] -= lr * grads[k]
-    return params
-
-
-def _wrong_adapt_one_step(model, params, x, y, lr, steps):
-    return reference_adapt(model, params, x, y, lr, 1)
-
-
-def _wrong_meta_support(model, params, episode, lr, steps):
-    losses = []
-    for i in range(episode.batch_size):
-        adapted = reference_adapt(model, params, episode.support_x[i], episode.support_y[i], lr, steps)
-        losses.append(F.mse_loss(functional_call(model, adapted, (episode.support_x[i],)), episode.support_y[i]))
-    return torch.stack(losses).mean()
-
-
-def _wrong_meta_detached(model, params, episode, lr, steps):
-    detached = {k: v.detach().requires_grad_() for k, v in params.items()}
-    return reference_meta_objective(model, detached, episode, lr, steps).detach()
-
-
-GRADERS = {
-    "check_sgd_step": (check_sgd_step, reference_sgd_step, _stub, [_wrong_sgd_plus, _wrong_sgd_inplace]),
-    "check_adapt": (check_adapt, reference_adapt, _stub, [_wrong_adapt_one_step]),
-    "check_meta_objective": (check_meta_objective, reference_meta_objective, _stub,
-                             [_wrong_meta_support, _wrong_meta_detached]),
-}
+GRADERS = chapter_graders(globals())

@@ -5,7 +5,8 @@ import math
 
 import torch
 
-from .core import Case, binomial_frequency_ok, grade, ks_threshold, ks_uniform_statistic, uniform_end_slack
+from .core import (Case, binomial_frequency_ok, chapter_graders, grade, ks_threshold, ks_uniform_statistic,
+                   uniform_end_slack)
 
 __all__ = ["check_episode", "check_alphabet_split", "check_sinusoid_task"]
 
@@ -79,6 +80,23 @@ def reference_episode(images, ways, shots, queries, generator):
         support_y += [label] * shots
         query_y += [label] * queries
     return torch.cat(support_x), torch.tensor(support_y), torch.cat(query_x), torch.tensor(query_y)
+
+
+def check_episode(fn):
+    """Grade ``fn(images, ways, shots, queries, generator) -> (sx, sy, qx, qy)`` (Chapter 2)."""
+    return grade("Exercise 2.1: sample an N-way K-shot episode", fn, [
+        Case("5-way 1-shot, 3 queries", _episode_case(5, 1, 3, seed=0),
+             "pick N distinct classes, then K + Q distinct examples of each"),
+        Case("labels 0..N-1, the same in support and query", _episode_case(3, 2, 2, seed=1),
+             "label the i-th chosen class i, in both sets, as integer (long) tensors"),
+        Case("10-way 4-shot uses every class", _episode_case(10, 4, 4, seed=2, repeats=5),
+             "K + Q = 8 uses every example of a class: sample without replacement", hidden=True),
+        Case("the generator decides the episode", _episode_rng_case,
+             "draw everything with generator=generator: no torch.manual_seed, no global RNG, no `random`"),
+        Case("classes, labels and examples are uniformly random", _episode_uniform_case,
+             "torch.randperm(n, generator=generator) for the classes and for each class's examples",
+             hidden=True),
+    ])
 
 
 def _episode_parts(out, images, ways, shots, queries):
@@ -206,23 +224,6 @@ def _episode_uniform_case(fn):
                                      "of each class with the generator before splitting them")
 
 
-def check_episode(fn):
-    """Grade ``fn(images, ways, shots, queries, generator) -> (sx, sy, qx, qy)`` (Chapter 2)."""
-    return grade("Exercise 2.1: sample an N-way K-shot episode", fn, [
-        Case("5-way 1-shot, 3 queries", _episode_case(5, 1, 3, 0),
-             "pick N distinct classes, then K + Q distinct examples of each"),
-        Case("labels 0..N-1, the same in support and query", _episode_case(3, 2, 2, 1),
-             "label the i-th chosen class i, in both sets, as integer (long) tensors"),
-        Case("10-way 4-shot uses every class", _episode_case(10, 4, 4, 2, repeats=5),
-             "K + Q = 8 uses every example of a class: sample without replacement", hidden=True),
-        Case("the generator decides the episode", _episode_rng_case,
-             "draw everything with generator=generator: no torch.manual_seed, no global RNG, no `random`"),
-        Case("classes, labels and examples are uniformly random", _episode_uniform_case,
-             "torch.randperm(n, generator=generator) for the classes and for each class's examples",
-             hidden=True),
-    ])
-
-
 # -- Exercise 2: split classes by alphabet ------------------------------------------------
 def reference_alphabet_split(alphabets, test_alphabets):
     """The reference (Chapter 2): class indices ``(train, test)``; test classes are those whose
@@ -231,6 +232,24 @@ def reference_alphabet_split(alphabets, test_alphabets):
     train = [c for c, a in enumerate(alphabets) if a not in test_set]
     test = [c for c, a in enumerate(alphabets) if a in test_set]
     return train, test
+
+
+def check_alphabet_split(fn):
+    """Grade ``fn(alphabets, test_alphabets) -> (train_indices, test_indices)`` (Chapter 2)."""
+    return grade("Exercise 2.2: split classes by alphabet", fn, [
+        Case("one test alphabet", _split_case(_ALPHABETS[:12], ["Latin"]),
+             "a class goes to test when its alphabet is a test alphabet"),
+        Case("an alphabet whose classes are not contiguous", _split_case(_ALPHABETS, ["Greek", "Tagalog"]),
+             "look at each class's alphabet; do not assume blocks"),
+        Case("names that contain one another", _split_case(_NESTED, ["Cyrillic", "Syriac_(Serto)"]),
+             "'Cyrillic' is not 'Old_Church_Slavonic_(Cyrillic)': compare whole names"),
+        Case("a test alphabet whose name contains another's",
+             _split_case(_NESTED, ["Old_Church_Slavonic_(Cyrillic)", "Japanese_(katakana)"]),
+             "'Cyrillic' is a part of 'Old_Church_Slavonic_(Cyrillic)' but not the same alphabet", hidden=True),
+        Case("every class in exactly one split", _split_case(["a", "b"] * 6, ["b", "c"]),
+             "each index once, in train or in test; a test alphabet may have no classes", hidden=True),
+        Case("no test alphabet", _split_case(_NESTED[:7], []), "then every class is a training class", hidden=True),
+    ])
 
 
 def _split_case(alphabets, test_alphabets):
@@ -285,25 +304,6 @@ _NESTED = (["Cyrillic"] * 3 + ["Old_Church_Slavonic_(Cyrillic)"] * 3 + ["Syriac_
            ["Syriac_(Serto)"] * 2 + ["Japanese_(hiragana)"] * 2 + ["Japanese_(katakana)"] * 2 + ["Cyrillic"])
 
 
-def check_alphabet_split(fn):
-    """Grade ``fn(alphabets, test_alphabets) -> (train_indices, test_indices)`` (Chapter 2)."""
-    return grade("Exercise 2.2: split classes by alphabet", fn, [
-        Case("one test alphabet", _split_case(_ALPHABETS[:12], ["Latin"]),
-             "a class goes to test when its alphabet is a test alphabet"),
-        Case("an alphabet whose classes are not contiguous", _split_case(_ALPHABETS, ["Greek", "Tagalog"]),
-             "look at each class's alphabet; do not assume blocks"),
-        Case("names that contain one another", _split_case(_NESTED, ["Cyrillic", "Syriac_(Serto)"]),
-             "'Cyrillic' is not 'Old_Church_Slavonic_(Cyrillic)': compare whole names"),
-        Case("a test alphabet whose name contains another's",
-             _split_case(_NESTED, ["Old_Church_Slavonic_(Cyrillic)", "Japanese_(katakana)"]),
-             "'Cyrillic' is a part of 'Old_Church_Slavonic_(Cyrillic)' but not the same alphabet", hidden=True),
-        Case("every class in exactly one split", _split_case(["a", "b"] * 6, ["b", "c"]),
-             "each index once, in train or in test; a test alphabet may have no classes", hidden=True),
-        Case("no test alphabet", _split_case(_NESTED[:7], []), "then every class is a training class",
-             hidden=True),
-    ])
-
-
 # -- Exercise 3: a sinusoid task sampler ---------------------------------------------------
 def reference_sinusoid_task(points, generator):
     """The reference (Chapter 2): one MAML sinusoid task, ``x [points, 1]`` ~ U[-5, 5], ``y = A sin(x - phase)``."""
@@ -311,6 +311,19 @@ def reference_sinusoid_task(points, generator):
     phase = math.pi * torch.rand((), generator=generator)
     x = -5 + 10 * torch.rand(points, 1, generator=generator)
     return x, amplitude * torch.sin(x - phase)
+
+
+def check_sinusoid_task(fn):
+    """Grade ``fn(points, generator) -> (x, y)``, one sinusoid task of the MAML paper (Chapter 2)."""
+    return grade("Exercise 2.3: a sinusoid task sampler", fn, [
+        Case("shapes and the sine law", _sinusoid_law_case(10, 5),
+             "y = A * sin(x - phase), with one A and one phase per task"),
+        Case("the generator decides the task", _sinusoid_rng_case,
+             "draw A, the phase and x with generator=generator, nothing else"),
+        Case("the MAML paper's ranges and uniform draws", _sinusoid_distribution_case,
+             "A ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5]: low + (high - low) * torch.rand(..., generator=...)"),
+        Case("many points", _sinusoid_law_case(50, 20), "x has shape [points, 1] for any `points`", hidden=True),
+    ])
 
 
 def _sinusoid_tasks(fn, points, tasks, seed):
@@ -404,105 +417,4 @@ def _sinusoid_distribution_case(fn):
                                  "not a grid, torch.randn or a constant)")
 
 
-def check_sinusoid_task(fn):
-    """Grade ``fn(points, generator) -> (x, y)``, one sinusoid task of the MAML paper (Chapter 2)."""
-    return grade("Exercise 2.3: a sinusoid task sampler", fn, [
-        Case("shapes and the sine law", _sinusoid_law_case(10, 5),
-             "y = A * sin(x - phase), with one A and one phase per task"),
-        Case("the generator decides the task", _sinusoid_rng_case,
-             "draw A, the phase and x with generator=generator, nothing else"),
-        Case("the MAML paper's ranges and uniform draws", _sinusoid_distribution_case,
-             "A ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5]: low + (high - low) * torch.rand(..., generator=...)"),
-        Case("many points", _sinusoid_law_case(50, 20), "x has shape [points, 1] for any `points`",
-             hidden=True),
-    ])
-
-
-# -- stubs and plausible wrong answers, used by the tests ---------------------------------
-def _stub(*args):
-    raise NotImplementedError
-
-
-def _wrong_episode_no_remap(images, ways, shots, queries, generator):
-    classes = torch.randperm(images.shape[0], generator=generator)[:ways]
-    sx, sy, qx, qy = [], [], [], []
-    for c in classes.tolist():
-        picks = torch.randperm(images.shape[1], generator=generator)[:shots + queries]
-        sx.append(images[c, picks[:shots]])
-        qx.append(images[c, picks[shots:]])
-        sy += [c] * shots
-        qy += [c] * queries
-    return torch.cat(sx), torch.tensor(sy), torch.cat(qx), torch.tensor(qy)
-
-
-def _wrong_episode_with_replacement(images, ways, shots, queries, generator):
-    classes = torch.randperm(images.shape[0], generator=generator)[:ways]
-    sx, sy, qx, qy = [], [], [], []
-    for label, c in enumerate(classes.tolist()):
-        picks = torch.randint(0, images.shape[1], (shots + queries,), generator=generator)
-        sx.append(images[c, picks[:shots]])
-        qx.append(images[c, picks[shots:]])
-        sy += [label] * shots
-        qy += [label] * queries
-    return torch.cat(sx), torch.tensor(sy), torch.cat(qx), torch.tensor(qy)
-
-
-def _wrong_episode_classes_with_replacement(images, ways, shots, queries, generator):
-    classes = torch.randint(0, images.shape[0], (ways,), generator=generator)
-    sx, sy, qx, qy = [], [], [], []
-    for label, c in enumerate(classes.tolist()):
-        picks = torch.randperm(images.shape[1], generator=generator)[:shots + queries]
-        sx.append(images[c, picks[:shots]])
-        qx.append(images[c, picks[shots:]])
-        sy += [label] * shots
-        qy += [label] * queries
-    return torch.cat(sx), torch.tensor(sy), torch.cat(qx), torch.tensor(qy)
-
-
-def _wrong_split_random(alphabets, test_alphabets):
-    count = sum(a in set(test_alphabets) for a in alphabets)
-    order = torch.randperm(len(alphabets), generator=torch.Generator().manual_seed(0)).tolist()
-    return sorted(order[count:]), sorted(order[:count])
-
-
-def _wrong_split_blocks(alphabets, test_alphabets):
-    # Assumes each alphabet's classes form one block, starting where it first appears.
-    first = {}
-    for c, a in enumerate(alphabets):
-        first.setdefault(a, c)
-    test = []
-    for a in test_alphabets:
-        test += range(first[a], first[a] + alphabets.count(a))
-    return [c for c in range(len(alphabets)) if c not in test], test
-
-
-def _wrong_sinusoid_full_phase(points, generator):
-    amplitude = 0.1 + 4.9 * torch.rand((), generator=generator)
-    phase = 2 * math.pi * torch.rand((), generator=generator)
-    x = -5 + 10 * torch.rand(points, 1, generator=generator)
-    return x, amplitude * torch.sin(x - phase)
-
-
-def _wrong_sinusoid_unit_x(points, generator):
-    amplitude = 0.1 + 4.9 * torch.rand((), generator=generator)
-    phase = math.pi * torch.rand((), generator=generator)
-    x = torch.rand(points, 1, generator=generator)
-    return x, amplitude * torch.sin(x - phase)
-
-
-def _wrong_sinusoid_offset(points, generator):
-    amplitude = 0.1 + 4.9 * torch.rand((), generator=generator)
-    phase = math.pi * torch.rand((), generator=generator)
-    x = -5 + 10 * torch.rand(points, 1, generator=generator)
-    return x, amplitude * torch.sin(x) + phase
-
-
-GRADERS = {
-    "check_episode": (check_episode, reference_episode, _stub,
-                      [_wrong_episode_no_remap, _wrong_episode_with_replacement,
-                       _wrong_episode_classes_with_replacement]),
-    "check_alphabet_split": (check_alphabet_split, reference_alphabet_split, _stub,
-                             [_wrong_split_random, _wrong_split_blocks]),
-    "check_sinusoid_task": (check_sinusoid_task, reference_sinusoid_task, _stub,
-                            [_wrong_sinusoid_full_phase, _wrong_sinusoid_unit_x, _wrong_sinusoid_offset]),
-}
+GRADERS = chapter_graders(globals())

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from ..bilevel import task_loss_fn
 from ..models import MLP, init_params
 from ..tasks import SinusoidFamily
-from .core import Case, assert_close, assert_gradients, grade
+from .core import Case, assert_close, assert_gradients, assert_same_names, chapter_graders, entry_mistakes, grade, named
 
 __all__ = ["check_unrolled_adapt", "check_first_order_grad", "check_reptile_update"]
 
@@ -32,22 +32,22 @@ def reference_unrolled_adapt(loss_fn, params, x, y, lrs):
     return params
 
 
+def check_unrolled_adapt(fn):
+    """Grade ``fn(loss_fn, params, x, y, lrs) -> theta``: one differentiable step per rate (Chapter 3)."""
+    return grade("Exercise 3.1: a differentiable inner loop", fn, [
+        Case("one step", _adapt_case(0, [0.1]), "theta = params - lr * grad of loss_fn(params, x, y)"),
+        Case("three steps, three rates", _adapt_case(1, [0.1, 0.05, 0.02]), "step t uses lrs[t]"),
+        Case("the meta-gradient reaches params and the rates", _adapt_case(2, [0.1, 0.1]),
+             "torch.autograd.grad(..., create_graph=True) keeps the second-order graph; use lr as a tensor, "
+             "not lr.item()"),
+    ])
+
+
 def _variant_unrolled(loss_fn, params, x, y, lrs, second_order=True):
     for lr in lrs:
         grads = torch.autograd.grad(loss_fn(params, x, y), list(params.values()), create_graph=second_order)
         params = {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
     return params
-
-
-def _named(prefix, params):
-    return {f"{prefix}[{k!r}]": v for k, v in params.items()}
-
-
-def _dict_out(out, names, what="params"):
-    if not isinstance(out, dict):
-        raise AssertionError(f"return a dict with the same names as {what}, got {type(out).__name__}")
-    if set(out) != set(names):
-        raise AssertionError(f"the returned dict has the names {sorted(map(str, out))}, expected {sorted(names)}")
 
 
 def _adapt_case(seed, lrs):
@@ -57,7 +57,7 @@ def _adapt_case(seed, lrs):
         lr_tensor = torch.tensor(lrs, dtype=DT, requires_grad=True)
         want = reference_unrolled_adapt(loss_fn, params, sx, sy, lr_tensor)
         out = fn(loss_fn, params, sx, sy, lr_tensor)
-        _dict_out(out, params)
+        assert_same_names(out, params)
         n = len(lrs)
         mistakes = {
             "every step with lrs[0]: step t must use lrs[t]":
@@ -69,13 +69,12 @@ def _adapt_case(seed, lrs):
             "gradient ascent: the step has the wrong sign": lambda: reference_unrolled_adapt(loss_fn, params, sx, sy,
                                                                                              -lr_tensor),
         }
-        cache = {}
+        mistakes = entry_mistakes(mistakes)
         for name in params:
-            assert_close(out[name], want[name], f"adapted {name!r}", atol=1e-10, mistakes={
-                d: (lambda d=d, f=f, name=name: cache.setdefault(d, f())[name]) for d, f in mistakes.items()})
+            assert_close(out[name], want[name], f"adapted {name!r}", atol=1e-10, mistakes=mistakes(name))
         _, fn_params, fn_x, _, fn_lrs = fn.args
-        assert_gradients(out, want, {**_named("params", fn_params), "lrs": fn_lrs, "x": fn_x},
-                         {**_named("params", params), "lrs": lr_tensor, "x": sx}, "the adapted params",
+        assert_gradients(out, want, {**named("params", fn_params), "lrs": fn_lrs, "x": fn_x},
+                         {**named("params", params), "lrs": lr_tensor, "x": sx}, "the adapted params",
                          atol=1e-9, rtol=1e-6, mistakes={
                              "the first-order gradient: the second-order term is missing "
                              "(torch.autograd.grad without create_graph=True?)":
@@ -84,17 +83,6 @@ def _adapt_case(seed, lrs):
                              lambda: reference_unrolled_adapt(loss_fn, params, sx, sy,
                                                               [lr_tensor[0]] * len(lrs))})
     return test
-
-
-def check_unrolled_adapt(fn):
-    """Grade ``fn(loss_fn, params, x, y, lrs) -> theta``: one differentiable step per rate (Chapter 3)."""
-    return grade("Exercise 3.1: a differentiable inner loop", fn, [
-        Case("one step", _adapt_case(0, [0.1]), "theta = params - lr * grad of loss_fn(params, x, y)"),
-        Case("three steps, three rates", _adapt_case(1, [0.1, 0.05, 0.02]), "step t uses lrs[t]"),
-        Case("the meta-gradient reaches params and the rates", _adapt_case(2, [0.1, 0.1]),
-             "torch.autograd.grad(..., create_graph=True) keeps the second-order graph; use lr as a tensor, "
-             "not lr.item()"),
-    ])
 
 
 # -- Exercise 2: the first-order approximation -------------------------------------------
@@ -110,6 +98,17 @@ def reference_first_order_grad(loss_fn, params, sx, sy, qx, qy, lr, steps):
     return dict(zip(theta, grads))
 
 
+def check_first_order_grad(fn):
+    """Grade ``fn(loss_fn, params, sx, sy, qx, qy, lr, steps) -> dict``: FOMAML's meta-gradient (Chapter 3)."""
+    return grade("Exercise 3.2: the first-order approximation", fn, [
+        Case("one step", _fo_case(0, 0.1, 1), "adapt on the support set, then take the query gradient at theta"),
+        Case("three steps", _fo_case(1, 0.05, 3), "the gradient is taken at the adapted theta, not at params"),
+        Case("another task", _fo_case(2, 0.2, 2),
+             "`steps` plain steps theta - lr * grad on (sx, sy); then the gradient of the loss on (qx, qy)",
+             hidden=True),
+    ])
+
+
 def _second_order_grad(loss_fn, params, sx, sy, qx, qy, lr, steps):
     theta = reference_unrolled_adapt(loss_fn, params, sx, sy, [lr] * steps)
     return dict(zip(params, torch.autograd.grad(loss_fn(theta, qx, qy), list(params.values()))))
@@ -120,7 +119,7 @@ def _fo_case(seed, lr, steps):
         loss_fn, params, (sx, sy, qx, qy) = _problem(seed)
         want = reference_first_order_grad(loss_fn, params, sx, sy, qx, qy, lr, steps)
         out = fn(loss_fn, params, sx, sy, qx, qy, lr, steps)
-        _dict_out(out, params, "params (one gradient per name)")
+        assert_same_names(out, params, "a dict with the same names as params (one gradient per name)")
         args = (loss_fn, params, sx, sy, qx, qy)
         mistakes = {
             "the query gradient at params, before adapting (zero inner steps)":
@@ -137,7 +136,7 @@ def _fo_case(seed, lr, steps):
             "MAML's full second-order gradient: the exercise asks for the first-order approximation "
             "(no graph through the inner steps)": lambda: _second_order_grad(*args, lr, steps),
         }
-        cache = {}
+        mistakes = entry_mistakes(mistakes)
         for name in params:
             if isinstance(out[name], torch.Tensor) and out[name].shape == want[name].shape and \
                     not torch.allclose(out[name].detach().double(), want[name], atol=1e-9):
@@ -145,26 +144,27 @@ def _fo_case(seed, lr, steps):
                 if torch.allclose(out[name].detach().double(), adapted[name].detach(), atol=1e-9):
                     raise AssertionError(f"the result for {name!r} is the adapted parameter theta, not a gradient: "
                                          "return the query loss's gradient at theta")
-            assert_close(out[name], want[name], f"gradient for {name!r}", atol=1e-9, mistakes={
-                d: (lambda d=d, f=f, name=name: cache.setdefault(d, f())[name]) for d, f in mistakes.items()})
+            assert_close(out[name], want[name], f"gradient for {name!r}", atol=1e-9, mistakes=mistakes(name))
     return test
-
-
-def check_first_order_grad(fn):
-    """Grade ``fn(loss_fn, params, sx, sy, qx, qy, lr, steps) -> dict``: FOMAML's meta-gradient (Chapter 3)."""
-    return grade("Exercise 3.2: the first-order approximation", fn, [
-        Case("one step", _fo_case(0, 0.1, 1), "adapt on the support set, then take the query gradient at theta"),
-        Case("three steps", _fo_case(1, 0.05, 3), "the gradient is taken at the adapted theta, not at params"),
-        Case("another task", _fo_case(2, 0.2, 2),
-             "`steps` plain steps theta - lr * grad on (sx, sy); then the gradient of the loss on (qx, qy)",
-             hidden=True),
-    ])
 
 
 # -- Exercise 3: the Reptile update ------------------------------------------------------
 def reference_reptile_update(phi, thetas, epsilon):
     """The reference: ``phi + epsilon * mean_i (theta_i - phi)`` (Chapter 3)."""
     return {k: phi[k] + epsilon * torch.stack([t[k] - phi[k] for t in thetas]).mean(0) for k in phi}
+
+
+def check_reptile_update(fn):
+    """Grade ``fn(phi, thetas, epsilon) -> new phi``: phi + epsilon * mean_i (theta_i - phi) (Chapter 3)."""
+    return grade("Exercise 3.3: the Reptile update", fn, [
+        Case("one task", _reptile_case(0, tasks=1, epsilon=0.5), "move phi a fraction epsilon towards theta"),
+        Case("four tasks", _reptile_case(1, tasks=4, epsilon=0.1), "average the directions theta_i - phi over tasks"),
+        Case("epsilon = 1 with two tasks", _reptile_case(2, tasks=2, epsilon=1.0),
+             "with epsilon = 1, phi moves all the way to the mean of the thetas", hidden=True),
+        Case("three tasks, a small step", _reptile_case(3, tasks=3, epsilon=0.25),
+             "new phi = phi + epsilon * mean over tasks of (theta_i - phi); leave phi and thetas unchanged",
+             hidden=True),
+    ])
 
 
 def _reptile_case(seed, tasks, epsilon):
@@ -174,7 +174,7 @@ def _reptile_case(seed, tasks, epsilon):
         thetas = [{k: v + torch.randn(v.shape, generator=g, dtype=DT) for k, v in phi.items()} for _ in range(tasks)]
         want = reference_reptile_update(phi, thetas, epsilon)
         out = fn(phi, thetas, epsilon)
-        _dict_out(out, phi, "phi")
+        assert_same_names(out, phi, "a dict with the same names as phi")
         mean = {k: torch.stack([t[k] for t in thetas]).mean(0) for k in phi}
         for k in phi:
             assert_close(out[k], want[k], f"new {k!r}", atol=1e-12, mistakes={
@@ -191,57 +191,4 @@ def _reptile_case(seed, tasks, epsilon):
     return test
 
 
-def check_reptile_update(fn):
-    """Grade ``fn(phi, thetas, epsilon) -> new phi``: phi + epsilon * mean_i (theta_i - phi) (Chapter 3)."""
-    return grade("Exercise 3.3: the Reptile update", fn, [
-        Case("one task", _reptile_case(0, 1, 0.5), "move phi a fraction epsilon towards theta"),
-        Case("four tasks", _reptile_case(1, 4, 0.1), "average the directions theta_i - phi over tasks"),
-        Case("epsilon = 1 with two tasks", _reptile_case(2, 2, 1.0),
-             "with epsilon = 1, phi moves all the way to the mean of the thetas", hidden=True),
-        Case("three tasks, a small step", _reptile_case(3, 3, 0.25),
-             "new phi = phi + epsilon * mean over tasks of (theta_i - phi); leave phi and thetas unchanged",
-             hidden=True),
-    ])
-
-
-# -- stubs and plausible wrong answers, used by the tests ---------------------------------
-def _stub(*args):
-    raise NotImplementedError
-
-
-def _wrong_adapt_no_graph(loss_fn, params, x, y, lrs):
-    for lr in lrs:
-        grads = torch.autograd.grad(loss_fn(params, x, y), list(params.values()), retain_graph=True)
-        params = {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
-    return params
-
-
-def _wrong_adapt_first_rate(loss_fn, params, x, y, lrs):
-    return reference_unrolled_adapt(loss_fn, params, x, y, [lrs[0]] * len(lrs))
-
-
-def _wrong_fo_at_phi(loss_fn, params, sx, sy, qx, qy, lr, steps):
-    grads = torch.autograd.grad(loss_fn(params, qx, qy), list(params.values()))
-    return dict(zip(params, grads))
-
-
-def _wrong_fo_support(loss_fn, params, sx, sy, qx, qy, lr, steps):
-    return reference_first_order_grad(loss_fn, params, sx, sy, sx, sy, lr, steps)
-
-
-def _wrong_reptile_sign(phi, thetas, epsilon):
-    return {k: phi[k] - epsilon * torch.stack([t[k] - phi[k] for t in thetas]).mean(0) for k in phi}
-
-
-def _wrong_reptile_last(phi, thetas, epsilon):
-    return {k: phi[k] + epsilon * (thetas[-1][k] - phi[k]) for k in phi}
-
-
-GRADERS = {
-    "check_unrolled_adapt": (check_unrolled_adapt, reference_unrolled_adapt, _stub,
-                             [_wrong_adapt_no_graph, _wrong_adapt_first_rate]),
-    "check_first_order_grad": (check_first_order_grad, reference_first_order_grad, _stub,
-                               [_wrong_fo_at_phi, _wrong_fo_support]),
-    "check_reptile_update": (check_reptile_update, reference_reptile_update, _stub,
-                             [_wrong_reptile_sign, _wrong_reptile_last]),
-}
+GRADERS = chapter_graders(globals())

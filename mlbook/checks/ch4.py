@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .core import Case, assert_close, assert_gradients, grade
+from .core import Case, as_scalar, assert_close, assert_gradients, chapter_graders, grade, named
 
 __all__ = ["check_metasgd_step", "check_class_aggregation", "check_gaussian_nll"]
 
@@ -15,14 +15,22 @@ def _tensors(seed, shapes):
     return {name: torch.randn(*shape, generator=g) for name, shape in shapes.items()}
 
 
-def _named(prefix, tensors):
-    return {f"{prefix}[{k!r}]": v for k, v in tensors.items()}
-
-
 # -- Exercise 1: the Meta-SGD update ------------------------------------------------------
 def reference_metasgd_step(params, grads, rates):
     """The reference: ``params - rates * grads``, entry by entry (Chapter 4)."""
     return {name: params[name] - rates[name] * grads[name] for name in params}
+
+
+def check_metasgd_step(fn):
+    """Grade ``fn(params, grads, rates) -> new params``: theta = phi - alpha ⊙ g (Chapter 4)."""
+    return grade("Exercise 4.1: the Meta-SGD update", fn, [
+        Case("a weight matrix and a bias", _metasgd_case(0, {"w": (3, 2), "b": (3,)}),
+             "multiply each gradient entry by its own rate: rates[name] * grads[name]"),
+        Case("three tensors, some rates negative", _metasgd_case(5, {"a": (4, 4), "b": (4,), "c": (2, 4)}),
+             "a negative rate steps uphill on purpose: do not take its absolute value", hidden=True),
+        Case("the rates are learned: gradients reach them", _metasgd_case(7, {"w": (2, 3), "b": (2,)}, True),
+             "Meta-SGD trains the rates by the meta-gradient: no .detach(), .data or torch.no_grad()"),
+    ])
 
 
 def _metasgd_case(seed, shapes, check_grad=False):
@@ -50,22 +58,10 @@ def _metasgd_case(seed, shapes, check_grad=False):
                 "params - rates: the gradient is not used": p - a})
         if check_grad:
             fp, fg, fr = fn.args
-            assert_gradients(out, expected, {**_named("rates", fr), **_named("params", fp), **_named("grads", fg)},
-                             {**_named("rates", rates), **_named("params", params), **_named("grads", grads)},
+            assert_gradients(out, expected, {**named("rates", fr), **named("params", fp), **named("grads", fg)},
+                             {**named("rates", rates), **named("params", params), **named("grads", grads)},
                              "the new params")
     return test
-
-
-def check_metasgd_step(fn):
-    """Grade ``fn(params, grads, rates) -> new params``: theta = phi - alpha ⊙ g (Chapter 4)."""
-    return grade("Exercise 4.1: the Meta-SGD update", fn, [
-        Case("a weight matrix and a bias", _metasgd_case(0, {"w": (3, 2), "b": (3,)}),
-             "multiply each gradient entry by its own rate: rates[name] * grads[name]"),
-        Case("three tensors, some rates negative", _metasgd_case(5, {"a": (4, 4), "b": (4,), "c": (2, 4)}),
-             "a negative rate steps uphill on purpose: do not take its absolute value", hidden=True),
-        Case("the rates are learned: gradients reach them", _metasgd_case(7, {"w": (2, 3), "b": (2,)}, True),
-             "Meta-SGD trains the rates by the meta-gradient: no .detach(), .data or torch.no_grad()"),
-    ])
 
 
 # -- Exercise 2: the CNP's per-class aggregation ------------------------------------------
@@ -73,6 +69,17 @@ def reference_class_aggregation(r, labels, ways):
     """The reference: per-class mean of ``r``, zeros for an empty class (Chapter 4)."""
     onehot = torch.nn.functional.one_hot(labels, ways).to(r.dtype)        # [M, N]
     return onehot.T @ r / onehot.sum(0).clamp(min=1)[:, None]
+
+
+def check_class_aggregation(fn):
+    """Grade ``fn(r [M, D], labels [M], ways) -> [ways, D]``: per-class mean of r (Chapter 4)."""
+    return grade("Exercise 4.2: a CNP's aggregation step", fn, [
+        Case("5-way 1-shot", _aggregation_case(0, 1, 5, 4), "row c is the mean of r over the examples labelled c"),
+        Case("3-way 4-shot, shuffled labels", _aggregation_case(1, 4, 3, 6),
+             "a mean, not a sum: divide by the number of examples of each class"),
+        Case("a class with no examples gives zeros", _aggregation_case(2, 2, 4, 3, drop_last=True),
+             "guard the division: clamp the counts to at least 1", hidden=True),
+    ])
 
 
 def _aggregation_case(seed, shots, ways, dim, drop_last=False):
@@ -101,21 +108,21 @@ def _aggregation_case(seed, shots, ways, dim, drop_last=False):
     return test
 
 
-def check_class_aggregation(fn):
-    """Grade ``fn(r [M, D], labels [M], ways) -> [ways, D]``: per-class mean of r (Chapter 4)."""
-    return grade("Exercise 4.2: a CNP's aggregation step", fn, [
-        Case("5-way 1-shot", _aggregation_case(0, 1, 5, 4), "row c is the mean of r over the examples labelled c"),
-        Case("3-way 4-shot, shuffled labels", _aggregation_case(1, 4, 3, 6),
-             "a mean, not a sum: divide by the number of examples of each class"),
-        Case("a class with no examples gives zeros", _aggregation_case(2, 2, 4, 3, drop_last=True),
-             "guard the division: clamp the counts to at least 1", hidden=True),
-    ])
-
-
 # -- Exercise 3: the Gaussian negative log-likelihood ------------------------------------
 def reference_gaussian_nll(mean, variance, y):
     """The reference: the mean Gaussian negative log-likelihood (Chapter 4)."""
     return (0.5 * torch.log(2 * math.pi * variance) + (y - mean) ** 2 / (2 * variance)).mean()
+
+
+def check_gaussian_nll(fn):
+    """Grade ``fn(mean, variance, y) -> scalar``: mean Gaussian NLL, the CNP's meta-loss (Chapter 4)."""
+    return grade("Exercise 4.3: the neural process's loss", fn, [
+        Case("ten points", _nll_case(0, (10, 1)),
+             "-log N(y; mu, s2) = 0.5 log(2 pi s2) + (y - mu)^2 / (2 s2), averaged"),
+        Case("gradient reaches the variance", _nll_case(1, (6, 2)),
+             "use the variance argument as a variance (not a standard deviation), with tensor operations"),
+        Case("a batch of tasks", _nll_case(2, (3, 8, 1)), "average over every entry, whatever the shape", hidden=True),
+    ])
 
 
 def _nll_case(seed, shape):
@@ -125,8 +132,7 @@ def _nll_case(seed, shape):
         variance = (0.05 + torch.rand(*shape, generator=g) * 2).requires_grad_()
         expected = reference_gaussian_nll(mean, variance, y)
         out = fn(mean, variance, y)
-        if isinstance(out, torch.Tensor) and out.numel() == 1:
-            out = out.reshape(())
+        out = as_scalar(out)
         m, v, t = mean.detach(), variance.detach(), y.detach()
         sq = (t - m) ** 2
         n = m.numel()
@@ -149,57 +155,4 @@ def _nll_case(seed, shape):
     return test
 
 
-def check_gaussian_nll(fn):
-    """Grade ``fn(mean, variance, y) -> scalar``: mean Gaussian NLL, the CNP's meta-loss (Chapter 4)."""
-    return grade("Exercise 4.3: the neural process's loss", fn, [
-        Case("ten points", _nll_case(0, (10, 1)),
-             "-log N(y; mu, s2) = 0.5 log(2 pi s2) + (y - mu)^2 / (2 s2), averaged"),
-        Case("gradient reaches the variance", _nll_case(1, (6, 2)),
-             "use the variance argument as a variance (not a standard deviation), with tensor operations"),
-        Case("a batch of tasks", _nll_case(2, (3, 8, 1)), "average over every entry, whatever the shape",
-             hidden=True),
-    ])
-
-
-# -- stubs and plausible wrong answers, used by the tests ---------------------------------
-def _stub(*args):
-    raise NotImplementedError
-
-
-def _wrong_metasgd_scalar(params, grads, rates):
-    return {k: params[k] - rates[k].mean() * grads[k] for k in params}
-
-
-def _wrong_metasgd_abs(params, grads, rates):
-    return {k: params[k] - rates[k].abs() * grads[k] for k in params}
-
-
-def _wrong_aggregation_sum(r, labels, ways):
-    return torch.nn.functional.one_hot(labels, ways).to(r.dtype).T @ r
-
-
-def _wrong_aggregation_global(r, labels, ways):
-    return r.mean(0, keepdim=True).expand(ways, -1)
-
-
-def _wrong_aggregation_nan(r, labels, ways):
-    onehot = torch.nn.functional.one_hot(labels, ways).to(r.dtype)
-    return onehot.T @ r / onehot.sum(0)[:, None]
-
-
-def _wrong_nll_no_log(mean, variance, y):
-    return ((y - mean) ** 2 / (2 * variance)).mean()
-
-
-def _wrong_nll_std(mean, variance, y):
-    return reference_gaussian_nll(mean, variance.sqrt(), y)
-
-
-GRADERS = {
-    "check_metasgd_step": (check_metasgd_step, reference_metasgd_step, _stub,
-                           [_wrong_metasgd_scalar, _wrong_metasgd_abs]),
-    "check_class_aggregation": (check_class_aggregation, reference_class_aggregation, _stub,
-                                [_wrong_aggregation_sum, _wrong_aggregation_global, _wrong_aggregation_nan]),
-    "check_gaussian_nll": (check_gaussian_nll, reference_gaussian_nll, _stub,
-                           [_wrong_nll_no_log, _wrong_nll_std]),
-}
+GRADERS = chapter_graders(globals())

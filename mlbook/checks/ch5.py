@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .core import Case, assert_close, assert_gradients, grade
+from .core import Case, as_scalar, assert_close, assert_gradients, chapter_graders, grade
 
 __all__ = ["check_class_prototypes", "check_prototypical_loss", "check_accuracy_ci"]
 
@@ -23,6 +23,18 @@ def _embeddings(seed, ways, shots, dim):
 def reference_class_prototypes(embeddings, labels, ways):
     """The reference: the mean embedding of each class (Chapter 5)."""
     return torch.stack([embeddings[labels == n].mean(0) for n in range(ways)])
+
+
+def check_class_prototypes(fn):
+    """Grade ``fn(embeddings [S, D], labels [S], ways) -> [ways, D]`` class means (Chapter 5)."""
+    return grade("Exercise 5.1: class prototypes", fn, [
+        Case("5-way 1-shot: a prototype is the one support embedding", _proto_case(0, 5, 1, 4),
+             "row n of the result is the embedding whose label is n"),
+        Case("3-way 4-shot, shuffled labels", _proto_case(1, 3, 4, 6),
+             "average the embeddings of each class (labels are not in blocks), with tensor operations so that "
+             "the encoder gets a gradient"),
+        Case("20-way 5-shot", _proto_case(2, 20, 5, 8), "mean, not sum", hidden=True),
+    ])
 
 
 def _proto_case(seed, ways, shots, dim):
@@ -50,23 +62,22 @@ def _proto_case(seed, ways, shots, dim):
     return test
 
 
-def check_class_prototypes(fn):
-    """Grade ``fn(embeddings [S, D], labels [S], ways) -> [ways, D]`` class means (Chapter 5)."""
-    return grade("Exercise 5.1: class prototypes", fn, [
-        Case("5-way 1-shot: a prototype is the one support embedding", _proto_case(0, 5, 1, 4),
-             "row n of the result is the embedding whose label is n"),
-        Case("3-way 4-shot, shuffled labels", _proto_case(1, 3, 4, 6),
-             "average the embeddings of each class (labels are not in blocks), with tensor operations so that "
-             "the encoder gets a gradient"),
-        Case("20-way 5-shot", _proto_case(2, 20, 5, 8), "mean, not sum", hidden=True),
-    ])
-
-
 # -- Exercise 2: the prototypical loss -----------------------------------------------------
 def reference_prototypical_loss(query, query_y, prototypes):
     """The reference: cross-entropy of minus squared distances (Chapter 5)."""
     distances = ((query[:, None, :] - prototypes[None, :, :]) ** 2).sum(-1)      # [M, N]
     return F.cross_entropy(-distances, query_y)
+
+
+def check_prototypical_loss(fn):
+    """Grade ``fn(query [M, D], query_y [M], prototypes [N, D]) -> scalar`` (Chapter 5)."""
+    return grade("Exercise 5.2: the prototypical loss", fn, [
+        Case("5 classes, 3 queries each", _loss_case(0, ways=5, queries=3, dim=4),
+             "logits are minus the SQUARED Euclidean distances; then cross-entropy"),
+        Case("gradients flow to the queries and the prototypes", _loss_case(1, ways=4, queries=2, dim=3),
+             "compute with tensor ops on the inputs; do not detach the prototypes, the encoder learns through them"),
+        Case("20 classes", _loss_case(2, ways=20, queries=1, dim=8), "average over queries", hidden=True),
+    ])
 
 
 def _loss_case(seed, ways, queries, dim):
@@ -79,8 +90,7 @@ def _loss_case(seed, ways, queries, dim):
         protos.requires_grad_()
         expected = reference_prototypical_loss(query, query_y, protos)
         out = fn(query, query_y, protos)
-        if isinstance(out, torch.Tensor) and out.numel() == 1:
-            out = out.reshape(())
+        out = as_scalar(out)
         q, p = query.detach(), protos.detach()
         d2 = ((q[:, None] - p[None]) ** 2).sum(-1)
         assert_close(out, expected, "loss", atol=1e-8, mistakes={
@@ -96,22 +106,24 @@ def _loss_case(seed, ways, queries, dim):
     return test
 
 
-def check_prototypical_loss(fn):
-    """Grade ``fn(query [M, D], query_y [M], prototypes [N, D]) -> scalar`` (Chapter 5)."""
-    return grade("Exercise 5.2: the prototypical loss", fn, [
-        Case("5 classes, 3 queries each", _loss_case(0, 5, 3, 4),
-             "logits are minus the SQUARED Euclidean distances; then cross-entropy"),
-        Case("gradients flow to the queries and the prototypes", _loss_case(1, 4, 2, 3),
-             "compute with tensor ops on the inputs; do not detach the prototypes, the encoder learns through them"),
-        Case("20 classes", _loss_case(2, 20, 1, 8), "average over queries", hidden=True),
-    ])
-
-
 # -- Exercise 3: accuracy with a 95% confidence interval -----------------------------------
 def reference_accuracy_ci(accuracies):
     """The reference: mean accuracy and 1.96 * sample std / sqrt(E) (Chapter 5)."""
     accuracies = torch.as_tensor(accuracies, dtype=torch.float64)
     return accuracies.mean().item(), 1.96 * accuracies.std(unbiased=True).item() / math.sqrt(accuracies.numel())
+
+
+def check_accuracy_ci(fn):
+    """Grade ``fn(accuracies [E]) -> (mean, 95% half-width)`` (Chapter 5)."""
+    return grade("Exercise 5.3: accuracy with a 95% confidence interval", fn, [
+        Case("five episodes", _ci_case([0.8, 0.6, 1.0, 0.8, 0.4]),
+             "half-width = 1.96 * sample std (divide by E - 1) / sqrt(E)"),
+        Case("600 episodes", _ci_case(torch.linspace(0.5, 1.0, 600).tolist()), "divide by sqrt(E)"),
+        Case("two episodes", _ci_case([0.25, 0.75]), "the sample std divides by E - 1", hidden=True),
+        Case("float32 accuracies", _ci_case([0.9, 0.7, 0.75, 0.6, 0.85, 0.8], torch.float32),
+             "accept any float tensor; compute in float64 if you like", hidden=True),
+        Case("every episode the same", _ci_case([0.6] * 4), "no spread, no interval: the half-width is 0", hidden=True),
+    ])
 
 
 def _number(v, what):
@@ -159,55 +171,4 @@ def _ci_case(values, dtype=torch.float64):
     return test
 
 
-def check_accuracy_ci(fn):
-    """Grade ``fn(accuracies [E]) -> (mean, 95% half-width)`` (Chapter 5)."""
-    return grade("Exercise 5.3: accuracy with a 95% confidence interval", fn, [
-        Case("five episodes", _ci_case([0.8, 0.6, 1.0, 0.8, 0.4]),
-             "half-width = 1.96 * sample std (divide by E - 1) / sqrt(E)"),
-        Case("600 episodes", _ci_case(torch.linspace(0.5, 1.0, 600).tolist()), "divide by sqrt(E)"),
-        Case("two episodes", _ci_case([0.25, 0.75]), "the sample std divides by E - 1", hidden=True),
-        Case("float32 accuracies", _ci_case([0.9, 0.7, 0.75, 0.6, 0.85, 0.8], torch.float32),
-             "accept any float tensor; compute in float64 if you like", hidden=True),
-        Case("every episode the same", _ci_case([0.6] * 4), "no spread, no interval: the half-width is 0",
-             hidden=True),
-    ])
-
-
-# -- stubs and plausible wrong answers, used by the tests ---------------------------------
-def _stub(*args):
-    raise NotImplementedError
-
-
-def _wrong_proto_sum(embeddings, labels, ways):
-    return torch.stack([embeddings[labels == n].sum(0) for n in range(ways)])
-
-
-def _wrong_proto_blocks(embeddings, labels, ways):
-    return embeddings.reshape(ways, -1, embeddings.shape[-1]).mean(1)   # assumes sorted labels
-
-
-def _wrong_loss_unsquared(query, query_y, prototypes):
-    return F.cross_entropy(-torch.cdist(query, prototypes), query_y)
-
-
-def _wrong_loss_sign(query, query_y, prototypes):
-    return F.cross_entropy(((query[:, None] - prototypes[None]) ** 2).sum(-1), query_y)
-
-
-def _wrong_ci_population(accuracies):
-    a = torch.as_tensor(accuracies, dtype=torch.float64)
-    return a.mean().item(), 1.96 * a.std(unbiased=False).item() / math.sqrt(a.numel())
-
-
-def _wrong_ci_no_sqrt(accuracies):
-    a = torch.as_tensor(accuracies, dtype=torch.float64)
-    return a.mean().item(), 1.96 * a.std().item()
-
-
-GRADERS = {
-    "check_class_prototypes": (check_class_prototypes, reference_class_prototypes, _stub,
-                               [_wrong_proto_sum, _wrong_proto_blocks]),
-    "check_prototypical_loss": (check_prototypical_loss, reference_prototypical_loss, _stub,
-                                [_wrong_loss_unsquared, _wrong_loss_sign]),
-    "check_accuracy_ci": (check_accuracy_ci, reference_accuracy_ci, _stub, [_wrong_ci_population, _wrong_ci_no_sqrt]),
-}
+GRADERS = chapter_graders(globals())

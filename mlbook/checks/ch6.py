@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .core import Case, assert_close, grade
+from .core import Case, as_scalar, assert_close, chapter_graders, grade
 
 __all__ = ["check_posterior_update", "check_log_evidence", "check_predictive_variance"]
 
@@ -30,6 +30,20 @@ def reference_posterior_update(prior_mean, prior_cov, features, y, noise_var):
     cov = torch.linalg.inv(precision)
     mean = cov @ (torch.linalg.solve(prior_cov, prior_mean) + features.T @ y / noise_var)
     return mean, cov
+
+
+def check_posterior_update(fn):
+    """Grade ``fn(prior_mean, prior_cov, features, y, noise_var) -> (mean, cov)`` (Chapter 6)."""
+    return grade("Exercise 6.1: the Gaussian posterior update", fn, [
+        Case("zero prior mean, 3 weights, 5 points", _posterior_case(0, 3, 5, 0.5, zero_mean=True),
+             "precision = inv(S) + Phi^T Phi / noise_var; cov = inv(precision)"),
+        Case("a prior mean pulls the posterior", _posterior_case(1, 3, 5, 0.5),
+             "the mean is cov @ (inv(S) @ m + Phi^T y / noise_var): keep the prior term"),
+        Case("noise_var is a variance", _posterior_case(2, 2, 4, 0.09),
+             "divide by noise_var itself (sigma^2), not by its square root", hidden=True),
+        Case("fewer points than weights", _posterior_case(3, 5, 2, 0.2),
+             "the prior keeps the precision invertible when K < D: do not drop inv(S)", hidden=True),
+    ])
 
 
 def _posterior_case(seed, d, k, noise_var, zero_mean=False):
@@ -66,20 +80,6 @@ def _posterior_case(seed, d, k, noise_var, zero_mean=False):
     return test
 
 
-def check_posterior_update(fn):
-    """Grade ``fn(prior_mean, prior_cov, features, y, noise_var) -> (mean, cov)`` (Chapter 6)."""
-    return grade("Exercise 6.1: the Gaussian posterior update", fn, [
-        Case("zero prior mean, 3 weights, 5 points", _posterior_case(0, 3, 5, 0.5, zero_mean=True),
-             "precision = inv(S) + Phi^T Phi / noise_var; cov = inv(precision)"),
-        Case("a prior mean pulls the posterior", _posterior_case(1, 3, 5, 0.5),
-             "the mean is cov @ (inv(S) @ m + Phi^T y / noise_var): keep the prior term"),
-        Case("noise_var is a variance", _posterior_case(2, 2, 4, 0.09),
-             "divide by noise_var itself (sigma^2), not by its square root", hidden=True),
-        Case("fewer points than weights", _posterior_case(3, 5, 2, 0.2),
-             "the prior keeps the precision invertible when K < D: do not drop inv(S)", hidden=True),
-    ])
-
-
 # -- Exercise 2: the marginal likelihood ---------------------------------------------------
 def reference_log_evidence(prior_mean, prior_cov, features, y, noise_var):
     """The reference: log N(y; Phi m, Phi S Phi^T + noise_var I) (Chapter 6)."""
@@ -88,6 +88,19 @@ def reference_log_evidence(prior_mean, prior_cov, features, y, noise_var):
     chol = torch.linalg.cholesky(cov)
     alpha = torch.cholesky_solve(r[:, None], chol)[:, 0]
     return -0.5 * (r @ alpha + 2 * chol.diagonal().log().sum() + len(y) * math.log(2 * math.pi))
+
+
+def check_log_evidence(fn):
+    """Grade ``fn(prior_mean, prior_cov, features, y, noise_var) -> log p(y)`` as a scalar tensor (Chapter 6)."""
+    return grade("Exercise 6.2: the marginal likelihood", fn, [
+        Case("zero prior mean", _evidence_case(0, 3, 5, 0.5, zero_mean=True),
+             "y ~ N(Phi m, Phi S Phi^T + noise_var I); include the -K/2 log(2 pi) constant"),
+        Case("with a prior mean", _evidence_case(1, 3, 5, 0.5), "the mean of y is Phi @ m"),
+        Case("small noise, one point", _evidence_case(2, 2, 1, 0.01),
+             "with one point, y ~ N(phi m, phi S phi^T + noise_var): a one-dimensional Gaussian", hidden=True),
+        Case("many points", _evidence_case(3, 4, 12, 0.3),
+             "the points are correlated through the shared weights: use the full K x K covariance", hidden=True),
+    ])
 
 
 def _gaussian_log_density(r, cov):
@@ -99,8 +112,7 @@ def _evidence_case(seed, d, k, noise_var, zero_mean=False):
         m, s, phi, y, _ = _problem(seed, d, k, zero_mean=zero_mean)
         want = reference_log_evidence(m, s, phi, y, noise_var)
         out = fn(m, s, phi, y, noise_var)
-        if isinstance(out, torch.Tensor) and out.numel() == 1:
-            out = out.reshape(())
+        out = as_scalar(out)
         eye = torch.eye(k, dtype=F64)
         cov = phi @ s @ phi.T + noise_var * eye
         r = y - phi @ m
@@ -121,24 +133,22 @@ def _evidence_case(seed, d, k, noise_var, zero_mean=False):
     return test
 
 
-def check_log_evidence(fn):
-    """Grade ``fn(prior_mean, prior_cov, features, y, noise_var) -> log p(y)`` as a scalar tensor (Chapter 6)."""
-    return grade("Exercise 6.2: the marginal likelihood", fn, [
-        Case("zero prior mean", _evidence_case(0, 3, 5, 0.5, zero_mean=True),
-             "y ~ N(Phi m, Phi S Phi^T + noise_var I); include the -K/2 log(2 pi) constant"),
-        Case("with a prior mean", _evidence_case(1, 3, 5, 0.5),
-             "the mean of y is Phi @ m"),
-        Case("small noise, one point", _evidence_case(2, 2, 1, 0.01),
-             "with one point, y ~ N(phi m, phi S phi^T + noise_var): a one-dimensional Gaussian", hidden=True),
-        Case("many points", _evidence_case(3, 4, 12, 0.3),
-             "the points are correlated through the shared weights: use the full K x K covariance", hidden=True),
-    ])
-
-
 # -- Exercise 3: the posterior predictive variance -----------------------------------------
 def reference_predictive_variance(post_cov, features, noise_var):
     """The reference: phi^T Sigma phi + noise_var at each row (Chapter 6)."""
     return ((features @ post_cov) * features).sum(-1) + noise_var
+
+
+def check_predictive_variance(fn):
+    """Grade ``fn(post_cov, features, noise_var) -> variance [M]`` at M new inputs (Chapter 6)."""
+    return grade("Exercise 6.3: the posterior predictive variance", fn, [
+        Case("four new inputs", _variance_case(0, 3, 4, 0.1),
+             "variance = phi(x)^T Sigma phi(x) + noise_var, one number per row of features"),
+        Case("the noise is part of the prediction", _variance_case(1, 2, 6, 1.5),
+             "a new observation carries its own noise: add noise_var"),
+        Case("one input, many weights", _variance_case(2, 6, 1, 0.05),
+             "one row of features gives a result of shape [1]", hidden=True),
+    ])
 
 
 def _variance_case(seed, d, m, noise_var):
@@ -164,59 +174,4 @@ def _variance_case(seed, d, m, noise_var):
     return test
 
 
-def check_predictive_variance(fn):
-    """Grade ``fn(post_cov, features, noise_var) -> variance [M]`` at M new inputs (Chapter 6)."""
-    return grade("Exercise 6.3: the posterior predictive variance", fn, [
-        Case("four new inputs", _variance_case(0, 3, 4, 0.1),
-             "variance = phi(x)^T Sigma phi(x) + noise_var, one number per row of features"),
-        Case("the noise is part of the prediction", _variance_case(1, 2, 6, 1.5),
-             "a new observation carries its own noise: add noise_var"),
-        Case("one input, many weights", _variance_case(2, 6, 1, 0.05),
-             "one row of features gives a result of shape [1]", hidden=True),
-    ])
-
-
-# -- stubs and plausible wrong answers, used by the tests ---------------------------------
-def _stub(*args):
-    raise NotImplementedError
-
-
-def _wrong_posterior_no_prior_mean(prior_mean, prior_cov, features, y, noise_var):
-    return reference_posterior_update(torch.zeros_like(prior_mean), prior_cov, features, y, noise_var)
-
-
-def _wrong_posterior_noise_std(prior_mean, prior_cov, features, y, noise_var):
-    return reference_posterior_update(prior_mean, prior_cov, features, y, math.sqrt(noise_var))
-
-
-def _wrong_evidence_no_constant(prior_mean, prior_cov, features, y, noise_var):
-    return reference_log_evidence(prior_mean, prior_cov, features, y, noise_var) + 0.5 * len(y) * math.log(2 * math.pi)
-
-
-def _wrong_evidence_zero_mean(prior_mean, prior_cov, features, y, noise_var):
-    return reference_log_evidence(torch.zeros_like(prior_mean), prior_cov, features, y, noise_var)
-
-
-def _wrong_evidence_no_noise_in_logdet(prior_mean, prior_cov, features, y, noise_var):
-    # the likelihood at the prior mean alone: ignores the prior's spread
-    r = y - features @ prior_mean
-    return -0.5 * (r @ r / noise_var + len(y) * math.log(2 * math.pi * noise_var))
-
-
-def _wrong_variance_no_noise(post_cov, features, noise_var):
-    return reference_predictive_variance(post_cov, features, 0.0)
-
-
-def _wrong_variance_diagonal_only(post_cov, features, noise_var):
-    return (features ** 2 @ post_cov.diagonal()) + noise_var
-
-
-GRADERS = {
-    "check_posterior_update": (check_posterior_update, reference_posterior_update, _stub,
-                               [_wrong_posterior_no_prior_mean, _wrong_posterior_noise_std]),
-    "check_log_evidence": (check_log_evidence, reference_log_evidence, _stub,
-                           [_wrong_evidence_no_constant, _wrong_evidence_zero_mean,
-                            _wrong_evidence_no_noise_in_logdet]),
-    "check_predictive_variance": (check_predictive_variance, reference_predictive_variance, _stub,
-                                  [_wrong_variance_no_noise, _wrong_variance_diagonal_only]),
-}
+GRADERS = chapter_graders(globals())

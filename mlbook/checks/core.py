@@ -56,9 +56,9 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["Case", "CaseResult", "Report", "Student", "grade", "assert_close", "assert_shape",
-           "assert_gradients", "binomial_frequency_ok", "ks_uniform_statistic", "ks_threshold",
-           "uniform_end_slack"]
+__all__ = ["Case", "CaseResult", "Report", "Student", "grade", "chapter_graders", "assert_close",
+           "assert_shape", "assert_gradients", "assert_same_names", "named", "as_scalar", "entry_mistakes",
+           "binomial_frequency_ok", "ks_uniform_statistic", "ks_threshold", "uniform_end_slack"]
 
 # The whole grader (all its cases together) returns within this many seconds, plus about one
 # second to start and stop the child process.
@@ -607,6 +607,16 @@ def grade(title: str, student_fn: Callable, cases: list[Case], time_limit: float
     return report
 
 
+def chapter_graders(namespace: dict) -> dict[str, tuple[Callable, Callable]]:
+    """``{"check_x": (check_x, reference_x)}`` for every grader in a chapter module's ``__all__``,
+    for the tests (introduction, "Practise").
+
+    Every ``check_x`` is graded against its reference ``reference_x``; a grader without one
+    fails at import rather than going untested."""
+    return {name: (namespace[name], namespace["reference_" + name.removeprefix("check_")])
+            for name in namespace["__all__"]}
+
+
 # -- helpers for the graders ---------------------------------------------------------------
 def _as_tensor_or_fail(actual: Any, what: str) -> torch.Tensor:
     if not isinstance(actual, torch.Tensor):
@@ -625,6 +635,47 @@ def assert_shape(actual: Any, shape: tuple, what: str = "result") -> None:
         if actual.numel() == math.prod(shape):
             extra = " (the same number of entries: reshape, squeeze or keepdim?)"
         raise AssertionError(f"{what} has shape {tuple(actual.shape)}, expected {tuple(shape)}{extra}")
+
+
+def assert_same_names(actual: Any, names, expected: str = "a dict with the same names as params",
+                      advice: str = "") -> None:
+    """Assert that ``actual`` is a dict whose keys are ``names`` (graders' helper; Chapters 1 and 3).
+
+    ``expected`` says what to return; ``advice`` follows the message about wrong names."""
+    if not isinstance(actual, dict):
+        raise AssertionError(f"return {expected}, got {type(actual).__name__}")
+    if set(actual) != set(names):
+        raise AssertionError(f"the returned dict has the names {sorted(map(str, actual))}, expected "
+                             f"{sorted(names)}{advice}")
+
+
+def named(prefix: str, tensors: dict) -> dict:
+    """``{"prefix['k']": v}``: a dict's tensors under the names a report shows (graders' helper;
+    Chapters 1, 3 and 4)."""
+    return {f"{prefix}[{k!r}]": v for k, v in tensors.items()}
+
+
+def as_scalar(actual: Any) -> Any:
+    """A one-element tensor as a 0-d one, anything else as it is (graders' helper; Chapters 1, 4-6):
+    a loss of shape [1] or [1, 1] is as good as a scalar."""
+    return actual.reshape(()) if isinstance(actual, torch.Tensor) and actual.numel() == 1 else actual
+
+
+def entry_mistakes(mistakes: dict[str, Callable[[], dict]]) -> Callable[[Any], dict]:
+    """For answers that are dicts (graders' helper; Chapters 1 and 3): ``mistakes`` maps a
+    description to a function returning a whole wrong answer; the result maps a key to the
+    ``mistakes`` argument of :func:`assert_close` for that entry.
+
+    Each wrong answer is computed once, when first needed: an exact answer needs none, and a
+    wrong one is compared entry by entry."""
+    cache: dict[str, Any] = {}
+
+    def answer(description: str) -> dict:
+        if description not in cache:
+            cache[description] = mistakes[description]()
+        return cache[description]
+
+    return lambda key: {d: (lambda d=d: answer(d)[key]) for d in mistakes}
 
 
 def _verb(subject: str, verb: str) -> str:
