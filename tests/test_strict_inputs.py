@@ -67,3 +67,10 @@ def test_a_learner_refuses_an_episode_it_cannot_score():
                                                                      ep.query_y))))
     assert math.isfinite(maml.meta_loss(maml.init(0, dtype=torch.float64), Episode(
         *(t.double() for t in (ep.support_x, ep.support_y, ep.query_x, ep.query_y)))).item())
+
+
+def test_labels_beyond_the_learners_classes_are_refused():
+    maml = MAML(Conv4(3, channels=4, image_size=16), inner_lr=0.1)
+    images = ImageClassFamily((torch.rand(8, 4, 16, 16) * 255).to(torch.uint8), ways=4, shots=1, queries=1)
+    with pytest.raises(ValueError, match=r"labels must be 0..2: this MAML predicts 3 classes"):
+        evaluate(maml, maml.init(0), images, episodes=2)

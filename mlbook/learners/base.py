@@ -196,10 +196,25 @@ class Learner:
         if (self.loss == "cross_entropy") != (task == "classification"):
             raise ValueError(f"this {self.name} was built for {'classification' if self.loss == 'cross_entropy' else 'regression'}"
                              f" (loss {self.loss!r}), but the episode is {task}")
+        ways = self.output_classes()
+        if task == "classification" and ways and max(episode.support_y.max(), episode.query_y.max()) >= ways:
+            raise ValueError(f"episode labels must be 0..{ways - 1}: this {self.name} predicts {ways} classes, "
+                             f"but the episode has label {int(max(episode.support_y.max(), episode.query_y.max()))}")
         leaves = self.parameters(state)
         if leaves and leaves[0].dtype != episode.support_x.dtype:
             raise ValueError(f"episode inputs are {episode.support_x.dtype} but the learner's state is "
                              f"{leaves[0].dtype}: convert one of them (e.g. init(seed, dtype=...))")
+
+    def output_classes(self) -> int | None:
+        """How many classes this learner's outputs cover, when that is fixed (its ``ways``, or the
+        ``head`` of its model); ``None`` when any number of classes is scored (Chapter 5)."""
+        if self.any_ways:
+            return None
+        ways = getattr(self, "ways", None)
+        head = getattr(getattr(self, "model", None), "head", None)
+        if ways is None and isinstance(head, torch.nn.Linear):
+            ways = head.out_features
+        return ways
 
     def metrics(self, state, episode: Episode) -> dict[str, torch.Tensor]:
         """Per-task metrics ``[B]`` of a meta-batch: the batched hook, or ``task_metrics`` mapped over tasks."""
