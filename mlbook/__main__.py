@@ -20,6 +20,7 @@ import torch
 
 from . import distributed as dist_utils
 from .learners import _LEARNER_MODULES
+from .reference import add_reproduce_command
 from .train import CheckpointError, NonFiniteError, evaluate, load_checkpoint, meta_train
 from .utils import check_choice, get_device
 
@@ -302,7 +303,7 @@ def cmd_lake(args) -> int:
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m mlbook`` (Chapter 5)."""
     parser = argparse.ArgumentParser(prog="python -m mlbook", description="Meta-learning from the command line.")
-    commands = parser.add_subparsers(dest="command", metavar="{train,evaluate,lake}")
+    commands = parser.add_subparsers(dest="command", metavar="{train,evaluate,lake,reproduce}")
     commands.required = True
 
     train = commands.add_parser("train", help="meta-train a learner and write a checkpoint",
@@ -377,6 +378,7 @@ def make_parser() -> argparse.ArgumentParser:
     lake.add_argument("--seed", type=int, default=2015, help="seed of the proxy episodes")
     lake.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     lake.set_defaults(run=cmd_lake)
+    add_reproduce_command(commands)
     return parser
 
 
