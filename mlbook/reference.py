@@ -315,6 +315,7 @@ def reproduce(name: str, out=None, device: str = "cpu", fast: bool | None = None
 
     run = get(name)
     fast = is_fast() if fast is None else bool(fast)
+    commit = _commit()  # the code that trains, read before training: HEAD may move meanwhile
     _set_env(run)
     threads = torch.get_num_threads()
     torch_device = get_device(device)
@@ -362,7 +363,7 @@ def reproduce(name: str, out=None, device: str = "cpu", fast: bool | None = None
         "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
         "steps": steps, "steps_planned": _steps_of(args), "stopped": _stopped(checkpoint, args),
         "device": device_text, "threads": 1 if torch_device.type == "cpu" else None,
-        "torch": torch.__version__, "python": platform.python_version(), "commit": _commit(),
+        "torch": torch.__version__, "python": platform.python_version(), "commit": commit,
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": run.command, "train_argv": ["python", "-m", "mlbook", "train", *args, "--out", "CHECKPOINT"],
         "seed": run.seed, "env": run.env,
