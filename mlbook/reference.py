@@ -371,6 +371,8 @@ def reproduce(name: str, out=None, device: str = "cpu", fast: bool | None = None
         "fast": fast, "checkpoint": checkpoint_path.name,
     }
     _write_json(record_path, record)
+    for path in (checkpoint_path, record_path):
+        path.chmod(0o644)  # temporary files are private; shipped results are for everyone
     if log:
         log(f"{name}: {run.metric} {result} after {steps} steps in {train_seconds:.0f} s")
     return record
