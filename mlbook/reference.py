@@ -129,7 +129,7 @@ OMNIGLOT_NOTE = (
     "{minutes} wall-clock minutes (--time-limit) on one thread of a shared 2-core machine, whichever "
     "comes first (see steps), Adam 0.001, Conv4 with 64 channels and group norm. "
     "Set MLBOOK_OMNIGLOT to the archives' folder to reproduce or check it.")
-OMNIGLOT_MINUTES = 10
+OMNIGLOT_MINUTES = 5
 OMNIGLOT_STEPS = 2000
 
 
