@@ -23,6 +23,7 @@ import torch
 
 from . import distributed as dist_utils
 from .learners import LearnerConfig, get_learner, registry
+from .reference import add_reproduce_command
 from .storage import CheckpointError, load_checkpoint, load_state_into
 from .train import OPTIMISERS, SCHEDULES, NonFiniteError, TrainConfig, evaluate, meta_train, stop_on_signals
 from .utils import check_choice, get_device
@@ -135,7 +136,7 @@ def _image_family(data: dict, split: str, ways: int, shots: int, queries: int, w
                                            device=device))
 
 
-def _family(data: dict, split: str, ways: int, shots: int, queries: int, within: float,
+def task_family(data: dict, split: str, ways: int, shots: int, queries: int, within: float,
             rotate: bool, device):
     if data["kind"] == "sinusoid":
         from .tasks import SinusoidFamily
@@ -237,12 +238,12 @@ def cmd_train(args) -> int:
     world = dist_utils.init_from_env(device)
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
-    family = _family(data, "train", args.ways, args.shots, args.queries, args.within_alphabet, args.rotate, device)
+    family = task_family(data, "train", args.ways, args.shots, args.queries, args.within_alphabet, args.rotate, device)
     val_family = None
     if args.val_every:
         if data["kind"] != "sinusoid" and data["val"].numel() == 0:
             raise UsageError("--val-every needs validation classes: name them with --val-alphabets")
-        val_family = _family(data, "val", args.test_ways or args.ways, args.test_shots or args.shots,
+        val_family = task_family(data, "val", args.test_ways or args.ways, args.test_shots or args.shots,
                              args.queries, 0.0, False, device)
     log = (lambda message: print(message, file=sys.stderr, flush=True)) if world.is_main else None
     if log:
@@ -292,7 +293,7 @@ def cmd_evaluate(args) -> int:
     config = {**config, "download": False}
     data = build_data(config)
     held_out = data["kind"] == "sinusoid" or bool(config.get("holdout_alphabets")) or data["kind"] == "glyphs"
-    family = _family(data, "test", ways, shots, queries, 1.0 if args.within_alphabet else 0.0,
+    family = task_family(data, "test", ways, shots, queries, 1.0 if args.within_alphabet else 0.0,
                      False, device)
     result = evaluate(learner, state, family, episodes=args.episodes, seed=args.seed)
     summary = {"learner": config["learner"], "data": config["data"], "ways": ways, "shots": shots,
@@ -480,7 +481,7 @@ class OneLineParser(argparse.ArgumentParser):
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m mlbook`` (Chapter 5)."""
     parser = OneLineParser(prog="python -m mlbook", description="Meta-learning from the command line.")
-    commands = parser.add_subparsers(dest="command", metavar="{train,evaluate,lake}")
+    commands = parser.add_subparsers(dest="command", metavar="{train,evaluate,lake,reproduce}")
     commands.required = True
     train = commands.add_parser("train", help="meta-train a learner and write a checkpoint",
                                 description="Meta-train a learner on episodes and write a checkpoint.")
@@ -490,6 +491,7 @@ def make_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=cmd_train)
     _add_evaluate_command(commands)
     _add_lake_command(commands)
+    add_reproduce_command(commands)
     return parser
 
 

@@ -106,7 +106,8 @@ def collect(root: Path = REPO) -> list[tuple[str, str, list[Exercise]]]:
     """(source, chapter title, exercises) for every chapter notebook in ``_toc.yml``."""
     chapters = []
     for source in toc_sources(root, strict=False):
-        if source.endswith(".ipynb"):
+        # Numbered notebooks are chapters; the Results page has no exercises to list.
+        if source.endswith(".ipynb") and re.match(r"book/\d+_", source):
             path = root / source
             chapters.append((source, chapter_title(path), exercises_in_notebook(path, source)))
     return chapters

@@ -13,7 +13,9 @@ import pytest
 
 from site_helpers import REPO, toc_sources
 
-CHAPTERS = [s for s in toc_sources() if s.endswith(".ipynb")]
+NOTEBOOKS = [s for s in toc_sources() if s.endswith(".ipynb")]
+# Numbered chapters teach and have exercises; other notebooks (the Results page) only show.
+CHAPTERS = [s for s in NOTEBOOKS if re.match(r"book/\d+_", s)]
 INSTALL_CELL = (
     "# Colab or a fresh Jupyter: install mlbook from the repository when it is missing.\n"
     "try:\n"
@@ -40,7 +42,7 @@ def test_the_book_has_chapters():
     assert CHAPTERS, "_toc.yml lists no chapter notebook"
 
 
-@pytest.mark.parametrize("source", CHAPTERS)
+@pytest.mark.parametrize("source", NOTEBOOKS)
 def test_first_cell_installs_mlbook_only_when_missing(source):
     first = _cells(source)[0]
     assert first["cell_type"] == "code" and "remove-cell" in first["metadata"].get("tags", []), \
@@ -80,7 +82,7 @@ def test_exercises_have_solutions(source):
     assert not [label for label in labels if label not in solved], "an exercise has no solution"
 
 
-@pytest.mark.parametrize("source", CHAPTERS)
+@pytest.mark.parametrize("source", NOTEBOOKS)
 def test_no_stored_outputs(source):
     notebook = json.loads((REPO / source).read_text())
     assert notebook["metadata"].get("kernelspec", {}).get("name") == "python3"
@@ -88,7 +90,7 @@ def test_no_stored_outputs(source):
     assert not stored, f"cells {stored} have stored outputs; clear them before committing"
 
 
-@pytest.mark.parametrize("source", CHAPTERS)
+@pytest.mark.parametrize("source", NOTEBOOKS)
 def test_citations_and_chapter_links_resolve(source):
     text = _markdown(source)
     keys = {k.strip() for group in re.findall(r"\{cite[pt]?\}`([^`]+)`", text) for k in group.split(",")}

@@ -1,0 +1,133 @@
+"""Reference runs: every shipped record re-checks, reproduce runs end to end, the CLI lists and refuses."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlbook import reference
+from mlbook.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = [name for name in reference.names() if (reference.RUNS_DIR / f"{name}.json").is_file()]
+
+
+def _omniglot_available() -> bool:
+    from mlbook.data.omniglot import find_archive
+
+    try:
+        for name in ("images_background_small1.zip", "images_background_small2.zip"):
+            find_archive(name, download=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _digest(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*")) if p.is_file()}
+
+
+def test_the_registry_has_at_least_twelve_runs():
+    assert len(reference.names()) >= 12
+
+
+def test_every_run_has_a_record_and_a_small_checkpoint():
+    missing = [n for n in reference.names() if not (reference.RUNS_DIR / f"{n}.json").is_file()
+               or not (reference.RUNS_DIR / f"{n}.pt").is_file()]
+    assert not missing, f"runs without a shipped record or checkpoint: {missing}"
+    total = sum(p.stat().st_size for p in reference.RUNS_DIR.iterdir())
+    assert total < 10 * 2 ** 20, f"the reference runs take {total / 2 ** 20:.1f} MB; keep them under 10 MB"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_record_is_complete_and_not_a_smoke_test(name):
+    record = reference.load_record(name)
+    for key in ("name", "metric", "value", "ci95", "paper_value", "paper_ci95", "paper_source", "train_seconds",
+                "steps", "device", "torch", "commit", "train_argv", "eval_protocol"):
+        assert key in record, f"{name}: the record lacks {key!r}"
+    assert record["fast"] is False and record["name"] == name
+    run = reference.get(name)
+    assert record["eval_protocol"]["seed"] == run.protocol["seed"]
+    assert record["train_argv"][4:-4] == list(run.train_args), f"{name}: the record was made with other arguments"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_gives_its_recorded_value(name):
+    if reference.get(name).data == "omniglot" and not _omniglot_available():
+        pytest.skip("the Omniglot archives are absent (set MLBOOK_OMNIGLOT); this record needs them to re-check")
+    code = main(["reproduce", name, "--check"])
+    assert code == 0
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if reference.get(n).paper_source and "Table 1" in
+                                  reference.get(n).paper_source])
+def test_sinusoid_maml_and_metasgd_reach_the_paper(name):
+    record = reference.load_record(name)
+    # "At or below the paper's MSE": within the paper's own interval or better.
+    assert record["value"] <= record["paper_value"] + record["paper_ci95"], record
+
+
+def test_check_fails_with_one_line_when_the_value_changed(tmp_path, capsys):
+    name = "sinusoid-maml-k10"
+    record = reference.reproduce(name, out=tmp_path, fast=True)
+    assert main(["reproduce", name, "--check", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({**record, "value": record["value"] + 1.0}))
+    code = main(["reproduce", name, "--check", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "the record says" in err[0], err
+
+
+def test_reproduce_runs_end_to_end_in_fast_mode_without_touching_the_shipped_files(tmp_path):
+    assert os.environ.get("MLBOOK_FAST") == "1"
+    before = _digest(reference.RUNS_DIR)
+    env = {**os.environ, "MLBOOK_NO_PROGRESS": "1"}
+    done = subprocess.run([sys.executable, "-m", "mlbook", "reproduce", "sinusoid-metasgd-k10", "--out",
+                           str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["name"] == "sinusoid-metasgd-k10" and summary["steps"] == reference.FAST_STEPS
+    record = json.loads((tmp_path / "sinusoid-metasgd-k10.json").read_text())
+    assert record["fast"] is True and record["train_argv"][:4] == ["python", "-m", "mlbook", "train"]
+    assert (tmp_path / "sinusoid-metasgd-k10.pt").stat().st_size < 100_000
+    from mlbook.train import load_checkpoint
+
+    slim = load_checkpoint(tmp_path / "sinusoid-metasgd-k10.pt")
+    assert "optimiser" not in slim and slim["metadata"]["config"]["learner"] == "MetaSGD"
+    assert _digest(reference.RUNS_DIR) == before, "reproduce --out must not touch the shipped runs"
+
+
+def test_list_prints_one_json_object_per_run(capsys):
+    assert main(["reproduce", "--list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [row["name"] for row in rows] == reference.names()
+    for row in rows:
+        for key in ("name", "metric", "value", "ci95", "paper_value", "paper_source", "train_seconds", "device"):
+            assert key in row, f"{row['name']} lacks {key!r}"
+
+
+@pytest.mark.parametrize("args", [["reproduce", "no-such-run"], ["reproduce", "no-such-run", "--check"]])
+def test_a_bad_name_gives_one_line_naming_the_allowed_names(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "Traceback" not in err[0]
+    assert "no-such-run" in err[0] and "sinusoid-maml-k10" in err[0]
+
+
+def test_reproduce_needs_a_name_or_list(capsys):
+    assert main(["reproduce"]) != 0
+    assert "--list" in capsys.readouterr().err
+
+
+def test_table_lists_every_run_with_the_command():
+    text = str(reference.table())
+    for name in reference.names():
+        assert f"python -m mlbook reproduce {name}" in text
+    assert "sinusoid-maml-k10" in reference.table("sinusoid-maml-k10")._repr_html_()
+    with pytest.raises(ValueError, match="name must be one of"):
+        reference.table(["nope"])
