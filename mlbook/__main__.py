@@ -26,7 +26,7 @@ from .learners import LearnerConfig, get_learner, registry
 from .reference import add_reproduce_command
 from .storage import CheckpointError, load_checkpoint, load_state_into
 from .train import OPTIMISERS, SCHEDULES, NonFiniteError, TrainConfig, evaluate, meta_train, stop_on_signals
-from .utils import check_choice, get_device
+from .utils import UsageError, check_choice, get_device
 
 __all__ = ["main", "build_learner", "build_data", "load_trained", "learner_names", "DATA"]
 
@@ -34,10 +34,6 @@ DATA = ("omniglot", "glyphs", "sinusoid")
 DEFAULT_HOLDOUT = "Early_Aramaic,Korean"
 GLYPH_CLASSES = 600
 EXIT_USAGE = 2
-
-
-class UsageError(ValueError):
-    """A command-line mistake: reported as one line with a non-zero exit (Chapter 5)."""
 
 
 def learner_names() -> tuple[str, ...]:

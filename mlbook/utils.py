@@ -20,6 +20,14 @@ __all__ = [
 _DEVICE_ORDER = ("cuda", "mps", "cpu")
 
 
+class UsageError(ValueError):
+    """A command-line mistake: reported as one line with a non-zero exit (Chapter 5).
+
+    Defined here, not in ``mlbook.__main__``: run as ``python -m mlbook`` that module is loaded
+    twice (as ``__main__`` and as ``mlbook.__main__``), and each copy would have its own class.
+    """
+
+
 def check_positive_int(name: str, value: Any) -> int:
     """Validate that argument ``name`` is a positive integer and return it (all chapters)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
