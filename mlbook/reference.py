@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from .utils import UsageError
+
 __all__ = ["ReferenceRun", "RUNS", "names", "get", "list_runs", "load_record", "reproduce", "check",
            "table", "ResultsTable", "ReferenceMismatch", "add_reproduce_command", "RUNS_DIR"]
 
@@ -323,7 +325,7 @@ def reproduce(name: str, out=None, device: str = "cpu", fast: bool | None = None
     """
     from .__main__ import load_trained, main as cli_main
     from .storage import save_checkpoint
-    from .utils import get_device, is_fast
+    from .utils import UsageError, get_device, is_fast
 
     run = get(name)
     fast = is_fast() if fast is None else bool(fast)
@@ -514,13 +516,16 @@ def cmd_reproduce(args) -> int:
     """``reproduce``: list, retrain or check the reference runs (Results page)."""
     if args.list:
         if args.name or args.check:
-            raise ValueError("--list takes no run name and no --check")
+            raise UsageError("--list takes no run name and no --check")
         for row in list_runs(args.out):
             print(json.dumps(row))
         return 0
     if not args.name:
-        raise ValueError(f"name a reference run (one of {', '.join(RUNS)}) or give --list")
-    get(args.name)
+        raise UsageError(f"name a reference run (one of {', '.join(RUNS)}) or give --list")
+    try:
+        get(args.name)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if args.check:
         try:
             result = check(args.name, args.out, device=args.device)
