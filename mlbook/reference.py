@@ -312,6 +312,48 @@ def _set_env(run: ReferenceRun) -> None:
         os.environ.setdefault(key, value)
 
 
+def _record(run: ReferenceRun, args, result, checkpoint, torch_device, commit, fast, episodes,
+            checkpoint_name, train_seconds, eval_seconds) -> dict:
+    """The JSON record of one reproduced run: value, paper, protocol and how it was trained."""
+    name = run.name
+    device_text = (f"cpu ({platform.processor() or platform.machine()}, 1 thread)" if torch_device.type == "cpu"
+                   else (torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else str(torch_device)))
+    return {
+        "name": name, "learner": run.learner, "data": run.data, "chapter": run.chapter,
+        "metric": run.metric, "value": result.mean, "ci95": result.ci95,
+        "paper_value": run.paper_value, "paper_ci95": run.paper_ci95, "paper_source": run.paper_source,
+        "paper_protocol": run.paper_protocol, "note": run.note,
+        "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
+        "steps": int(checkpoint["step"]), "steps_planned": _steps_of(args), "stopped": _stopped(checkpoint, args),
+        "device": device_text, "threads": 1 if torch_device.type == "cpu" else None,
+        "torch": torch.__version__, "python": platform.python_version(), "commit": commit,
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": run.command, "train_argv": ["python", "-m", "mlbook", "train", *args, "--out", "CHECKPOINT"],
+        "seed": run.seed, "env": run.env,
+        "eval_protocol": {**run.protocol, "episodes": episodes, "split": "test"},
+        "fast": fast, "checkpoint": checkpoint_name,
+    }
+
+
+def _train(name: str, args: list[str], torch_device, directory: Path, log):
+    """Train once through the command line into a temporary file; (loaded run, seconds)."""
+    from .__main__ import load_trained, main as cli_main
+
+    with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=directory) as work:
+        full = Path(work) / "train.pt"
+        argv = ["train", *args, "--out", str(full)]
+        if log:
+            log(f"{name}: python -m mlbook {' '.join(argv[:-2])} --out ...")
+        started = time.perf_counter()
+        # The train command prints a JSON summary; keep stdout for reproduce's own output.
+        with contextlib.redirect_stdout(sys.stderr):
+            code = cli_main(argv)
+        seconds = time.perf_counter() - started
+        if code != 0:
+            raise RuntimeError(f"training {name} failed with exit status {code} (see the message above)")
+        return load_trained(full, torch_device), seconds
+
+
 def reproduce(name: str, out=None, device: str = "cpu", fast: bool | None = None,
               log=None) -> dict:
     """Retrain run ``name`` through the one trainer, evaluate it, write its checkpoint and record (Results page).
@@ -323,9 +365,8 @@ def reproduce(name: str, out=None, device: str = "cpu", fast: bool | None = None
     Under ``MLBOOK_FAST=1`` (or ``fast=True``) it trains a handful of steps and evaluates
     a few episodes: a smoke test, marked ``"fast": true`` in the record. Returns the record.
     """
-    from .__main__ import load_trained, main as cli_main
     from .storage import save_checkpoint
-    from .utils import UsageError, get_device, is_fast
+    from .utils import get_device, is_fast
 
     run = get(name)
     fast = is_fast() if fast is None else bool(fast)
@@ -343,19 +384,8 @@ def reproduce(name: str, out=None, device: str = "cpu", fast: bool | None = None
     checkpoint_path, record_path = _paths(name, out)
     checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=checkpoint_path.parent) as work:
-            full = Path(work) / "train.pt"
-            argv = ["train", *args, "--out", str(full)]
-            if log:
-                log(f"{name}: python -m mlbook {' '.join(argv[:-2])} --out ...")
-            started = time.perf_counter()
-            # The train command prints a JSON summary; keep stdout for reproduce's own output.
-            with contextlib.redirect_stdout(sys.stderr):
-                code = cli_main(argv)
-            train_seconds = time.perf_counter() - started
-            if code != 0:
-                raise RuntimeError(f"training {name} failed with exit status {code} (see the message above)")
-            checkpoint, config, learner, state = load_trained(full, torch_device)
+        (checkpoint, config, learner, state), train_seconds = _train(name, args, torch_device,
+                                                                     checkpoint_path.parent, log)
         started = time.perf_counter()
         episodes = FAST_EPISODES if fast else run.protocol["episodes"]
         result = _evaluate(run, config, learner, state, torch_device, episodes)
@@ -367,23 +397,8 @@ def reproduce(name: str, out=None, device: str = "cpu", fast: bool | None = None
         })
     finally:
         torch.set_num_threads(threads)
-    device_text = (f"cpu ({platform.processor() or platform.machine()}, 1 thread)" if torch_device.type == "cpu"
-                   else (torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else str(torch_device)))
-    record = {
-        "name": name, "learner": run.learner, "data": run.data, "chapter": run.chapter,
-        "metric": run.metric, "value": result.mean, "ci95": result.ci95,
-        "paper_value": run.paper_value, "paper_ci95": run.paper_ci95, "paper_source": run.paper_source,
-        "paper_protocol": run.paper_protocol, "note": run.note,
-        "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
-        "steps": steps, "steps_planned": _steps_of(args), "stopped": _stopped(checkpoint, args),
-        "device": device_text, "threads": 1 if torch_device.type == "cpu" else None,
-        "torch": torch.__version__, "python": platform.python_version(), "commit": commit,
-        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": run.command, "train_argv": ["python", "-m", "mlbook", "train", *args, "--out", "CHECKPOINT"],
-        "seed": run.seed, "env": run.env,
-        "eval_protocol": {**run.protocol, "episodes": episodes, "split": "test"},
-        "fast": fast, "checkpoint": checkpoint_path.name,
-    }
+    record = _record(run, args, result, checkpoint, torch_device, commit, fast, episodes,
+                     checkpoint_path.name, train_seconds, eval_seconds)
     _write_json(record_path, record)
     for path in (checkpoint_path, record_path):
         path.chmod(0o644)  # temporary files are private; shipped results are for everyone
