@@ -19,18 +19,8 @@ from PIL import Image
 from mlbook.data import omniglot
 from mlbook.data.omniglot import ARCHIVES, decode_image, load_omniglot, read_lake_runs, verify_archive
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "omniglot"
-SMALL1 = "images_background_small1.zip"
-needs_shared = pytest.mark.skipif(not (SHARED / SMALL1).is_file(),
-                                  reason=f"the real Omniglot archives are not in {SHARED}")
-
-
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    """No test reads the user's cache or the network."""
-    monkeypatch.setenv("MLBOOK_DATA", str(tmp_path / "cache"))
-    monkeypatch.delenv("MLBOOK_OMNIGLOT", raising=False)
-    monkeypatch.setattr(omniglot, "BASE_URL", "http://127.0.0.1:9/")  # a closed port: fails at once
+from omniglot_support import SHARED, SMALL, isolated, needs_shared  # noqa: F401 (isolated: autouse)
+SMALL1 = SMALL[0]
 
 
 def _drawing(seed: int) -> bytes:

@@ -14,18 +14,7 @@ from mlbook.data import load_image_classes
 from mlbook.data import omniglot
 from mlbook.data.omniglot import (extract_archive, find_archive, load_omniglot, read_lake_runs)
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "omniglot"
-SMALL = ("images_background_small1.zip", "images_background_small2.zip")
-needs_shared = pytest.mark.skipif(not all((SHARED / n).is_file() for n in SMALL),
-                                  reason=f"the real Omniglot archives are not in {SHARED}")
-
-
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    """No test reads the user's cache or the network."""
-    monkeypatch.setenv("MLBOOK_DATA", str(tmp_path / "cache"))
-    monkeypatch.delenv("MLBOOK_OMNIGLOT", raising=False)
-    monkeypatch.setattr(omniglot, "BASE_URL", "http://127.0.0.1:9/")  # a closed port: fails at once
+from omniglot_support import SHARED, SMALL, isolated, needs_shared  # noqa: F401 (isolated: autouse)
 
 
 def _png(pattern: np.ndarray) -> bytes:
