@@ -143,7 +143,7 @@ def task_family(data: dict, split: str, ways: int, shots: int, queries: int, wit
 
 # -- commands --------------------------------------------------------------------------------
 _LEARNER_FLAGS = {"inner_lr": "--inner-lr", "inner_steps": "--inner-steps", "first_order": "--first-order",
-                  "distance": "--distance", "fce": "--fce"}
+                  "distance": "--distance", "fce": "--fce", "lam": "--lam", "cg_steps": "--cg-steps"}
 # What a resumed run may change; everything else defines the run and must stay as it was.
 _RESUMABLE_SETTINGS = {"steps", "time_limit", "checkpoint_every", "stop_after", "val_every", "val_episodes",
                        "patience"}
@@ -166,7 +166,7 @@ def _run_config(args) -> dict:
         "image_size": args.image_size, "ways": args.ways, "shots": args.shots, "queries": args.queries,
         "channels": args.channels, "norm": args.norm, "distance": args.distance, "fce": args.fce,
         "inner_lr": args.inner_lr, "inner_steps": args.inner_steps, "first_order": args.first_order,
-        "rotate": args.rotate, "within_alphabet": args.within_alphabet, "jitter": args.jitter,
+        "lam": args.lam, "cg_steps": args.cg_steps, "rotate": args.rotate, "within_alphabet": args.within_alphabet, "jitter": args.jitter,
         "glyph_classes": args.glyph_classes, "download": not args.no_download,
     }
     if args.data != "omniglot" and (config["holdout_alphabets"] or config["val_alphabets"]):
@@ -414,6 +414,10 @@ def _add_learner_options(train) -> None:
     train.add_argument("--inner-lr", type=positive_float, default=None, help="inner learning rate (gradient learners)")
     train.add_argument("--inner-steps", type=positive_int, default=1, help="inner steps (gradient learners)")
     train.add_argument("--first-order", action="store_true", help="MAML: first-order meta-gradient")
+    train.add_argument("--lam", type=positive_float, default=1.0,
+                       help="iMAML: strength of the proximal term tying theta to phi (default 1)")
+    train.add_argument("--cg-steps", type=positive_int, default=5,
+                       help="iMAML: conjugate-gradient iterations of the implicit gradient (default 5)")
 
 
 def _add_training_options(train) -> None:

@@ -91,6 +91,8 @@ class LearnerConfig:
     first_order: bool = False
     distance: str = "euclidean"
     fce: bool = False
+    lam: float = 1.0
+    cg_steps: int = 5
 
     def __post_init__(self):
         check_choice("task", self.task, TASKS)

@@ -14,8 +14,8 @@ from torch import nn
 
 from ..bilevel import check_params, implicit_meta_grad, proximal_inner_loop, with_gradient
 from ..utils import check_positive, check_positive_int
-from .base import task_loss
-from .maml import MAML
+from .base import LearnerConfig, task_loss
+from .maml import MAML, gradient_options, model_for
 
 __all__ = ["IMAML"]
 
@@ -29,7 +29,7 @@ class IMAML(MAML):
     """
 
     name = "IMAML"
-    options = ("inner_lr", "inner_steps")
+    options = ("inner_lr", "inner_steps", "lam", "cg_steps")
 
     def __init__(self, model: nn.Module, lam: float = 1.0, cg_steps: int = 5, **kwargs):
         if kwargs.get("learn_inner_lr"):
@@ -40,6 +40,11 @@ class IMAML(MAML):
         super().__init__(model, **kwargs)
         self.lam = check_positive("lam", lam)
         self.cg_steps = check_positive_int("cg_steps", cg_steps)
+
+    @classmethod
+    def from_config(cls, config: LearnerConfig) -> "IMAML":
+        """The sinusoid MLP or Conv4 with the proximal strength and CG steps of the config (Chapter 3)."""
+        return cls(model_for(config), lam=config.lam, cg_steps=config.cg_steps, **gradient_options(cls, config))
 
     def adapt(self, state, support_x, support_y):
         """theta_i: approximate minimiser of the proximal inner problem, started at phi."""
