@@ -6,8 +6,10 @@ import math
 import torch
 
 from .core import Case, as_scalar, assert_close, chapter_graders, grade
+from .predictions import Prediction, chapter_predictions
 
-__all__ = ["check_posterior_update", "check_log_evidence", "check_predictive_variance"]
+__all__ = ["check_posterior_update", "check_log_evidence", "check_predictive_variance",
+           "check_conditional_evidence"]
 
 F64 = torch.float64
 
@@ -171,6 +173,75 @@ def _variance_case(seed, d, m, noise_var):
                 ((new @ torch.linalg.inv(cov)) * new).sum(-1) + noise_var,
             "a standard deviation: return the variance, without a square root": (quad + noise_var).sqrt(),
             "row sums of Phi Sigma Phi^T: take its diagonal": (new @ cov @ new.T).sum(-1) + noise_var})
+    return test
+
+
+# -- Exercise 4 (derivation): the episodic objective inside empirical Bayes -----------------
+def reference_conditional_evidence(prior_mean, prior_cov, train_features, train_y, test_features, test_y,
+                                   noise_var):
+    """The reference: log p(D_test | D_train), the posterior predictive's joint log density (Chapter 6)."""
+    post_mean, post_cov = reference_posterior_update(prior_mean, prior_cov, train_features, train_y, noise_var)
+    eye = torch.eye(len(test_y), dtype=test_y.dtype)
+    cov = test_features @ post_cov @ test_features.T + noise_var * eye
+    return _gaussian_log_density(test_y - test_features @ post_mean, cov)
+
+
+def check_conditional_evidence(fn):
+    """Grade ``fn(prior_mean, prior_cov, train_features, train_y, test_features, test_y, noise_var)
+    -> log p(D_test | D_train)`` against log p(D_train u D_test) - log p(D_train) (Chapter 6)."""
+    return grade("Exercise 6.4: the episodic objective inside the evidence", fn, [
+        Case("three weights, five support and four query points", _conditional_case(0, 3, 5, 4, 0.5),
+             "condition on D_train: the posterior N(mu, Sigma), then y_test ~ N(Psi_* mu, Psi_* Sigma Psi_*^T "
+             "+ noise_var I)"),
+        Case("the query points are correlated", _conditional_case(1, 2, 3, 6, 0.2),
+             "the query targets share the uncertain weights: use the full M x M predictive covariance"),
+        Case("one support point, small noise", _conditional_case(2, 4, 1, 3, 0.05),
+             "with little data the posterior stays close to the prior: still condition on the one point",
+             hidden=True),
+        Case("many support points", _conditional_case(3, 3, 20, 5, 0.3),
+             "log p(D_test | D_train) = log p(D_train and D_test) - log p(D_train)", hidden=True),
+    ])
+
+
+def _conditional_case(seed, d, k, m, noise_var):
+    def test(fn):
+        g = torch.Generator().manual_seed(300 + seed)
+        prior_mean = torch.randn(d, generator=g, dtype=F64)
+        a = torch.randn(d, d, generator=g, dtype=F64)
+        prior_cov = a @ a.T + 0.3 * torch.eye(d, dtype=F64)
+        w = prior_mean + torch.linalg.cholesky(prior_cov) @ torch.randn(d, generator=g, dtype=F64)
+        phi = torch.randn(k + m, d, generator=g, dtype=F64)
+        y = phi @ w + math.sqrt(noise_var) * torch.randn(k + m, generator=g, dtype=F64)
+        train_phi, test_phi, train_y, test_y = phi[:k], phi[k:], y[:k], y[k:]
+        # The other side of the identity: the evidence of all the points minus that of D_train.
+        want = reference_log_evidence(prior_mean, prior_cov, phi, y, noise_var) - \
+            reference_log_evidence(prior_mean, prior_cov, train_phi, train_y, noise_var)
+        out = as_scalar(fn(prior_mean, prior_cov, train_phi, train_y, test_phi, test_y, noise_var))
+        post_mean, post_cov = reference_posterior_update(prior_mean, prior_cov, train_phi, train_y, noise_var)
+        eye = torch.eye(m, dtype=F64)
+        residual = test_y - test_phi @ post_mean
+        spread = test_phi @ post_cov @ test_phi.T
+        assert_close(out, want, "log p(D_test | D_train)", atol=1e-6, mistakes={
+            "log p(D_test) under the prior: condition on D_train (the posterior, not the prior)":
+                reference_log_evidence(prior_mean, prior_cov, test_phi, test_y, noise_var),
+            "the predictive covariance without noise_var: a new observation carries its own noise":
+                (lambda: _gaussian_log_density(residual, spread)) if m <= d else None,
+            "only the diagonal of the predictive covariance: the query targets are correlated through "
+            "the shared weights": _gaussian_log_density(residual, torch.diag(spread.diagonal() + noise_var)),
+            "log p(D_train and D_test), the joint: subtract log p(D_train)":
+                reference_log_evidence(prior_mean, prior_cov, phi, y, noise_var),
+            "log p(D_train): the episodic term is the query set's density given the support set":
+                reference_log_evidence(prior_mean, prior_cov, train_phi, train_y, noise_var),
+            "log p(D_train | D_test): the conditioning goes the wrong way round":
+                reference_conditional_evidence(prior_mean, prior_cov, test_phi, test_y, train_phi, train_y,
+                                               noise_var),
+            "the predictive mean at the prior mean: use the posterior mean Psi_* mu":
+                _gaussian_log_density(test_y - test_phi @ prior_mean, spread + noise_var * eye),
+            "the prior covariance in the predictive covariance: use the posterior's":
+                _gaussian_log_density(residual, test_phi @ prior_cov @ test_phi.T + noise_var * eye),
+            "noise_var counted twice in the predictive covariance":
+                _gaussian_log_density(residual, spread + 2 * noise_var * eye),
+            "without the -M/2 log(2 pi) constant": want + 0.5 * m * math.log(2 * math.pi)})
     return test
 
 
