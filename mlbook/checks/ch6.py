@@ -246,3 +246,36 @@ def _conditional_case(seed, d, k, m, noise_var):
 
 
 GRADERS = chapter_graders(globals())
+
+
+# -- Prediction questions ---------------------------------------------------------------------
+PREDICT_IMPLIED_PRIOR_WIDTH = Prediction(
+    key="implied-prior-width",
+    question="Read as Bayesian inference, one gradient step of size alpha from phi on the MEAN squared error of "
+             "K support points is the posterior mode under a Gaussian prior centred at phi. Keep alpha fixed "
+             "and let K grow from 2 to 20. What happens to the width (standard deviation) of that implied prior?",
+    choices=("it stays the same: a prior does not depend on how much data comes",
+             "it shrinks: the more support points, the narrower the implied prior",
+             "it grows: more data lets the prior be vaguer"),
+    answer="b",
+    hint="with a mean loss, how far does one step of size alpha move w with 2 points, and with 20? How far "
+         "does an exact posterior move from its prior as data accumulate?",
+    explanation="A step on the mean loss moves w about as far whatever K, while a posterior moves further with "
+                "more data; to describe the same move as a posterior mode the prior must tighten, about as "
+                "2 k alpha sigma^2 / K for small steps (Grant et al. 2018).")
+
+PREDICT_LINES_INFERENCE = Prediction(
+    key="lines-inference",
+    question="On the line tasks (K = 5 support points), three learners predict the query points: MAML with its "
+             "meta-learned start (the better of 1 and 5 inner steps), exact Bayesian inference under a fixed "
+             "N(0, I) prior that knows nothing about the tasks, and exact inference under the learned prior. "
+             "Which has the HIGHEST query error?",
+    choices=("MAML, although its start was meta-learned",
+             "exact inference under the fixed N(0, I) prior",
+             "exact inference under the learned prior"),
+    answer="a",
+    hint="what does MAML's inner loop compute, compared with an exact posterior mean under any reasonable prior?",
+    explanation="MAML's few fixed-size steps are inference under a prior set by the optimiser; exact inference "
+                "weighs the data by how much they say, and on these tasks that matters more than the prior.")
+
+PREDICTIONS = chapter_predictions(globals())
