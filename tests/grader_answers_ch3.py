@@ -1,7 +1,8 @@
 """Answers to Chapter 3's exercises as students write them (see grader_answers_ch1.py)."""
 import torch
 
-from mlbook.checks.ch3 import reference_first_order_grad, reference_unrolled_adapt
+from mlbook.checks.ch3 import (reference_first_order_grad, reference_implicit_grad,
+                               reference_maml_linear_grad, reference_unrolled_adapt)
 
 
 # -- unrolled adapt --------------------------------------------------------------------------
@@ -201,6 +202,148 @@ def reptile_loop(phi, thetas, epsilon):
     return new
 
 
+# -- MAML's meta-gradient for linear regression, by hand ---------------------------------------
+def _g(w, x, y):
+    return 2 * x.T @ (x @ w - y) / len(y)
+
+
+def linear_first_order(w, xs, ys, xq, yq, alpha):
+    return _g(w - alpha * _g(w, xs, ys), xq, yq)
+
+
+def linear_plus(w, xs, ys, xq, yq, alpha):
+    h = 2 * xs.T @ xs / len(ys)
+    return (torch.eye(len(w), dtype=w.dtype) + alpha * h) @ _g(w - alpha * _g(w, xs, ys), xq, yq)
+
+
+def linear_hessian_no_two(w, xs, ys, xq, yq, alpha):
+    h = xs.T @ xs / len(ys)
+    return (torch.eye(len(w), dtype=w.dtype) - alpha * h) @ _g(w - alpha * _g(w, xs, ys), xq, yq)
+
+
+def linear_no_two_anywhere(w, xs, ys, xq, yq, alpha):
+    def g(w_, x, y):
+        return x.T @ (x @ w_ - y) / len(y)
+    h = xs.T @ xs / len(ys)
+    return (torch.eye(len(w), dtype=w.dtype) - alpha * h) @ g(w - alpha * g(w, xs, ys), xq, yq)
+
+
+def linear_query_hessian(w, xs, ys, xq, yq, alpha):
+    h = 2 * xq.T @ xq / len(yq)
+    return (torch.eye(len(w), dtype=w.dtype) - alpha * h) @ _g(w - alpha * _g(w, xs, ys), xq, yq)
+
+
+def linear_gradient_at_w(w, xs, ys, xq, yq, alpha):
+    h = 2 * xs.T @ xs / len(ys)
+    return (torch.eye(len(w), dtype=w.dtype) - alpha * h) @ _g(w, xq, yq)
+
+
+def linear_support_gradient(w, xs, ys, xq, yq, alpha):
+    h = 2 * xs.T @ xs / len(ys)
+    return (torch.eye(len(w), dtype=w.dtype) - alpha * h) @ _g(w - alpha * _g(w, xs, ys), xs, ys)
+
+
+def linear_sums(w, xs, ys, xq, yq, alpha):
+    h = 2 * xs.T @ xs
+    theta = w - alpha * 2 * xs.T @ (xs @ w - ys)
+    return (torch.eye(len(w), dtype=w.dtype) - alpha * h) @ _g(theta, xq, yq)
+
+
+def linear_autograd(w, xs, ys, xq, yq, alpha):
+    w = w.clone().requires_grad_()
+    theta = w - alpha * _g(w, xs, ys)
+    return torch.autograd.grad((xq @ theta - yq).pow(2).mean(), w)[0]
+
+
+def linear_inplace(w, xs, ys, xq, yq, alpha):
+    out = reference_maml_linear_grad(w, xs, ys, xq, yq, alpha)
+    w.sub_(out)
+    return out
+
+
+def linear_hvp_form(w, xs, ys, xq, yq, alpha):
+    # (I - alpha H) g as g - alpha H g, never forming the identity
+    residual = xs @ w - ys
+    theta = w - alpha * 2 * (residual @ xs) / xs.shape[0]
+    gq = 2 * ((xq @ theta - yq) @ xq) / xq.shape[0]
+    return gq - alpha * 2 * (xs.T @ (xs @ gq)) / xs.shape[0]
+
+
+def linear_float32(w, xs, ys, xq, yq, alpha):
+    w, xs, ys, xq, yq = (t.double() for t in (w, xs, ys, xq, yq))
+    n_s, d = xs.shape
+    theta = w - alpha * torch.linalg.multi_dot([xs.T, xs @ w - ys]) * (2.0 / n_s)
+    jac = torch.eye(d, dtype=torch.float64) - (2.0 * alpha / n_s) * xs.T @ xs
+    return jac.T @ (2.0 / len(yq) * xq.T @ (xq @ theta - yq))
+
+
+# -- iMAML's implicit gradient -------------------------------------------------------------
+def _eye(g):
+    return torch.eye(len(g), dtype=g.dtype)
+
+
+def implicit_lam_times(hessian, outer_grad, lam):
+    return torch.linalg.solve(_eye(outer_grad) + lam * hessian, outer_grad)
+
+
+def implicit_one_step(hessian, outer_grad, lam):
+    return (_eye(outer_grad) - hessian / lam) @ outer_grad
+
+
+def implicit_first_order(hessian, outer_grad, lam):
+    return outer_grad.clone()
+
+
+def implicit_multiply(hessian, outer_grad, lam):
+    return (_eye(outer_grad) + hessian / lam) @ outer_grad
+
+
+def implicit_no_lam_factor(hessian, outer_grad, lam):
+    return torch.linalg.solve(hessian + lam * _eye(outer_grad), outer_grad)
+
+
+def implicit_no_lam(hessian, outer_grad, lam):
+    return torch.linalg.solve(_eye(outer_grad) + hessian, outer_grad)
+
+
+def implicit_minus(hessian, outer_grad, lam):
+    return torch.linalg.solve(_eye(outer_grad) - hessian / lam, outer_grad)
+
+
+def implicit_hessian_only(hessian, outer_grad, lam):
+    return torch.linalg.solve(hessian, outer_grad)
+
+
+def implicit_inplace(hessian, outer_grad, lam):
+    hessian.div_(lam)
+    return torch.linalg.solve(_eye(outer_grad) + hessian, outer_grad)
+
+
+def implicit_column(hessian, outer_grad, lam):
+    return reference_implicit_grad(hessian, outer_grad, lam)[:, None]
+
+
+def implicit_inverse(hessian, outer_grad, lam):
+    return torch.linalg.inv(torch.eye(hessian.shape[0], dtype=hessian.dtype) + hessian / lam) @ outer_grad
+
+
+def implicit_cg(hessian, outer_grad, lam):
+    # conjugate gradient on (lam I + H) v = lam g, run to convergence
+    matrix = lam * _eye(outer_grad) + hessian
+    v = torch.zeros_like(outer_grad)
+    r = lam * outer_grad - matrix @ v
+    p = r.clone()
+    for _ in range(10 * len(outer_grad)):
+        if r.norm() < 1e-14:
+            break
+        step = (r @ r) / (p @ matrix @ p)
+        v = v + step * p
+        r_new = r - step * matrix @ p
+        p = r_new + (r_new @ r_new) / (r @ r) * p
+        r = r_new
+    return v
+
+
 CATALOGUE = {
     "ch3.check_unrolled_adapt": {
         "wrong": [(unrolled_no_graph, "second-order term is missing"), (unrolled_first_rate, "lrs\\[0\\]"),
@@ -225,5 +368,22 @@ CATALOGUE = {
                   (reptile_step_only, "add it to phi"), (reptile_inplace, "changed its input `phi"),
                   (reptile_overwrites_thetas, "changed its input `thetas")],
         "right": [reptile_interpolate, reptile_loop],
+    },
+    "ch3.check_maml_linear_grad": {
+        "wrong": [(linear_first_order, "first-order"), (linear_plus, "wrong sign"),
+                  (linear_hessian_no_two, "H_s without its factor 2"),
+                  (linear_no_two_anywhere, "factor 2 of the squared loss"), (linear_query_hessian, "query set's Hessian"),
+                  (linear_gradient_at_w, "query gradient at w"), (linear_support_gradient, "support loss"),
+                  (linear_sums, "sums where means"), (linear_autograd, "does not require grad"),
+                  (linear_inplace, "changed its input `w`")],
+        "right": [linear_hvp_form, linear_float32],
+    },
+    "ch3.check_implicit_grad": {
+        "wrong": [(implicit_lam_times, "divides H"), (implicit_one_step, "one gradient step"),
+                  (implicit_first_order, "first-order"), (implicit_multiply, "not by the matrix"),
+                  (implicit_no_lam_factor, "factor lam is missing"), (implicit_no_lam, "lam is not used"),
+                  (implicit_minus, "sign of H/lam"), (implicit_hessian_only, "identity"),
+                  (implicit_inplace, "changed its input `hessian`"), (implicit_column, "shape")],
+        "right": [implicit_inverse, implicit_cg],
     },
 }

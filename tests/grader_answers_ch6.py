@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from mlbook.checks.ch6 import reference_log_evidence
+from mlbook.checks.ch6 import reference_conditional_evidence, reference_log_evidence, reference_posterior_update
 
 
 # -- posterior update --------------------------------------------------------------------------
@@ -183,6 +183,74 @@ def variance_loop_diag(post_cov, features, noise_var):
     return torch.stack([f @ post_cov @ f for f in features]) + noise_var
 
 
+# -- log p(D_test | D_train) --------------------------------------------------------------
+def _mvn(mean, cov, y):
+    return torch.distributions.MultivariateNormal(mean, cov).log_prob(y)
+
+
+def _predictive(m, s, tphi, ty, qphi, noise):
+    mean, cov = reference_posterior_update(m, s, tphi, ty, noise)
+    return qphi @ mean, qphi @ cov @ qphi.T
+
+
+def cond_prior_only(m, s, tphi, ty, qphi, qy, noise):
+    return reference_log_evidence(m, s, qphi, qy, noise)
+
+
+def cond_no_noise(m, s, tphi, ty, qphi, qy, noise):
+    mean, spread = _predictive(m, s, tphi, ty, qphi, noise)
+    return _mvn(mean, spread + 1e-12 * torch.eye(len(qy), dtype=qy.dtype), qy)
+
+
+def cond_diagonal(m, s, tphi, ty, qphi, qy, noise):
+    mean, spread = _predictive(m, s, tphi, ty, qphi, noise)
+    var = spread.diagonal() + noise
+    return torch.distributions.Normal(mean, var.sqrt()).log_prob(qy).sum()
+
+
+def cond_joint(m, s, tphi, ty, qphi, qy, noise):
+    return reference_log_evidence(m, s, torch.cat([tphi, qphi]), torch.cat([ty, qy]), noise)
+
+
+def cond_train_only(m, s, tphi, ty, qphi, qy, noise):
+    return reference_log_evidence(m, s, tphi, ty, noise)
+
+
+def cond_reversed(m, s, tphi, ty, qphi, qy, noise):
+    return reference_conditional_evidence(m, s, qphi, qy, tphi, ty, noise)
+
+
+def cond_prior_mean(m, s, tphi, ty, qphi, qy, noise):
+    _, spread = _predictive(m, s, tphi, ty, qphi, noise)
+    return _mvn(qphi @ m, spread + noise * torch.eye(len(qy), dtype=qy.dtype), qy)
+
+
+def cond_prior_cov(m, s, tphi, ty, qphi, qy, noise):
+    mean, _ = _predictive(m, s, tphi, ty, qphi, noise)
+    return _mvn(mean, qphi @ s @ qphi.T + noise * torch.eye(len(qy), dtype=qy.dtype), qy)
+
+
+def cond_noise_twice(m, s, tphi, ty, qphi, qy, noise):
+    mean, spread = _predictive(m, s, tphi, ty, qphi, noise)
+    return _mvn(mean, spread + 2 * noise * torch.eye(len(qy), dtype=qy.dtype), qy)
+
+
+def cond_no_constant(m, s, tphi, ty, qphi, qy, noise):
+    return reference_conditional_evidence(m, s, tphi, ty, qphi, qy, noise) + 0.5 * len(qy) * math.log(2 * math.pi)
+
+
+def cond_difference(m, s, tphi, ty, qphi, qy, noise):
+    def evidence(phi, y):
+        return _mvn(phi @ m, phi @ s @ phi.T + noise * torch.eye(len(y), dtype=y.dtype), y)
+    return evidence(torch.cat([tphi, qphi]), torch.cat([ty, qy])) - evidence(tphi, ty)
+
+
+def cond_library(m, s, tphi, ty, qphi, qy, noise):
+    from mlbook.bayes import Gaussian, log_marginal_likelihood, posterior
+    belief = posterior(Gaussian(m, s), tphi, ty, noise)
+    return log_marginal_likelihood(belief, qphi, qy, noise)
+
+
 CATALOGUE = {
     "ch6.check_posterior_update": {
         "wrong": [(posterior_zero_mean, "keep the prior term"), (posterior_noise_std, "sqrt\\(noise_var\\)"),
@@ -208,5 +276,13 @@ CATALOGUE = {
                   (variance_std, "without a square root"), (variance_row_sums, "row sums"),
                   (variance_inplace, "changed its input `post_cov`")],
         "right": [variance_einsum, variance_loop_diag],
+    },
+    "ch6.check_conditional_evidence": {
+        "wrong": [(cond_prior_only, "under the prior"), (cond_no_noise, "without noise_var"),
+                  (cond_diagonal, "only the diagonal"), (cond_joint, "the joint"), (cond_train_only, "log p\\(D_train\\)"),
+                  (cond_reversed, "wrong way round"), (cond_prior_mean, "prior mean"),
+                  (cond_prior_cov, "prior covariance"), (cond_noise_twice, "counted twice"),
+                  (cond_no_constant, "constant")],
+        "right": [cond_difference, cond_library],
     },
 }

@@ -9,6 +9,7 @@ from ..models import MLP, init_params
 from ..tasks import SinusoidFamily
 from .core import (Case, as_scalar, assert_close, assert_gradients, assert_same_names, chapter_graders, entry_mistakes,
                    grade, named)
+from .predictions import Prediction, chapter_predictions
 
 __all__ = ["check_sgd_step", "check_adapt", "check_meta_objective"]
 
@@ -202,3 +203,32 @@ def _meta_case(seed, batch, steps):
 
 
 GRADERS = chapter_graders(globals())
+
+
+# -- Prediction questions ---------------------------------------------------------------------
+PREDICT_ONE_STEP = Prediction(
+    key="one-step",
+    question="After ONE gradient step on the new task's ten support points (each start with its own best "
+             "step size), which starting point has the lowest query error?",
+    choices=("the random initialisation", "the network pre-trained on all tasks jointly",
+             "the MAML initialisation"),
+    answer="c",
+    hint="which start was trained for the error after exactly one step?",
+    explanation="MAML's meta-objective is the query error after one inner step, so its start is the one from "
+                "which a single step goes furthest (Finn et al. 2017 show the same on sinusoids).")
+
+PREDICT_TEN_STEPS = Prediction(
+    key="ten-steps",
+    question="Give every start ten gradient steps on the new task's support points instead of one (the "
+             "baselines each with their own best step size, MAML with the step it was trained for). Does the "
+             "pre-trained network catch up with MAML?",
+    choices=("yes: with ten steps pre-training ends below MAML",
+             "partly: MAML stays ahead, but with more than half the pre-trained network's error",
+             "no: MAML stays ahead, with less than half the pre-trained network's error"),
+    answer="c",
+    hint="MAML was meta-trained for one step only; does its start lose its advantage when steps are added?",
+    explanation="More steps help every start, but MAML's start is placed where gradient steps on a task go "
+                "furthest; the MAML paper finds the same on sinusoids: it keeps improving past the one step it "
+                "was trained for, and the pre-trained network does not catch up.")
+
+PREDICTIONS = chapter_predictions(globals())

@@ -6,6 +6,7 @@ import math
 import torch
 
 from .core import Case, as_scalar, assert_close, assert_gradients, chapter_graders, grade, named
+from .predictions import Prediction, chapter_predictions
 
 __all__ = ["check_metasgd_step", "check_class_aggregation", "check_gaussian_nll"]
 
@@ -156,3 +157,32 @@ def _nll_case(seed, shape):
 
 
 GRADERS = chapter_graders(globals())
+
+
+# -- Prediction questions ---------------------------------------------------------------------
+PREDICT_METASGD_SIZE = Prediction(
+    key="metasgd-size",
+    question="Meta-SGD meta-learns MAML's initialisation and, besides it, one inner step size for every weight. "
+             "On the same network, how many times as many meta-learned numbers as MAML does it have? "
+             "Answer with a number.",
+    answer=2.0,
+    tolerance=0.25,
+    hint="count: one initial value per weight for MAML; what does Meta-SGD add for each weight?",
+    explanation="Each weight gets an initial value and a step size, so Meta-SGD has exactly twice MAML's "
+                "meta-parameters (Li et al. 2017): a richer bias at the cost of twice the memory for phi.")
+
+PREDICT_LINES = Prediction(
+    key="lines",
+    question="Learners meta-trained on sinusoids are tested on straight lines y = a x + b (ten support points). "
+             "Which has the lowest query error on the lines?",
+    choices=("MAML, meta-trained on sinusoids",
+             "the CNP, meta-trained on sinusoids",
+             "the same network as MAML from a random initialisation, with the same inner step",
+             "least squares on (x, 1), never meta-trained"),
+    answer="d",
+    hint="a bias is good only for the tasks it fits: whose bias is 'the answer is a line'?",
+    explanation="Least squares assumes exactly a line and fits ten points of one almost perfectly; the learned "
+                "biases suit sinusoids, not lines. No Free Lunch: meta-learning moves the choice of bias to the "
+                "task distribution, it does not remove it.")
+
+PREDICTIONS = chapter_predictions(globals())

@@ -6,8 +6,10 @@ import math
 import torch
 
 from .core import Case, as_scalar, assert_close, chapter_graders, grade
+from .predictions import Prediction, chapter_predictions
 
-__all__ = ["check_posterior_update", "check_log_evidence", "check_predictive_variance"]
+__all__ = ["check_posterior_update", "check_log_evidence", "check_predictive_variance",
+           "check_conditional_evidence"]
 
 F64 = torch.float64
 
@@ -174,4 +176,106 @@ def _variance_case(seed, d, m, noise_var):
     return test
 
 
+# -- Exercise 4 (derivation): the episodic objective inside empirical Bayes -----------------
+def reference_conditional_evidence(prior_mean, prior_cov, train_features, train_y, test_features, test_y,
+                                   noise_var):
+    """The reference: log p(D_test | D_train), the posterior predictive's joint log density (Chapter 6)."""
+    post_mean, post_cov = reference_posterior_update(prior_mean, prior_cov, train_features, train_y, noise_var)
+    eye = torch.eye(len(test_y), dtype=test_y.dtype)
+    cov = test_features @ post_cov @ test_features.T + noise_var * eye
+    return _gaussian_log_density(test_y - test_features @ post_mean, cov)
+
+
+def check_conditional_evidence(fn):
+    """Grade ``fn(prior_mean, prior_cov, train_features, train_y, test_features, test_y, noise_var)
+    -> log p(D_test | D_train)`` against log p(D_train u D_test) - log p(D_train) (Chapter 6)."""
+    return grade("Exercise 6.4: the episodic objective inside the evidence", fn, [
+        Case("three weights, five support and four query points", _conditional_case(0, 3, 5, 4, 0.5),
+             "condition on D_train: the posterior N(mu, Sigma), then y_test ~ N(Psi_* mu, Psi_* Sigma Psi_*^T "
+             "+ noise_var I)"),
+        Case("the query points are correlated", _conditional_case(1, 2, 3, 6, 0.2),
+             "the query targets share the uncertain weights: use the full M x M predictive covariance"),
+        Case("one support point, small noise", _conditional_case(2, 4, 1, 3, 0.05),
+             "with little data the posterior stays close to the prior: still condition on the one point",
+             hidden=True),
+        Case("many support points", _conditional_case(3, 3, 20, 5, 0.3),
+             "log p(D_test | D_train) = log p(D_train and D_test) - log p(D_train)", hidden=True),
+    ])
+
+
+def _conditional_case(seed, d, k, m, noise_var):
+    def test(fn):
+        g = torch.Generator().manual_seed(300 + seed)
+        prior_mean = torch.randn(d, generator=g, dtype=F64)
+        a = torch.randn(d, d, generator=g, dtype=F64)
+        prior_cov = a @ a.T + 0.3 * torch.eye(d, dtype=F64)
+        w = prior_mean + torch.linalg.cholesky(prior_cov) @ torch.randn(d, generator=g, dtype=F64)
+        phi = torch.randn(k + m, d, generator=g, dtype=F64)
+        y = phi @ w + math.sqrt(noise_var) * torch.randn(k + m, generator=g, dtype=F64)
+        train_phi, test_phi, train_y, test_y = phi[:k], phi[k:], y[:k], y[k:]
+        # The other side of the identity: the evidence of all the points minus that of D_train.
+        want = reference_log_evidence(prior_mean, prior_cov, phi, y, noise_var) - \
+            reference_log_evidence(prior_mean, prior_cov, train_phi, train_y, noise_var)
+        out = as_scalar(fn(prior_mean, prior_cov, train_phi, train_y, test_phi, test_y, noise_var))
+        post_mean, post_cov = reference_posterior_update(prior_mean, prior_cov, train_phi, train_y, noise_var)
+        eye = torch.eye(m, dtype=F64)
+        residual = test_y - test_phi @ post_mean
+        spread = test_phi @ post_cov @ test_phi.T
+        assert_close(out, want, "log p(D_test | D_train)", atol=1e-6, mistakes={
+            "log p(D_test) under the prior: condition on D_train (the posterior, not the prior)":
+                reference_log_evidence(prior_mean, prior_cov, test_phi, test_y, noise_var),
+            "the predictive covariance without noise_var: a new observation carries its own noise":
+                (lambda: _gaussian_log_density(residual, spread)) if m <= d else None,
+            "only the diagonal of the predictive covariance: the query targets are correlated through "
+            "the shared weights": _gaussian_log_density(residual, torch.diag(spread.diagonal() + noise_var)),
+            "log p(D_train and D_test), the joint: subtract log p(D_train)":
+                reference_log_evidence(prior_mean, prior_cov, phi, y, noise_var),
+            "log p(D_train): the episodic term is the query set's density given the support set":
+                reference_log_evidence(prior_mean, prior_cov, train_phi, train_y, noise_var),
+            "log p(D_train | D_test): the conditioning goes the wrong way round":
+                reference_conditional_evidence(prior_mean, prior_cov, test_phi, test_y, train_phi, train_y,
+                                               noise_var),
+            "the predictive mean at the prior mean: use the posterior mean Psi_* mu":
+                _gaussian_log_density(test_y - test_phi @ prior_mean, spread + noise_var * eye),
+            "the prior covariance in the predictive covariance: use the posterior's":
+                _gaussian_log_density(residual, test_phi @ prior_cov @ test_phi.T + noise_var * eye),
+            "noise_var counted twice in the predictive covariance":
+                _gaussian_log_density(residual, spread + 2 * noise_var * eye),
+            "without the -M/2 log(2 pi) constant": want + 0.5 * m * math.log(2 * math.pi)})
+    return test
+
+
 GRADERS = chapter_graders(globals())
+
+
+# -- Prediction questions ---------------------------------------------------------------------
+PREDICT_IMPLIED_PRIOR_WIDTH = Prediction(
+    key="implied-prior-width",
+    question="Read as Bayesian inference, one gradient step of size alpha from phi on the MEAN squared error of "
+             "K support points is the posterior mode under a Gaussian prior centred at phi. Keep alpha fixed "
+             "and let K grow from 2 to 20. What happens to the width (standard deviation) of that implied prior?",
+    choices=("it stays the same: a prior does not depend on how much data comes",
+             "it shrinks: the more support points, the narrower the implied prior",
+             "it grows: more data lets the prior be vaguer"),
+    answer="b",
+    hint="with a mean loss, how far does one step of size alpha move w with 2 points, and with 20? How far "
+         "does an exact posterior move from its prior as data accumulate?",
+    explanation="A step on the mean loss moves w about as far whatever K, while a posterior moves further with "
+                "more data; to describe the same move as a posterior mode the prior must tighten, about as "
+                "2 k alpha sigma^2 / K for small steps (Grant et al. 2018).")
+
+PREDICT_LINES_INFERENCE = Prediction(
+    key="lines-inference",
+    question="On the line tasks (K = 5 support points), three learners predict the query points: MAML with its "
+             "meta-learned start (the better of 1 and 5 inner steps), exact Bayesian inference under a fixed "
+             "N(0, I) prior that knows nothing about the tasks, and exact inference under the learned prior. "
+             "Which has the HIGHEST query error?",
+    choices=("MAML, although its start was meta-learned",
+             "exact inference under the fixed N(0, I) prior",
+             "exact inference under the learned prior"),
+    answer="a",
+    hint="what does MAML's inner loop compute, compared with an exact posterior mean under any reasonable prior?",
+    explanation="MAML's few fixed-size steps are inference under a prior set by the optimiser; exact inference "
+                "weighs the data by how much they say, and on these tasks that matters more than the prior.")
+
+PREDICTIONS = chapter_predictions(globals())
