@@ -18,7 +18,7 @@ from .utils import check_positive, check_positive_int
 
 __all__ = [
     "Episode", "TaskFamily", "SinusoidFamily", "LineFamily", "ImageClassFamily",
-    "PolynomialFamily", "ScrambledFamily", "RandomNetworkFamily", "AlphabetFamily", "LinearGaussianFamily",
+    "PolynomialFamily", "ScrambledFamily", "SwappedSupportFamily", "RandomNetworkFamily", "AlphabetFamily", "LinearGaussianFamily",
     "VariableShotsFamily", "sample_nway_kshot", "alphabet_split", "SPLITS",
 ]
 
@@ -246,6 +246,29 @@ class ScrambledFamily:
         return Episode(episode.support_x, shuffle(episode.support_y), episode.query_x, shuffle(episode.query_y))
 
 
+class SwappedSupportFamily:
+    """Episodes of ``base`` whose support sets are handed to the wrong tasks (Chapter 2, memorisation).
+
+    Task i of a meta-batch keeps its query set but gets the support set of task i + 1 (the
+    last gets the first's). A learner that uses its support set falls to chance; one that
+    scores the same as on the true episodes never needed the support set at all.
+    """
+
+    def __init__(self, base):
+        if not hasattr(base, "sample") or not hasattr(base, "device"):
+            raise ValueError(f"base must be a task family with .sample and .device, got {type(base).__name__}")
+        self.base = base
+        self.device = base.device
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Episode:
+        """Draw ``batch_size`` >= 2 tasks of ``base`` and pass each support set on to the next task."""
+        if check_positive_int("batch_size", batch_size) < 2:
+            raise ValueError("swapping support sets needs at least two tasks per batch, got batch_size=1")
+        episode = self.base.sample(batch_size, generator)
+        return Episode(episode.support_x.roll(-1, 0), episode.support_y.roll(-1, 0),
+                       episode.query_x, episode.query_y)
+
+
 def _check_images(images) -> None:
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"images must be a tensor [classes, examples, H, W], got {type(images).__name__}")
@@ -272,7 +295,8 @@ def _class_pool(images: torch.Tensor, classes) -> torch.Tensor:
 
 def sample_nway_kshot(images: torch.Tensor, ways: int, shots: int, queries: int,
                       batch_size: int, generator: torch.Generator,
-                      classes: torch.Tensor | None = None, rotate: bool = False) -> Episode:
+                      classes: torch.Tensor | None = None, rotate: bool = False,
+                      fixed_labels: bool = False) -> Episode:
     """Sample ``batch_size`` N-way K-shot episodes from a class tensor (Chapter 2).
 
     ``images`` is ``[classes, examples, H, W]`` (uint8 or float) on the device. Each episode
@@ -281,6 +305,12 @@ def sample_nway_kshot(images: torch.Tensor, ways: int, shots: int, queries: int,
     random order. With ``rotate``, every class turned by 0, 90, 180 or 270 degrees counts as
     a class of its own (four times the pool), as is usual for Omniglot. Returns float images
     in [0, 1] with a channel axis: ``support_x [B, N*K, 1, H, W]``, ``support_y [B, N*K]``.
+
+    ``fixed_labels`` makes the tasks *not* mutually exclusive (Chapter 2, memorisation): the
+    pool (in its order, rotated copies after the originals) is dealt into ``ways`` groups by
+    position modulo ``ways``, each episode takes one class from every group, and a class's
+    label is always its group. One classifier of the whole pool then solves every episode
+    without looking at the support set.
     """
     _check_images(images)
     ways = check_positive_int("ways", ways)
@@ -300,8 +330,19 @@ def sample_nway_kshot(images: torch.Tensor, ways: int, shots: int, queries: int,
     if per_class > images.shape[1]:
         raise ValueError(f"shots + queries = {per_class} is larger than the {images.shape[1]} "
                          f"examples per class; choose shots + queries <= {images.shape[1]}")
-    # argsort of uniform noise gives a random permutation per row: distinct picks, no loop.
-    pick = torch.rand(batch_size, available, generator=generator, device=device).argsort(1)[:, :ways]
+    if fixed_labels:
+        if available < 2 * ways:
+            raise ValueError(f"fixed_labels needs at least two classes per label, i.e. "
+                             f"{2 * ways} classes for ways={ways}; got {available}")
+        # Groups in a random order per episode, then one member of each group: the label is
+        # the group, so it is a fixed function of the class.
+        labels = torch.rand(batch_size, ways, generator=generator, device=device).argsort(1)  # [B, N]
+        members = (available - labels + ways - 1) // ways                          # size of each group
+        member = (torch.rand(batch_size, ways, generator=generator, device=device) * members).long()
+        pick = labels + ways * member.clamp_max(members - 1)
+    else:
+        # argsort of uniform noise gives a random permutation per row: distinct picks, no loop.
+        pick = torch.rand(batch_size, available, generator=generator, device=device).argsort(1)[:, :ways]
     chosen = pool[pick % pool.numel()]                                             # [B, N]
     example_pick = torch.rand(batch_size, ways, images.shape[1], generator=generator,
                               device=device).argsort(2)[:, :, :per_class]          # [B, N, K+Q]
@@ -323,8 +364,9 @@ def sample_nway_kshot(images: torch.Tensor, ways: int, shots: int, queries: int,
         # One pass from uint8 to float in [0, 1] (a multiply promotes the type).
         parts.append(x.float().mul_(1.0 / 255.0) if x.dtype == torch.uint8 else x.float())
     support_x, query_x = parts
-    # Labels are a random relabelling of the N chosen classes, so position says nothing.
-    labels = torch.rand(batch_size, ways, generator=generator, device=device).argsort(1)  # [B, N]
+    if not fixed_labels:
+        # Labels are a random relabelling of the N chosen classes, so position says nothing.
+        labels = torch.rand(batch_size, ways, generator=generator, device=device).argsort(1)  # [B, N]
     support_y = labels.repeat_interleave(shots, dim=1)
     query_y = labels.repeat_interleave(queries, dim=1)
     return Episode(support_x, support_y, query_x, query_y)
@@ -415,8 +457,10 @@ class ImageClassFamily:
     """N-way K-shot classification tasks over a ``[classes, examples, H, W]`` tensor (Chapter 2)."""
 
     def __init__(self, images: torch.Tensor, ways: int = 5, shots: int = 1, queries: int = 15,
-                 classes: torch.Tensor | None = None, rotate: bool = False, device=None):
+                 classes: torch.Tensor | None = None, rotate: bool = False, device=None,
+                 fixed_labels: bool = False):
         _check_images(images)
+        self.fixed_labels = bool(fixed_labels)
         self.device = torch.device(device) if device is not None else images.device
         self.images = images.to(self.device)
         self.classes = None if classes is None else _class_pool(self.images, classes)
@@ -431,6 +475,9 @@ class ImageClassFamily:
         if self.ways > available:
             raise ValueError(f"ways={ways} is larger than the {available} classes available; "
                              f"choose ways <= {available}")
+        if self.fixed_labels and available < 2 * self.ways:
+            raise ValueError(f"fixed_labels needs at least two classes per label, i.e. "
+                             f"{2 * self.ways} classes for ways={ways}; got {available}")
         if self.shots + self.queries > images.shape[1]:
             raise ValueError(f"shots + queries = {self.shots + self.queries} is larger than the "
                              f"{images.shape[1]} examples per class; choose shots + queries <= {images.shape[1]}")
@@ -442,15 +489,17 @@ class ImageClassFamily:
         return base * (4 if self.rotate else 1)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Episode:
-        """Draw ``batch_size`` episodes (Chapter 2)."""
+        """Draw ``batch_size`` episodes (Chapter 2); see :func:`sample_nway_kshot` for ``fixed_labels``."""
         return sample_nway_kshot(self._pixels, self.ways, self.shots, self.queries, batch_size,
-                                 generator, classes=self.classes, rotate=self.rotate)
+                                 generator, classes=self.classes, rotate=self.rotate,
+                                 fixed_labels=self.fixed_labels)
 
     def with_shape(self, ways: int | None = None, shots: int | None = None,
                    queries: int | None = None) -> "ImageClassFamily":
         """The same classes with another N-way K-shot shape (Chapter 5, mismatch)."""
         return ImageClassFamily(self.images, ways or self.ways, shots or self.shots,
-                                queries or self.queries, self.classes, self.rotate, self.device)
+                                queries or self.queries, self.classes, self.rotate, self.device,
+                                self.fixed_labels)
 
 
 class AlphabetFamily:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mlbook.tasks import (Episode, ImageClassFamily, LineFamily, PolynomialFamily, SinusoidFamily,
-                          alphabet_split, sample_nway_kshot)
+                          SwappedSupportFamily, alphabet_split, sample_nway_kshot)
 
 
 def _labelled_images(classes=12, examples=20, size=8):
@@ -82,6 +82,50 @@ def test_rotation_makes_new_classes():
         assert len(kinds) == 8
     with pytest.raises(ValueError, match="ways"):
         sample_nway_kshot(images, 9, 1, 1, 1, torch.Generator(), rotate=True)
+
+
+def test_fixed_labels_give_every_class_one_label_across_episodes():
+    images = _labelled_images(classes=23)
+    allowed = torch.arange(3, 23)                   # 20 classes, dealt into 5 groups of 4
+    ep = sample_nway_kshot(images, 5, 2, 3, 400, torch.Generator().manual_seed(2),
+                           classes=allowed, fixed_labels=True)
+    s_class, s_example = _ids(ep.support_x)
+    q_class, _ = _ids(ep.query_x)
+    label_of, seen = {}, set()
+    for b in range(400):
+        assert sorted(ep.support_y[b].unique().tolist()) == list(range(5))
+        assert len(set(s_class[b].tolist())) == 5    # still N distinct classes
+        for cls, lab in zip(s_class[b].tolist() + q_class[b].tolist(),
+                            ep.support_y[b].tolist() + ep.query_y[b].tolist()):
+            assert label_of.setdefault(cls, lab) == lab
+            seen.add(cls)
+        # Position in the episode does not give the label away.
+    assert len(set(ep.support_y[:, 0].tolist())) == 5
+    # The label is the class's position in the pool modulo N, and every class is used.
+    assert seen == set(allowed.tolist())
+    assert all(lab == (cls - 3) % 5 for cls, lab in label_of.items())
+    # Shuffled labels from the same pool break that map.
+    shuffled = sample_nway_kshot(images, 5, 1, 1, 400, torch.Generator().manual_seed(2),
+                                 classes=allowed)
+    pairs = set(zip(_ids(shuffled.support_x)[0].flatten().tolist(), shuffled.support_y.flatten().tolist()))
+    assert len(pairs) > len(seen)
+
+
+def test_fixed_labels_with_rotations_and_uneven_groups():
+    # All examples of a class are one image, so an image's pixels name its (class, turn).
+    images = torch.zeros(7, 4, 5, 5, dtype=torch.uint8)
+    images[:, :, 0, 0] = 255
+    images[:, :, 2, 2] = 10 * torch.arange(1, 8)[:, None]
+    family = ImageClassFamily(images, ways=3, shots=1, queries=1, rotate=True, fixed_labels=True)
+    ep = family.sample(300, torch.Generator().manual_seed(0))
+    assert family.with_shape(shots=2).fixed_labels
+    label_of = {}
+    for x, y in zip(ep.support_x.flatten(0, 1), ep.support_y.flatten().tolist()):
+        assert label_of.setdefault(tuple(x.flatten().tolist()), y) == y
+    # 7 classes x 4 turns = 28 classes, dealt into groups of 10, 9 and 9, all of them used.
+    assert torch.bincount(torch.tensor(list(label_of.values()))).tolist() == [10, 9, 9]
+    with pytest.raises(ValueError, match="two classes per label"):
+        ImageClassFamily(images, ways=5, classes=[0, 1, 2, 3, 4, 5], fixed_labels=True)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -200,3 +244,17 @@ def test_scrambled_family_keeps_values_and_breaks_structure():
     assert not torch.equal(plain.support_y, scrambled.support_y)
     with pytest.raises(ValueError, match="base"):
         ScrambledFamily(object())
+
+
+def test_swapped_support_gives_each_query_set_another_tasks_support():
+    family = ImageClassFamily(_labelled_images(), ways=3, shots=2, queries=2)
+    true = family.sample(4, torch.Generator().manual_seed(3))
+    swapped = SwappedSupportFamily(family).sample(4, torch.Generator().manual_seed(3))
+    assert torch.equal(swapped.query_x, true.query_x) and torch.equal(swapped.query_y, true.query_y)
+    for i in range(4):
+        assert torch.equal(swapped.support_x[i], true.support_x[(i + 1) % 4])
+        assert torch.equal(swapped.support_y[i], true.support_y[(i + 1) % 4])
+    with pytest.raises(ValueError, match="at least two tasks"):
+        SwappedSupportFamily(family).sample(1, torch.Generator())
+    with pytest.raises(ValueError, match="task family"):
+        SwappedSupportFamily(object())

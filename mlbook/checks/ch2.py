@@ -7,6 +7,7 @@ import torch
 
 from .core import (Case, binomial_frequency_ok, chapter_graders, grade, ks_threshold, ks_uniform_statistic,
                    uniform_end_slack)
+from .predictions import Prediction, chapter_predictions
 
 __all__ = ["check_episode", "check_alphabet_split", "check_sinusoid_task"]
 
@@ -418,3 +419,39 @@ def _sinusoid_distribution_case(fn):
 
 
 GRADERS = chapter_graders(globals())
+
+
+# -- Prediction questions: the memorisation pitfall ------------------------------------------
+PREDICT_MEMORISATION = Prediction(
+    key="memorisation",
+    question=("MAML is meta-trained twice on 5-way 1-shot episodes from the same 30 characters: once "
+              "with labels re-shuffled in every episode, once with every character always under the same "
+              "label. Both reach high accuracy on their training episodes. On 5-way 1-shot episodes of "
+              "characters from held-out alphabets, the model trained with fixed labels will score"),
+    choices=("far lower than the one trained with shuffled labels, much closer to chance (20%)",
+             "about the same as the one trained with shuffled labels",
+             "higher than the one trained with shuffled labels: its labels were easier to learn"),
+    answer="a",
+    hint=("With fixed labels, one classifier of the 30 characters solves every training episode. "
+          "Does such a model need to read the support set?"),
+    explanation=("Fixed labels make the training tasks consistent with one global classifier, so the "
+                 "meta-learner can solve them from memory, without learning to adapt (Yin et al., 2020). "
+                 "New characters have no place in that memory."),
+)
+
+PREDICT_SWAPPED_SUPPORT = Prediction(
+    key="swapped-support",
+    question=("Now each query set of a training episode is given the support set of *another* episode "
+              "(other characters, other label assignment). The accuracy of the model trained with "
+              "fixed labels on these training queries will"),
+    choices=("drop to about chance, as for the model trained with shuffled labels",
+             "stay about as high as with the right support set",
+             "drop by about half"),
+    answer="b",
+    hint="Which part of the episode did the fixed-label model need to answer a training query?",
+    explanation=("It answers from memory: the support set hardly moves its predictions, so a wrong one "
+                 "does no harm. The shuffled-label model has nothing but the support set to go on, so a "
+                 "wrong one leaves it at chance."),
+)
+
+PREDICTIONS = chapter_predictions(globals())

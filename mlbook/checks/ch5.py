@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .core import Case, as_scalar, assert_close, assert_gradients, chapter_graders, grade
+from .predictions import Prediction, chapter_predictions
 
 __all__ = ["check_class_prototypes", "check_prototypical_loss", "check_accuracy_ci"]
 
@@ -172,3 +173,41 @@ def _ci_case(values, dtype=torch.float64):
 
 
 GRADERS = chapter_graders(globals())
+
+
+# -- Prediction questions ---------------------------------------------------------------------
+PREDICT_TRAIN_WAYS = Prediction(
+    key="train-ways",
+    question=("Two ProtoNets are tested on 5-way 1-shot episodes: one trained on 5-way 1-shot episodes, "
+              "one trained on 20-way 1-shot episodes (fewer episodes per step, the same number of images). "
+              "The one trained on 20-way episodes will score"),
+    choices=("clearly worse: its training episodes do not match the test",
+             "about as well or better",
+             "near chance: it has never seen a 5-way episode"),
+    answer="b",
+    hint="A prototype classifier works for any number of classes. Which episodes demand finer distinctions?",
+    explanation=("Telling 20 characters apart demands a finer embedding than telling 5 apart, and a "
+                 "ProtoNet's embedding does not depend on the number of ways; Snell et al. (2017) found "
+                 "that training with more ways than the test helps."),
+)
+
+PREDICT_PRETRAINING = Prediction(
+    key="pretraining",
+    question=("A Conv4 is trained as an ordinary classifier of all the training characters (cross-entropy "
+              "on mini-batches of images, never an episode), on as many images as one ProtoNet run. Its "
+              "embedding then classifies the 5-way 1-shot test episodes by nearest prototype. Its accuracy "
+              "will be"),
+    choices=("near chance: it never practised comparing a query with a support set",
+             "far above chance, but behind the episodically trained ProtoNet",
+             "level with the episodically trained ProtoNet, or ahead of it"),
+    answer="b",
+    hint=("What must a classifier of many characters learn about strokes and shapes? And how often does "
+          "it see each character in 24,000 images?"),
+    explanation=("To tell many training characters apart, a classifier learns features that also separate "
+                 "new characters, and a nearest-prototype rule needs nothing more, so it is far above "
+                 "chance. On this small budget it stays behind ProtoNet; Chen et al. (2019) and Tian et al. "
+                 "(2020), training both to convergence, found such embeddings competitive with or better "
+                 "than meta-learned ones."),
+)
+
+PREDICTIONS = chapter_predictions(globals())
