@@ -5,7 +5,7 @@ Submodules: ``data`` (Omniglot, glyphs), ``tasks`` (every task family), ``learne
 algorithm, found by ``registry()``), ``bilevel`` (Chapter 3's maths) and ``taskmap`` (how tasks
 are mapped over), ``train``, ``metrics`` and ``storage`` (Chapter 5), ``bayes`` and
 ``curriculum`` (Chapter 6), ``compare`` (Chapter 4), ``checks`` (exercise graders),
-``distributed``, ``augment`` and ``lake`` (Chapter 5).
+``distributed``, ``augment``, ``pretrain`` and ``lake`` (Chapter 5).
 """
 from .utils import budget, get_device, is_fast, make_generator, progress, seed_everything
 from .tasks import Episode, ImageClassFamily, LineFamily, SinusoidFamily, sample_nway_kshot
