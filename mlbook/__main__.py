@@ -166,7 +166,7 @@ def _run_config(args) -> dict:
         "image_size": args.image_size, "ways": args.ways, "shots": args.shots, "queries": args.queries,
         "channels": args.channels, "norm": args.norm, "distance": args.distance, "fce": args.fce,
         "inner_lr": args.inner_lr, "inner_steps": args.inner_steps, "first_order": args.first_order,
-        "lam": args.lam, "cg_steps": args.cg_steps, "rotate": args.rotate, "within_alphabet": args.within_alphabet, "jitter": args.jitter,
+        "lam": args.lam, "cg_steps": args.cg_steps, "activation": args.activation, "rotate": args.rotate, "within_alphabet": args.within_alphabet, "jitter": args.jitter,
         "glyph_classes": args.glyph_classes, "download": not args.no_download,
     }
     if args.data != "omniglot" and (config["holdout_alphabets"] or config["val_alphabets"]):
@@ -414,6 +414,8 @@ def _add_learner_options(train) -> None:
     train.add_argument("--inner-lr", type=positive_float, default=None, help="inner learning rate (gradient learners)")
     train.add_argument("--inner-steps", type=positive_int, default=1, help="inner steps (gradient learners)")
     train.add_argument("--first-order", action="store_true", help="MAML: first-order meta-gradient")
+    train.add_argument("--activation", choices=("relu", "tanh"), default="relu",
+                       help="activation of the sinusoid MLP (default relu, as in the papers)")
     train.add_argument("--lam", type=positive_float, default=1.0,
                        help="iMAML: strength of the proximal term tying theta to phi (default 1)")
     train.add_argument("--cg-steps", type=positive_int, default=5,

@@ -63,17 +63,25 @@ def make_norm(norm: str, channels: int) -> nn.Module:
     return nn.Identity()
 
 
-class MLP(nn.Module):
-    """A fully connected network, 1-40-40-1 by default as in the MAML sinusoid experiments (Chapter 1)."""
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
-    def __init__(self, in_features: int = 1, out_features: int = 1, hidden=(40, 40)):
+
+class MLP(nn.Module):
+    """A fully connected network, 1-40-40-1 by default as in the MAML sinusoid experiments (Chapter 1).
+
+    ``activation`` is 'relu' (the papers') or 'tanh', whose smooth second derivative iMAML's
+    implicit gradient relies on (Chapter 3).
+    """
+
+    def __init__(self, in_features: int = 1, out_features: int = 1, hidden=(40, 40), activation: str = "relu"):
         super().__init__()
         check_positive_int("in_features", in_features)
         check_positive_int("out_features", out_features)
+        check_choice("activation", activation, tuple(ACTIVATIONS))
         sizes = [in_features, *[check_positive_int("hidden", h) for h in hidden]]
         layers = []
         for a, b in zip(sizes[:-1], sizes[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU()]
+            layers += [nn.Linear(a, b), ACTIVATIONS[activation]()]
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(sizes[-1], out_features)
         self.in_features = in_features

@@ -93,6 +93,7 @@ class LearnerConfig:
     fce: bool = False
     lam: float = 1.0
     cg_steps: int = 5
+    activation: str = "relu"
 
     def __post_init__(self):
         check_choice("task", self.task, TASKS)

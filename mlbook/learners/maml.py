@@ -21,7 +21,7 @@ __all__ = ["MAML", "FOMAML", "model_for", "gradient_options"]
 def model_for(config: LearnerConfig) -> nn.Module:
     """The network a gradient-based learner adapts: the sinusoid MLP, or a Conv4 with ``ways`` outputs (Chapter 5)."""
     if config.regression:
-        return MLP()
+        return MLP(activation=config.activation)
     return Conv4(out_features=config.ways, channels=config.channels, norm=config.norm,
                  image_size=config.image_size)
 
