@@ -221,19 +221,23 @@ class PolynomialFamily(_RegressionFamily):
         return (powers * parameters[:, None, :]).sum(-1, keepdim=True)
 
 
-class ScrambledFamily:
-    """A family whose tasks share no input-output structure (Chapter 2, structural similarity).
-
-    Each task of ``base`` keeps its inputs and its outputs, but the outputs are shuffled
-    among the inputs (separately in support and query), so x says nothing about y and there
-    is nothing for a meta-learner to carry from one task to the next.
-    """
+class _AlteredFamily:
+    """A family that draws its episodes from ``base`` and changes them (Chapter 2's controls)."""
 
     def __init__(self, base):
         if not hasattr(base, "sample") or not hasattr(base, "device"):
             raise ValueError(f"base must be a task family with .sample and .device, got {type(base).__name__}")
         self.base = base
         self.device = base.device
+
+
+class ScrambledFamily(_AlteredFamily):
+    """A family whose tasks share no input-output structure (Chapter 2, structural similarity).
+
+    Each task of ``base`` keeps its inputs and its outputs, but the outputs are shuffled
+    among the inputs (separately in support and query), so x says nothing about y and there
+    is nothing for a meta-learner to carry from one task to the next.
+    """
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Episode:
         """Draw ``batch_size`` tasks of ``base`` and shuffle each one's outputs (Chapter 2)."""
@@ -246,19 +250,13 @@ class ScrambledFamily:
         return Episode(episode.support_x, shuffle(episode.support_y), episode.query_x, shuffle(episode.query_y))
 
 
-class SwappedSupportFamily:
+class SwappedSupportFamily(_AlteredFamily):
     """Episodes of ``base`` whose support sets are handed to the wrong tasks (Chapter 2, memorisation).
 
     Task i of a meta-batch keeps its query set but gets the support set of task i + 1 (the
     last gets the first's). A learner that uses its support set falls to chance; one that
     scores the same as on the true episodes never needed the support set at all.
     """
-
-    def __init__(self, base):
-        if not hasattr(base, "sample") or not hasattr(base, "device"):
-            raise ValueError(f"base must be a task family with .sample and .device, got {type(base).__name__}")
-        self.base = base
-        self.device = base.device
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Episode:
         """Draw ``batch_size`` >= 2 tasks of ``base`` and pass each support set on to the next task."""
