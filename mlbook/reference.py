@@ -530,7 +530,8 @@ def _protocol_text(run: ReferenceRun) -> str:
     p = run.protocol
     if run.data == "sinusoid":
         return f"K={p['shots']}, {p['queries']} query pts, {p['episodes']} tasks"
-    return f"{p['ways']}-way {p['shots']}-shot, {p['episodes']} episodes"
+    within = " within one alphabet" if p.get("within_alphabet") == 1.0 else ""
+    return f"{p['ways']}-way {p['shots']}-shot{within}, {p['episodes']} episodes"
 
 
 class ResultsTable:
