@@ -141,7 +141,8 @@ def main():
             assert a.shape == b.shape and a.dtype == b.dtype, (name, part, a.shape, b.shape, a.dtype, b.dtype)
 
     print(f"data: {data.source}, {images.shape[0]} classes x {images.shape[1]} examples, "
-          f"{images.shape[-1]}x{images.shape[-1]} px; torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"{images.shape[-1]}x{images.shape[-1]} px; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     print(f"workload: meta-batch {META_BATCH} of {WAYS}-way {SHOTS}-shot, {QUERIES} queries per class; "
           f"episodes per second, {args.rounds} alternating rounds")
     rates = {name: [] for name in samplers}
