@@ -54,3 +54,9 @@ def test_number_question_uses_its_tolerance():
 def test_malformed_question_is_refused(bad):
     with pytest.raises(ValueError):
         Prediction("bad", "?", **bad)
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_every_chapter_asks_at_least_two_predictions(chapter):
+    module = importlib.import_module(f"mlbook.checks.{chapter}")
+    assert len(getattr(module, "PREDICTIONS", {})) >= 2
