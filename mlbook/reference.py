@@ -233,7 +233,7 @@ _RUNS = [
     _sinusoid("CNP", 10, steps=10_000, chapter="Chapter 4", note=_budget_note(10_000)),
     _sinusoid("BlackBox", 10, steps=5_000, chapter="Chapter 4", note=_budget_note(5_000)),
     _omniglot("ProtoNet", 5, queries=15),
-    _omniglot("ProtoNet", 20, queries=5),
+    _omniglot("ProtoNet", 20, queries=5, minutes=15),
     _omniglot("MatchingNet", 5, queries=15, minutes=15, note=MATCHING_NOTE),
     _omniglot("MatchingNet", 20, queries=5, minutes=15, note=MATCHING_NOTE),
     _omniglot("MAML", 5, queries=15, chapter="Chapter 3", extra=MAML_OMNIGLOT, meta_batch=4, steps=5000,
