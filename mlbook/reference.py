@@ -204,26 +204,13 @@ IMAML_CHOICE = (
     "1,500 steps: lam 10 gave 0.44, lam 30 gave 1.64, lam 100 gave 2.36; lam 10, the smallest value tried, "
     "was kept.")
 
-# Runs trained for half the protocol's meta-iterations, the CPU budget of one thread on a shared
-# machine (their notes say so); every other MAML and Meta-SGD run has all 70,000.
-HALF_BUDGET: set[tuple[str, int]] = {("MetaSGD", 20)}
-_HALF = (" Trained for 35,000 of the protocol's 70,000 meta-iterations (the CPU budget of one thread on "
-         "a shared 2-core machine).")
-
-
-def _paper_steps(learner: str, shots: int) -> int:
-    return SINUSOID_STEPS // 2 if (learner, shots) in HALF_BUDGET else SINUSOID_STEPS
-
-
 _METASGD_NOTE = _COMMON_NOTE.replace("inner learning rate 0.01 as in Finn et al. (2017)",
                                      "every per-parameter step size alpha starts at 0.01 (the paper draws "
                                      "it from U[0.005, 0.1])")
 
 _RUNS = [
-    *[_sinusoid("MAML", k, steps=_paper_steps("MAML", k), extra=_ONE_STEP, paper=LI_TABLE_1[k][0],
-                note=_COMMON_NOTE + (_HALF if ("MAML", k) in HALF_BUDGET else "")) for k in (5, 10, 20)],
-    *[_sinusoid("MetaSGD", k, steps=_paper_steps("MetaSGD", k), extra=_ONE_STEP, paper=LI_TABLE_1[k][1],
-                chapter="Chapter 4", note=_METASGD_NOTE + (_HALF if ("MetaSGD", k) in HALF_BUDGET else ""))
+    *[_sinusoid("MAML", k, extra=_ONE_STEP, paper=LI_TABLE_1[k][0], note=_COMMON_NOTE) for k in (5, 10, 20)],
+    *[_sinusoid("MetaSGD", k, extra=_ONE_STEP, paper=LI_TABLE_1[k][1], chapter="Chapter 4", note=_METASGD_NOTE)
       for k in (5, 10, 20)],
     # The other learners on the same tasks, at a CPU budget of fewer steps (see _budget_note).
     _sinusoid("FOMAML", 10, steps=10_000, extra=_ONE_STEP, note=_budget_note(10_000)),
