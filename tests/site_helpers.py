@@ -131,6 +131,21 @@ def build_site(out_dir: Path, log_path: Path, root: Path = REPO, timeout: int = 
     return html
 
 
+_SOURCE_WARNING = re.compile(r"(?:\x1b\[[0-9;]*m)?(?P<where>\S+\.(?:ipynb|md)(?::\d+)?): (?P<kind>WARNING|ERROR): (?P<text>.*)")
+
+
+def source_warnings(log_text: str) -> list[str]:
+    """Sphinx warnings and errors the build reported against the book's own pages (a missing
+    ``literalinclude`` object, an unknown reference): each shows on the site as missing content."""
+    found = []
+    for line in log_text.splitlines():
+        match = _SOURCE_WARNING.search(line)
+        if match:
+            text = re.sub(r"\x1b\[[0-9;]*m", "", match.group("text"))
+            found.append(f"{Path(match.group('where')).name}: {match.group('kind')}: {text}")
+    return found
+
+
 def broken_internal_links(html_root: Path) -> list[str]:
     """Links between the site's own pages that point at a missing file (all pages)."""
     problems = []

@@ -28,7 +28,7 @@ import pytest
 
 import figure_audit
 from site_helpers import (
-    REPO, SiteServer, broken_internal_links, build_site, check_page, executed_notebook,
+    REPO, SiteServer, broken_internal_links, build_site, check_page, executed_notebook, source_warnings,
     expected_colab_url, find_browser, load_config, start_browser, stored_output_problems,
     toc_sources,
 )
@@ -100,6 +100,23 @@ def test_every_toc_page_was_built(site):
 
 def test_no_broken_links_between_pages(site):
     assert broken_internal_links(site) == []
+
+
+def test_build_reports_no_warning_against_the_book(site):
+    if "build_s" not in _TIMES:
+        pytest.skip("the site was given by MLBOOK_SITE_DIR: no build log of this session to read")
+    warnings = source_warnings((ARTIFACTS / "site_build.log").read_text(errors="replace"))
+    assert not warnings, "\n".join(warnings)
+
+
+def test_source_warnings_finds_a_missing_include_and_ignores_kernel_noise():
+    log = ("\x1b[91m/x/book/03_bilevel_optimisation.ipynb:40038: WARNING: Object named 'A.b' not found in "
+           "include file '/x/a.py'\x1b[39;49;00m\n"
+           "[IPKernelApp] WARNING | Kernel is running over TCP without encryption.\n"
+           "/x/book/intro.md:12: ERROR: Unknown directive type.\n")
+    assert source_warnings(log) == [
+        "03_bilevel_optimisation.ipynb:40038: WARNING: Object named 'A.b' not found in include file '/x/a.py'",
+        "intro.md:12: ERROR: Unknown directive type."]
 
 
 def test_math_and_widgets_are_served_by_the_site(site):
