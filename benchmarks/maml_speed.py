@@ -13,8 +13,8 @@ implementations start from the same weights and see the same batches. The script
 that they agree on the meta-loss and meta-gradient of one batch, then times them
 *alternately* in one process (shared machines drift by 2x between runs, so only ratios taken
 side by side mean anything) and prints tasks per second, peak memory and the ratio of mlbook
-to the fastest peer. mlbook's execution strategy is picked by ``mlbook.bilevel.choose_strategy``
-(the 'auto' rule) and printed; ``--strategies`` also times the others.
+to the fastest peer. mlbook's execution strategy is the one ``MAML.execution_strategy`` resolves
+'auto' to, printed with the reason; ``--strategies`` also times the others.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` around each implementation; on
 CPU, the growth of the peak resident set of a fresh subprocess that runs two meta-steps of
@@ -64,7 +64,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mlbook  # noqa: E402
-from mlbook.bilevel import choose_strategy  # noqa: E402
+from mlbook.taskmap import STRATEGY_REASONS  # noqa: E402
 from mlbook.learners import MAML  # noqa: E402
 from mlbook.models import MLP, Conv4, init_params  # noqa: E402
 
@@ -115,6 +115,11 @@ def loss_of(workload):
 
 
 # -- implementations: each returns step(episode, update) -> loss ---------------------------
+def outer_adam(parameters):
+    """The same outer optimiser for every implementation: Adam 1e-3, as the trainer builds it."""
+    return torch.optim.Adam(list(parameters), lr=1e-3)
+
+
 class MlbookImpl:
     def __init__(self, model, phi, workload, steps, first_order, strategy, chunk_size=None):
         cfg = WORKLOADS[workload]
@@ -122,7 +127,7 @@ class MlbookImpl:
                             loss=cfg["loss"], strategy=strategy, chunk_size=chunk_size)
         self.state = self.learner.init(0, device=next(iter(phi.values())).device)
         self.state["params"] = {k: v.detach().clone().requires_grad_() for k, v in phi.items()}
-        self.opt = torch.optim.Adam(self.learner.parameters(self.state), lr=1e-3)
+        self.opt = outer_adam(self.learner.parameters(self.state))
         self.names = list(phi)
 
     def step(self, ep, update=True):
@@ -141,7 +146,7 @@ class PeerImpl:
 
     def __init__(self, model, phi, workload, steps, first_order):
         self.model = _module_with(model, phi)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.opt = outer_adam(self.model.parameters())
         self.steps, self.loss, self.first_order = steps, loss_of(workload), first_order
         self.inner_lr = WORKLOADS[workload]["inner_lr"]
 
@@ -301,8 +306,12 @@ def run_config(args, device, workload, steps, first_order, peers):
     gen = mlbook.make_generator(0, device)
     batch = WORKLOADS[workload]["batch"]
     check_ep = family.sample(batch, gen)
-    auto = choose_strategy(check_ep.support_x)
+    cfg = WORKLOADS[workload]
+    auto = MAML(model, inner_lr=cfg["inner_lr"], steps=steps, first_order=first_order,
+                loss=cfg["loss"]).execution_strategy(check_ep.support_x)
     strategies = [auto]
+    if args.strategies and workload == "sinusoid":
+        strategies += ["vmap"]
     if args.strategies and workload == "conv4" and steps == 1 and not first_order:
         # Full vmap over 32 Conv4 tasks needs ~4.5 GB on CPU: only chunks are tried there.
         strategies += [s for s in (("loop", "vmap:8") if device.type == "cpu" else ("loop", "vmap", "vmap:8")) if s != auto]
@@ -342,6 +351,7 @@ def run_config(args, device, workload, steps, first_order, peers):
     order_name = "first" if first_order else "second"
     print(f"\n== {workload} ({source}), {steps} inner step{'s' if steps > 1 else ''}, {order_name} order, "
           f"meta-batch {batch}, device {device}; mlbook strategy chosen by 'auto': {auto}")
+    print(f"  why: {STRATEGY_REASONS[auto]}")
     print(f"{'implementation':<18}{'|dloss|':>10}{'grad rel.err':>14}{'tasks/s (median)':>18}"
           f"  {'runs':<34}{'peak MB':>8}")
     med = {n: statistics.median(times[n]) for n in names}

@@ -24,9 +24,18 @@ from torch.func import functional_call
 
 from .utils import check_choice, check_positive_int
 
-__all__ = ["map_tasks", "run_tasks", "call", "choose_strategy", "STRATEGIES"]
+__all__ = ["map_tasks", "run_tasks", "call", "choose_strategy", "STRATEGIES", "STRATEGY_REASONS"]
 
 STRATEGIES = ("auto", "vmap", "loop", "threads")
+
+# Why 'auto' picks each strategy, as measured by benchmarks/maml_speed.py (Chapter 3).
+STRATEGY_REASONS = {
+    "closed-form": "a plain MLP: its inner gradient is a few batched matrix products for all tasks at "
+                   "once, with no per-task autograd (mlbook.closedform)",
+    "vmap": "a small dense model, or a GPU: one batched call fills the device",
+    "threads": "convolutions on a multi-core CPU: whole tasks side by side, one core each",
+    "loop": "convolutions on a single-core CPU (or inside a worker thread): one task at a time",
+}
 
 
 def choose_strategy(x: torch.Tensor) -> str:

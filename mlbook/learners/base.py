@@ -241,7 +241,7 @@ class Learner:
         alive at a time. Per-task gradients are added up in task order, so with 'threads' the
         result does not depend on which thread finished first.
         """
-        strategy = self.strategy if self.strategy != "auto" else choose_strategy(episode.support_x)
+        strategy = self.execution_strategy(episode.support_x)
         if self.episode_metrics is not None or strategy not in ("loop", "threads"):
             metrics = self.metrics(state, episode)
             loss = metrics.get("objective", metrics["loss"]).mean()
@@ -249,6 +249,10 @@ class Learner:
             accuracy = metrics.get("accuracy")
             return loss.detach(), None if accuracy is None else accuracy.mean().detach()
         return self._per_task_backward(state, episode, scale, strategy)
+
+    def execution_strategy(self, x: torch.Tensor) -> str:
+        """The strategy a meta-batch whose inputs are ``x`` runs with; 'auto' resolved (Chapter 3)."""
+        return self.strategy if self.strategy != "auto" else choose_strategy(x)
 
     def _per_task_backward(self, state, episode: Episode, scale: float, strategy: str):
         self.validate_episode(state, episode)

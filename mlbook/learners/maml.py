@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..bilevel import call, check_lrs, check_params, inner_loop, task_loss_fn
+from ..bilevel import STRATEGIES, call, check_lrs, check_params, inner_loop, task_loss_fn
+from ..closedform import batched_inner_loop, batched_task_losses, closed_form_layers
 from ..models import MLP, Conv4, init_params
-from ..utils import check_positive_int
+from ..utils import check_choice, check_positive_int
 from .base import Learner, LearnerConfig, task_loss
 
 __all__ = ["MAML", "FOMAML", "model_for", "gradient_options"]
@@ -45,6 +46,10 @@ class MAML(Learner):
     is the number of inner steps. With ``learn_inner_lr`` the per-step learning rates are part
     of the meta-learned state. ``adapt_keys`` restricts the inner loop to some parameters
     (ANIL adapts only ``head.*``).
+
+    ``strategy`` is one of :data:`mlbook.taskmap.STRATEGIES` or 'closed-form': for a plain MLP
+    the inner gradient written as batched matrix products for every task at once
+    (:mod:`mlbook.closedform`), which 'auto' picks whenever the model allows it.
     """
 
     name = "MAML"
@@ -55,10 +60,24 @@ class MAML(Learner):
     def __init__(self, model: nn.Module, inner_lr: float = 0.4, steps: int = 1,
                  first_order: bool = False, learn_inner_lr: bool = False, loss: str = "cross_entropy",
                  adapt_keys=None, strategy: str = "auto", chunk_size: int | None = None):
+        check_choice("strategy", strategy, STRATEGIES + ("closed-form",))
         super().__init__(loss=loss, strategy=strategy, chunk_size=chunk_size)
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
+        # The closed form replaces adapt-then-score for a whole meta-batch, so it serves only
+        # learners whose per-task metrics are exactly that (not Reptile's or iMAML's surrogates).
+        plain_metrics = type(self).task_metrics is Learner.task_metrics
+        self._closed_form = closed_form_layers(model) if plain_metrics else None
+        if strategy == "closed-form" and self._closed_form is None:
+            raise ValueError("strategy='closed-form' needs a plain MLP (Linear layers with ReLU or tanh, as "
+                             f"mlbook.models.MLP builds) and a learner that scores adapt-then-predict; "
+                             f"{type(self).__name__} with {type(model).__name__} is not; use 'auto', 'vmap', "
+                             "'loop' or 'threads'")
+        if strategy not in ("auto", "closed-form"):
+            self._closed_form = None
+        if self._closed_form is not None:
+            self.episode_metrics = self._closed_form_metrics
         self.steps = check_positive_int("steps", steps)
         lrs = check_lrs("inner_lr", list(inner_lr) if isinstance(inner_lr, (list, tuple)) else inner_lr,
                         self.steps)
@@ -86,11 +105,40 @@ class MAML(Learner):
         lr = torch.tensor(rates, dtype=any_param.dtype, device=any_param.device)
         return {"params": params, "inner_lr": lr.requires_grad_(self.learn_inner_lr)}
 
+    def inner_rates(self, state):
+        """(learning rates, adapted parameter names or None for all) of the inner loop (Chapter 3)."""
+        return state["inner_lr"], self.adapt_keys
+
     def adapt(self, state, support_x, support_y):
         """theta_i = Adapt(phi, D_i^train): ``steps`` differentiable gradient steps."""
         check_params(self.model, state["params"])
+        lr, keys = self.inner_rates(state)
         return inner_loop(self.inner_loss, state["params"], support_x, support_y, self.steps,
-                          state["inner_lr"], first_order=self.first_order, adapt_keys=self.adapt_keys)
+                          lr, first_order=self.first_order, adapt_keys=keys)
+
+    def execution_strategy(self, x: torch.Tensor) -> str:
+        """The strategy a meta-batch whose inputs are ``x`` runs with; 'auto' resolved (Chapter 3)."""
+        if self._closed_form is not None:
+            return "closed-form"
+        return super().execution_strategy(x)
+
+    def _closed_form_metrics(self, state, episode):
+        # Every task of the meta-batch adapted and scored at once (mlbook.closedform).
+        check_params(self.model, state["params"])
+        layers, activation = self._closed_form
+        lr, keys = self.inner_rates(state)
+        lr = check_lrs("inner_lr", lr, self.steps)
+        if isinstance(lr, torch.Tensor) and not lr.requires_grad and lr.device.type == "cpu":
+            lr = [float(v) for v in lr]  # constants: each step then costs one kernel less per parameter
+        adapted = batched_inner_loop(layers, activation, state["params"], episode.support_x,
+                                     episode.support_y, self.steps, lr, loss=self.loss,
+                                     first_order=self.first_order, adapt_keys=keys)
+        output, losses = batched_task_losses(layers, activation, adapted, episode.query_x,
+                                             episode.query_y, self.loss)
+        metrics = {"loss": losses}
+        if self.loss == "cross_entropy":
+            metrics["accuracy"] = (output.argmax(-1) == episode.query_y).float().mean(1)
+        return metrics
 
     def predict(self, task_state, x):
         """f_theta(x) with the adapted parameters."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..bilevel import check_params, inner_loop
 from ..models import init_params
 from .maml import MAML
 
@@ -45,15 +44,13 @@ class MetaSGD(MAML):
         lrs = {k: torch.full_like(params[k], self.inner_lr).detach().requires_grad_(True) for k in keys}
         return {"params": params, "inner_lr": lrs}
 
-    def adapt(self, state, support_x, support_y):
-        """theta_i = phi - alpha ⊙ grad L_inner, repeated ``steps`` times (Chapter 4)."""
-        check_params(self.model, state["params"])
+    def inner_rates(self, state):
+        """(alpha as a dict of per-parameter tensors, the names it covers) (Chapter 4)."""
         lrs = state["inner_lr"]
         if not isinstance(lrs, dict):
             raise ValueError("state['inner_lr'] must be a dict of per-parameter tensors "
                              "(use MetaSGD.init to build the state)")
-        return inner_loop(self.inner_loss, state["params"], support_x, support_y, self.steps, lrs,
-                          first_order=self.first_order, adapt_keys=list(lrs))
+        return lrs, list(lrs)
 
     def __repr__(self) -> str:
         return f"MetaSGD(initial inner_lr={self.inner_lr}, steps={self.steps})"
