@@ -328,8 +328,12 @@ def cmd_lake(args) -> int:
         if config["data"] != "omniglot" or not config.get("holdout_alphabets"):
             raise UsageError("--proxy needs a checkpoint trained on --data omniglot with --holdout-alphabets")
         data = build_data({**config, "download": False})
-        result = proxy_result(learner, state, data["images"], data["alphabets"], data["test"],
+        if data[args.split].numel() == 0:
+            raise UsageError(f"--split {args.split}: this checkpoint was trained with no {args.split} "
+                             f"alphabets (--{'val' if args.split == 'val' else 'holdout'}-alphabets)")
+        result = proxy_result(learner, state, data["images"], data["alphabets"], data[args.split],
                               episodes=args.episodes, seed=args.seed, device=device)
+        result["split"] = args.split
     result.update({"checkpoint": str(args.checkpoint), "learner": config["learner"],
                    "trained_steps": int(checkpoint["step"])})
     print(json.dumps(result))
@@ -468,6 +472,9 @@ def _add_lake_command(commands) -> None:
     lake.add_argument("--runs", default=None, help="all_runs.zip or its unpacked folder")
     lake.add_argument("--proxy", action="store_true", help="held-out-alphabet proxy instead of the runs")
     lake.add_argument("--episodes", type=positive_int, default=1000, help="proxy episodes (default 1000)")
+    lake.add_argument("--split", choices=("test", "val"), default="test",
+                      help="proxy alphabets: the held-out test ones (default), or the validation ones "
+                           "(--val-alphabets), on which every choice is tuned")
     lake.add_argument("--seed", type=int, default=2015, help="seed of the proxy episodes")
     lake.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     lake.set_defaults(run=cmd_lake)

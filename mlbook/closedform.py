@@ -131,10 +131,11 @@ def batched_inner_loop(layers: list[str], activation: str, params: Mapping[str, 
     keys = list(params) if adapt_keys is None else list(adapt_keys)
     params = dict(params)
     for step in range(steps):
-        grads = _gradients(layers, activation, params, x, y, loss, set(keys))
+        # First order treats the inner gradients as constants: computing them without recording
+        # a graph gives the same values and saves autograd its bookkeeping.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not first_order):
+            grads = _gradients(layers, activation, params, x, y, loss, set(keys))
         for name, g in grads.items():
-            if first_order:
-                g = g.detach()
             if isinstance(lr, Mapping):
                 rate = lr[name]
             elif isinstance(lr, (list, tuple)) or (isinstance(lr, torch.Tensor) and lr.dim() == 1):
