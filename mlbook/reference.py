@@ -550,15 +550,19 @@ def check(name: str, directory=None, device: str = "cpu") -> dict:
         except CheckpointError as error:
             raise ReferenceMismatch(f"{name}: {error}") from None
         protocol = {**run.protocol, "episodes": record["eval_protocol"]["episodes"]}
-        result = _evaluate(ReferenceRun(**{**run.__dict__, "protocol": protocol}), config, learner, state,
-                           torch_device, protocol["episodes"])
+        recorded_run = ReferenceRun(**{**run.__dict__, "protocol": protocol})
+        result = _evaluate(recorded_run, config, learner, state, torch_device, protocol["episodes"])
+        splits = [("test", "value", result)]
+        if "val_value" in record:
+            splits.append(("validation", "val_value", _evaluate(recorded_run, config, learner, state, torch_device,
+                                                                protocol["episodes"], split="val")))
     finally:
         torch.set_num_threads(threads)
-    recorded = record["value"]
-    if not math.isclose(result.mean, recorded, rel_tol=RELATIVE_TOLERANCE, abs_tol=1e-7):
-        raise ReferenceMismatch(f"{name}: re-evaluation gives {run.metric} {result.mean:.6g}, "
-                                f"the record says {recorded:.6g}")
-    return {"name": name, "value": result.mean, "recorded": recorded, "ci95": result.ci95}
+    for split, key, measured in splits:
+        if not math.isclose(measured.mean, record[key], rel_tol=RELATIVE_TOLERANCE, abs_tol=1e-7):
+            raise ReferenceMismatch(f"{name}: re-evaluation on the {split} split gives {run.metric} "
+                                    f"{measured.mean:.6g}, the record says {record[key]:.6g}")
+    return {"name": name, "value": result.mean, "recorded": record["value"], "ci95": result.ci95}
 
 
 # -- the Results table -------------------------------------------------------------------------

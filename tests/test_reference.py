@@ -131,3 +131,23 @@ def test_table_lists_every_run_with_the_command():
     assert "sinusoid-maml-k10" in reference.table("sinusoid-maml-k10")._repr_html_()
     with pytest.raises(ValueError, match="name must be one of"):
         reference.table(["nope"])
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if "--val-alphabets" in reference.get(n).train_args])
+def test_runs_tuned_on_a_validation_alphabet_record_it_apart_from_the_test(name):
+    record = reference.load_record(name)
+    held_out = reference.get(name).train_args
+    test_alphabets = held_out[held_out.index("--holdout-alphabets") + 1].split(",")
+    assert record["val_split"] and not set(record["val_split"].split(",")) & set(test_alphabets)
+    assert 0 <= record["val_value"] <= 1 and record["val_ci95"] > 0
+
+
+def test_each_lake_ablation_changes_exactly_one_thing_from_its_base():
+    base = reference.get("lake-ablation-base").train_args
+    for variant in reference.LAKE_ABLATIONS:
+        if variant == "base":
+            continue
+        args = reference.get(f"lake-ablation-{variant}").train_args
+        pairs = lambda a: {(x, y if not y.startswith("--") else None)  # noqa: E731
+                           for x, y in zip(a, (*a[1:], "--end")) if x.startswith("--")}
+        assert len(pairs(args) ^ pairs(base)) in (1, 2), (variant, pairs(args) ^ pairs(base))
