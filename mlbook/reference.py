@@ -235,16 +235,40 @@ _RUNS = [
               steps=5000, minutes=30, note=FOMAML_OMNIGLOT_NOTE, name="omniglot-fomaml-5way1shot"),
 ]
 
-# The README's Lake command: ProtoNet on 20-way episodes, half of them within one alphabet, for
-# 30 minutes; scored on Lake's proxy (20-way within-alphabet one-shot on the held-out alphabets).
-LAKE_ARGS = ("--learner", "ProtoNet", "--data", "omniglot",
-             "--archives", "images_background_small1.zip,images_background_small2.zip",
-             "--holdout-alphabets", "Early_Aramaic,Korean", "--no-download", "--ways", "20", "--shots", "1",
-             "--queries", "5", "--meta-batch-size", "1", "--rotate", "--within-alphabet", "0.5",
-             "--jitter", "0.5", "--lr", "1e-3", "--schedule", "cosine_time", "--time-limit", "1800",
-             "--steps", "100000", "--checkpoint-every", "50", "--seed", "0")
+# The Lake recipe that the ablations below start from: ProtoNet on 20-way episodes, half of them
+# within one alphabet, rotations and jitter, for 30 minutes; scored on Lake's proxy (20-way
+# within-alphabet one-shot on the held-out alphabets).
+LAKE_RECIPE_ARGS = ("--learner", "ProtoNet", "--data", "omniglot",
+                    "--archives", "images_background_small1.zip,images_background_small2.zip",
+                    "--holdout-alphabets", "Early_Aramaic,Korean", "--no-download", "--ways", "20", "--shots", "1",
+                    "--queries", "5", "--meta-batch-size", "1", "--rotate", "--within-alphabet", "0.5",
+                    "--jitter", "0.5", "--lr", "1e-3", "--schedule", "cosine_time", "--time-limit", "1800",
+                    "--steps", "100000", "--checkpoint-every", "50", "--seed", "0")
+
+
+def _with_changes(args, change: dict) -> tuple[str, ...]:
+    """``args`` with each ``flag`` set to ``value`` (added before the last two), or dropped when None."""
+    args = list(args)
+    for flag, value in change.items():
+        if value is None:
+            args.remove(flag)
+        elif flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args[-2:-2] = [flag, value]
+    return tuple(args)
+
+
+# The README's Lake command: the recipe with the changes that lowered the validation error.
+# Of the ablations, only the outer learning rate 0.003 lowered the validation error (52.9% +- 0.6%
+# against 53.9% +- 0.6% for the recipe); one query per class tied (53.8%), so it was not taken.
+LAKE_CHOSEN = {"--lr": "3e-3"}
+LAKE_ARGS = _with_changes(LAKE_RECIPE_ARGS, LAKE_CHOSEN)
 LAKE_NOTE = (
-    "The README's Lake command. Lake et al. (2015) score 20-way within-alphabet one-shot runs: people "
+    "The README's Lake command, on both cores of the machine (two threads, nothing else running). Its one "
+    "change from the recipe, the outer learning rate 0.003 instead of 0.001, was chosen on the validation "
+    "alphabet Balinese with the lake-ablation-* runs (10 minutes each, Balinese held out); with the choice "
+    "made, this run trains on all six non-test alphabets, Balinese included. Lake et al. (2015) score 20-way within-alphabet one-shot runs: people "
     "make 4.5% errors, Bayesian program learning 3.3%, the modified Hausdorff distance 38.8%; their 20 "
     "runs use the evaluation alphabets, which are not in the minimal archives, so this record scores the "
     "proxy (the same task on the two held-out background alphabets) and paper_value is null. "
@@ -256,11 +280,11 @@ _RUNS.append(ReferenceRun(
     protocol={"episodes": 1000, "seed": 2015, "ways": 20, "shots": 1, "queries": 1, "within_alphabet": 1.0},
     paper_protocol=OMNIGLOT_PROTOCOL.replace("N-way 1-shot episodes of held-out characters, 600 episodes",
                                              "20-way 1-shot episodes within one held-out alphabet, 1000 episodes"),
-    note=LAKE_NOTE))
+    note=LAKE_NOTE, threads=2))
 
 # Lake's challenge, what each choice buys: the same recipe for 10 minutes with Balinese held out
 # as the validation alphabet (every choice is read from val_value), one change per run.
-LAKE_ABLATION_BASE = tuple(a for a in LAKE_ARGS if a not in ("--time-limit", "1800")) + (
+LAKE_ABLATION_BASE = tuple(a for a in LAKE_RECIPE_ARGS if a not in ("--time-limit", "1800")) + (
     "--val-alphabets", "Balinese", "--time-limit", "600")
 # variant: ({flag: new value, or None to drop the flag}, what changes)
 LAKE_ABLATIONS = {
@@ -284,16 +308,9 @@ LAKE_ABLATION_NOTE = (
 
 def _lake_ablation(variant: str) -> ReferenceRun:
     change, text = LAKE_ABLATIONS[variant]
-    args = list(LAKE_ABLATION_BASE)
-    for flag, value in change.items():
-        if value is None:
-            args.remove(flag)
-        elif flag in args:
-            args[args.index(flag) + 1] = value
-        else:
-            args[-2:-2] = [flag, value]
+    args = _with_changes(LAKE_ABLATION_BASE, change)
     return ReferenceRun(
-        name=f"lake-ablation-{variant}", learner="ProtoNet", data="omniglot", seed=0, train_args=tuple(args),
+        name=f"lake-ablation-{variant}", learner="ProtoNet", data="omniglot", seed=0, train_args=args,
         metric="accuracy", chapter="Chapter 5",
         protocol={"episodes": 1000, "seed": 2015, "ways": 20, "shots": 1, "queries": 1, "within_alphabet": 1.0},
         paper_protocol=_RUNS[-1].paper_protocol, note=LAKE_ABLATION_NOTE.format(change=text))
