@@ -510,6 +510,8 @@ def reproduce(name: str, out=None, device: str = "cpu", fast: bool | None = None
     try:
         (checkpoint, config, learner, state), train_seconds = _train(name, args, torch_device,
                                                                      checkpoint_path.parent, log)
+        if torch_device.type == "cpu":
+            torch.set_num_threads(1)  # evaluate as --check does: one thread is deterministic
         started = time.perf_counter()
         episodes = FAST_EPISODES if fast else run.protocol["episodes"]
         result = _evaluate(run, config, learner, state, torch_device, episodes)
