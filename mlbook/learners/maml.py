@@ -68,14 +68,13 @@ class MAML(Learner):
         # The closed form replaces adapt-then-score for a whole meta-batch, so it serves only
         # learners whose per-task metrics are exactly that (not Reptile's or iMAML's surrogates).
         plain_metrics = type(self).task_metrics is Learner.task_metrics
-        self._closed_form = closed_form_layers(model) if plain_metrics else None
+        wanted = strategy in ("auto", "closed-form")
+        self._closed_form = closed_form_layers(model) if wanted and plain_metrics else None
         if strategy == "closed-form" and self._closed_form is None:
             raise ValueError("strategy='closed-form' needs a plain MLP (Linear layers with ReLU or tanh, as "
                              f"mlbook.models.MLP builds) and a learner that scores adapt-then-predict; "
                              f"{type(self).__name__} with {type(model).__name__} is not; use 'auto', 'vmap', "
                              "'loop' or 'threads'")
-        if strategy not in ("auto", "closed-form"):
-            self._closed_form = None
         if self._closed_form is not None:
             self.episode_metrics = self._closed_form_metrics
         self.steps = check_positive_int("steps", steps)
