@@ -169,12 +169,16 @@ def _run_config(args) -> dict:
         "lam": args.lam, "cg_steps": args.cg_steps, "activation": args.activation, "rotate": args.rotate, "within_alphabet": args.within_alphabet, "jitter": args.jitter,
         "glyph_classes": args.glyph_classes, "download": not args.no_download,
     }
+    # Stored only when used, so checkpoints written before these options existed still resume.
+    config.update({key: value for key, value in (("elastic", args.elastic), ("thicken", args.thicken)) if value})
     if args.data != "omniglot" and (config["holdout_alphabets"] or config["val_alphabets"]):
         if args.holdout_alphabets != DEFAULT_HOLDOUT or config["val_alphabets"]:
             raise UsageError("--holdout-alphabets and --val-alphabets apply to --data omniglot only")
         config["holdout_alphabets"] = []
-    if args.data == "sinusoid" and (args.within_alphabet > 0 or args.jitter > 0 or args.rotate):
-        raise UsageError("--within-alphabet, --jitter and --rotate apply to image data (omniglot or glyphs) only")
+    if args.data == "sinusoid" and (args.within_alphabet > 0 or args.jitter > 0 or args.rotate
+                                    or args.elastic > 0 or args.thicken > 0):
+        raise UsageError("--within-alphabet, --jitter, --elastic, --thicken and --rotate apply to image data "
+                         "(omniglot or glyphs) only")
     return config
 
 
@@ -215,12 +219,16 @@ def _prepare_output(args, config: dict, train_config: TrainConfig) -> Path:
 
 
 def _augmentation(args):
-    if args.jitter == 0:
-        return None
-    from .augment import AffineJitter
+    from .augment import AffineJitter, Chain, ElasticWarp, StrokeThickness
 
     j = args.jitter
-    return AffineJitter(degrees=10 * j, scale=0.1 * j, shear=0.1 * j, shift=0.1 * j)
+    chosen = [augmentation for wanted, augmentation in (
+        (args.jitter > 0, lambda: AffineJitter(degrees=10 * j, scale=0.1 * j, shear=0.1 * j, shift=0.1 * j)),
+        (args.elastic > 0, lambda: ElasticWarp(pixels=args.elastic)),
+        (args.thicken > 0, lambda: StrokeThickness(probability=args.thicken))) if wanted]
+    if not chosen:
+        return None
+    return chosen[0]() if len(chosen) == 1 else Chain(*(make() for make in chosen))
 
 
 def cmd_train(args) -> int:
@@ -381,6 +389,15 @@ def fraction(text: str) -> float:
     return value
 
 
+def stroke_share(text: str) -> float:
+    """argparse type: a share of images in [0, 0.5], for ``--thicken`` (Chapter 5)."""
+    value = non_negative_float(text)
+    if value > 0.5:
+        raise argparse.ArgumentTypeError(f"must be in [0, 0.5] (that share thicker, the same share thinner), "
+                                         f"got {text!r}")
+    return value
+
+
 def _add_data_options(train) -> None:
     train.add_argument("--data", default="omniglot", choices=DATA, help="the task family (default omniglot)")
     train.add_argument("--archives", default="images_background_small1.zip,images_background_small2.zip",
@@ -404,6 +421,10 @@ def _add_data_options(train) -> None:
     train.add_argument("--rotate", action="store_true", help="rotated characters (x90 degrees) as new classes")
     train.add_argument("--within-alphabet", type=fraction, default=0.0,
                        help="fraction of training episodes whose classes share one alphabet")
+    train.add_argument("--elastic", type=non_negative_float, default=0.0,
+                       help="random smooth warps of the images, up to this many pixels (0: none)")
+    train.add_argument("--thicken", type=stroke_share, default=0.0,
+                       help="share of images drawn with thicker strokes, and the same share thinner (0 to 0.5)")
     train.add_argument("--jitter", type=non_negative_float, default=0.0,
                        help="strength of random affine jitter (1.0: up to 10 degrees, 10%% scale, shear, shift)")
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .tasks import Episode
 
-__all__ = ["AffineJitter"]
+__all__ = ["AffineJitter", "ElasticWarp", "StrokeThickness", "Chain"]
 
 
 class AffineJitter:
@@ -56,3 +56,99 @@ class AffineJitter:
     def __repr__(self) -> str:
         return (f"AffineJitter(degrees={self.degrees}, scale={self.scale}, shear={self.shear}, "
                 f"shift={self.shift})")
+
+
+def _check_non_negative(name: str, value) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+class _ImageAugmentation:
+    """Applies ``images(x, generator)`` to the support and the query images of an episode."""
+
+    def images(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, episode: Episode, generator: torch.Generator) -> Episode:
+        return Episode(self.images(episode.support_x, generator), episode.support_y,
+                       self.images(episode.query_x, generator), episode.query_y)
+
+
+class ElasticWarp(_ImageAugmentation):
+    """Smooth random warps of every image, like a different hand drawing the same strokes (Chapter 5).
+
+    A displacement field of ``grid`` x ``grid`` random vectors, up to ``pixels`` long, is
+    interpolated smoothly over the image and each pixel is moved by it: strokes bend and
+    their junctions shift, which an affine transform cannot do.
+    """
+
+    def __init__(self, pixels: float = 1.5, grid: int = 4):
+        self.pixels = _check_non_negative("pixels", pixels)
+        if not isinstance(grid, int) or grid < 2:
+            raise ValueError(f"grid must be an integer of at least 2, got {grid!r}")
+        self.grid = grid
+
+    def images(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Warp a stack of images ``[..., C, H, W]``."""
+        shape = x.shape
+        flat = x.reshape(-1, *shape[-3:])
+        n, height, width = flat.shape[0], shape[-2], shape[-1]
+        coarse = 2 * torch.rand(n, 2, self.grid, self.grid, generator=generator, device=x.device) - 1
+        field = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=True)
+        # grid_sample coordinates span [-1, 1], so one pixel is 2 / size of them.
+        scale = torch.tensor([2 * self.pixels / width, 2 * self.pixels / height], device=x.device)
+        identity = torch.eye(2, 3, device=x.device).expand(n, 2, 3)
+        grid = F.affine_grid(identity, list(flat.shape), align_corners=False)
+        grid = grid + field.permute(0, 2, 3, 1) * scale
+        out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return out.reshape(shape)
+
+    def __repr__(self) -> str:
+        return f"ElasticWarp(pixels={self.pixels}, grid={self.grid})"
+
+
+class StrokeThickness(_ImageAugmentation):
+    """Thicker or thinner pen strokes on a random share of the images (Chapter 5).
+
+    With probability ``probability`` an image's strokes (bright on dark) are thickened, with
+    the same probability thinned: half-way blends with a 3x3 maximum or minimum, so that a
+    28-pixel character keeps its shape and a one-pixel stroke fades rather than vanishes.
+    """
+
+    def __init__(self, probability: float = 0.3):
+        probability = _check_non_negative("probability", probability)
+        if probability > 0.5:
+            raise ValueError(f"probability must be at most 0.5 (thicker or thinner, each), got {probability!r}")
+        self.probability = probability
+
+    def images(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Thicken or thin the strokes of a stack of images ``[..., C, H, W]``."""
+        shape = x.shape
+        flat = x.reshape(-1, *shape[-3:])
+        draw = torch.rand(flat.shape[0], 1, 1, 1, generator=generator, device=x.device)
+        thicker = 0.5 * (flat + F.max_pool2d(flat, 3, stride=1, padding=1))
+        thinner = 0.5 * (flat - F.max_pool2d(-flat, 3, stride=1, padding=1))
+        out = torch.where(draw < self.probability, thicker,
+                          torch.where(draw < 2 * self.probability, thinner, flat))
+        return out.reshape(shape)
+
+    def __repr__(self) -> str:
+        return f"StrokeThickness(probability={self.probability})"
+
+
+class Chain:
+    """Several augmentations applied one after another, each with the same generator (Chapter 5)."""
+
+    def __init__(self, *augmentations):
+        if not augmentations or not all(callable(a) for a in augmentations):
+            raise ValueError("augmentations must be one or more callables (episode, generator) -> episode")
+        self.augmentations = augmentations
+
+    def __call__(self, episode: Episode, generator: torch.Generator) -> Episode:
+        for augmentation in self.augmentations:
+            episode = augmentation(episode, generator)
+        return episode
+
+    def __repr__(self) -> str:
+        return f"Chain({', '.join(map(repr, self.augmentations))})"

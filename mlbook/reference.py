@@ -298,6 +298,8 @@ LAKE_ABLATIONS = {
     "1query": ({"--queries": "1"}, "one query per class instead of five: a third of the images per step, so "
                                    "more steps in the time"),
     "lr3e-3": ({"--lr": "3e-3"}, "outer learning rate 0.003 instead of 0.001"),
+    "elastic": ({"--elastic": "2"}, "smooth random warps of up to 2 pixels on top of the affine jitter"),
+    "thicken": ({"--thicken": "0.25"}, "a quarter of the images with thicker strokes and a quarter thinner"),
 }
 LAKE_ABLATION_NOTE = (
     "An ablation of the Lake recipe: 10 minutes of training on one thread, with Balinese held out of "
