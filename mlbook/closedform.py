@@ -22,7 +22,8 @@ from torch import nn
 
 from .utils import check_choice
 
-__all__ = ["closed_form_layers", "batched_forward", "batched_inner_loop", "batched_task_losses"]
+__all__ = ["closed_form_layers", "batched_forward", "batched_inner_loop", "batched_task_losses",
+           "batched_meta_gradient"]
 
 Params = dict[str, torch.Tensor]
 _ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh"}
@@ -59,8 +60,8 @@ def closed_form_layers(model: nn.Module) -> tuple[list[str], str] | None:
 def _linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     # weight is [out, in] (shared by all tasks) or [tasks, out, in] (adapted per task); one
     # fused kernel either way, since each operation's fixed cost dominates at these sizes.
-    if weight.dim() == 2 and bias.dim() == 1:
-        return F.linear(h, weight, bias)
+    if weight.dim() == 2:
+        return F.linear(h, weight, bias) if bias.dim() == 1 else F.linear(h, weight) + bias.unsqueeze(-2)
     if bias.dim() == 1:
         bias = bias.expand(weight.shape[0], -1)
     return torch.baddbmm(bias.unsqueeze(-2), h, weight.transpose(-1, -2))
@@ -98,22 +99,29 @@ def _through_activation(activation: str, delta: torch.Tensor, layer_output: torc
     return delta * (1 - layer_output * layer_output)
 
 
-def _gradients(layers, activation, params, x, y, loss, adapted) -> Params:
-    """Per-task gradients ``[tasks, *shape]`` of the mean loss for the parameters in ``adapted``."""
+def _gradients(layers, activation, params, x, y, loss, adapted, trace=None) -> Params:
+    """Per-task gradients ``[tasks, *shape]`` of the mean loss for the parameters in ``adapted``.
+
+    With a ``trace`` dict, what a Hessian-vector product at these parameters needs is kept in
+    it: the output, every layer's input, output gradient ``delta`` and ``delta @ W``.
+    """
     output, inputs = batched_forward(layers, activation, params, x)
     delta = _output_gradient(loss, output, y)
     lowest = min(i for i, name in enumerate(layers)
                  if f"{name}.weight" in adapted or f"{name}.bias" in adapted)
-    grads = {}
+    grads, deltas, pulled = {}, {}, {}
     for i in range(len(layers) - 1, lowest - 1, -1):
         name = layers[i]
+        deltas[i] = delta
         if f"{name}.weight" in adapted:
             grads[f"{name}.weight"] = torch.matmul(delta.transpose(-1, -2), inputs[i])
         if f"{name}.bias" in adapted:
             grads[f"{name}.bias"] = delta.sum(-2)
         if i > lowest:
-            weight = params[f"{name}.weight"]
-            delta = _through_activation(activation, torch.matmul(delta, weight), inputs[i])
+            pulled[i] = torch.matmul(delta, params[f"{name}.weight"])
+            delta = _through_activation(activation, pulled[i], inputs[i])
+    if trace is not None:
+        trace.update(output=output, inputs=inputs, deltas=deltas, pulled=pulled)
     return grads
 
 
@@ -157,3 +165,109 @@ def batched_task_losses(layers: list[str], activation: str, params: Mapping[str,
         return output, (output - y).pow(2).flatten(1).mean(1)
     per_point = F.cross_entropy(output.flatten(0, 1), y.flatten(), reduction="none")
     return output, per_point.view(y.shape).mean(1)
+
+
+def _add(a, b):
+    # Sum of two contributions, either of which may be absent (an exact zero never computed).
+    return b if a is None else a if b is None else a + b
+
+
+def _hessian_vector(layers, activation, params, trace, loss, tangent: Params) -> Params:
+    """Per-task Hessian of the support loss times ``tangent``, for every parameter.
+
+    The directional derivative of :func:`_gradients` (forward mode written out, Pearlmutter's
+    R-operator): each operation of the forward and backward pass contributes its derivative
+    in the direction ``tangent`` (``[tasks, *shape]`` per adapted parameter; absent ones are
+    zero). ``trace`` is what :func:`_gradients` kept at the same parameters.
+    """
+    inputs, deltas, pulled = trace["inputs"], trace["deltas"], trace["pulled"]
+    last = len(layers) - 1
+
+    def activation_slope(i):  # the activation's derivative at layer i's input, as a factor
+        h = inputs[i]
+        return (h > 0).to(h.dtype) if activation == "relu" else 1 - h * h
+
+    # Forward: the change of every layer's input and of the output.
+    d_inputs = [None] * len(layers)
+    d_z = None
+    for i, name in enumerate(layers):
+        d_weight, d_bias = tangent.get(f"{name}.weight"), tangent.get(f"{name}.bias")
+        d_z = None
+        if d_inputs[i] is not None:
+            d_z = torch.matmul(d_inputs[i], params[f"{name}.weight"].transpose(-1, -2))
+        if d_weight is not None:
+            d_z = _add(d_z, torch.matmul(inputs[i], d_weight.transpose(-1, -2)))
+        if d_bias is not None:
+            d_z = _add(d_z, d_bias.unsqueeze(-2))
+        if i < last and d_z is not None:
+            d_inputs[i + 1] = activation_slope(i + 1) * d_z
+    # The change of the output gradient.
+    d_delta = None
+    if d_z is not None:
+        if loss == "mse":
+            d_delta = d_z * (2.0 / d_z[0].numel())
+        else:
+            p = torch.softmax(trace["output"], dim=-1)
+            d_delta = p * (d_z - (p * d_z).sum(-1, keepdim=True)) / d_z.shape[-2]
+    # Backward: the change of every gradient.
+    result = {}
+    for i in range(last, -1, -1):
+        name = layers[i]
+        delta = deltas.get(i)  # kept for the adapted layers and those below them that need it
+        d_weight = tangent.get(f"{name}.weight")
+        d_grad = None if d_delta is None else torch.matmul(d_delta.transpose(-1, -2), inputs[i])
+        if d_inputs[i] is not None:
+            d_grad = _add(d_grad, torch.matmul(delta.transpose(-1, -2), d_inputs[i]))
+        result[f"{name}.weight"] = d_grad
+        result[f"{name}.bias"] = None if d_delta is None else d_delta.sum(-2)
+        if i == 0:
+            break
+        d_pulled = None if d_delta is None else torch.matmul(d_delta, params[f"{name}.weight"])
+        if d_weight is not None:
+            d_pulled = _add(d_pulled, torch.matmul(delta, d_weight))
+        d_delta = None if d_pulled is None else activation_slope(i) * d_pulled
+        if activation == "tanh" and d_inputs[i] is not None:
+            # tanh'(z) = 1 - h^2 changes too: by -2 h dh.
+            d_delta = _add(d_delta, -2 * inputs[i] * d_inputs[i] * pulled[i])
+    return result
+
+
+def batched_meta_gradient(layers: list[str], activation: str, params: Mapping[str, torch.Tensor],
+                          support_x, support_y, query_x, query_y, steps: int, lrs: list[float],
+                          loss: str = "mse", first_order: bool = False, adapt_keys=None):
+    """MAML's meta-gradient of a meta-batch, by hand: no autograd graph at all (Chapter 3).
+
+    Adapts every task with :func:`batched_inner_loop`'s maths (``lrs``: one number per step),
+    scores the query sets, then runs reverse mode through the inner steps explicitly: the
+    query gradient ``u`` becomes ``u - lr * H u`` at each step back, ``H`` being the support
+    loss's Hessian at that step's parameters (:func:`_hessian_vector`); first order keeps
+    ``u``. Returns (gradient of the mean query loss for every parameter of ``params``, the
+    outputs ``[tasks, points, out]``, each task's loss ``[tasks]``).
+    """
+    check_choice("loss", loss, ("mse", "cross_entropy"))
+    keys = list(params) if adapt_keys is None else list(adapt_keys)
+    with torch.no_grad():
+        theta, traces = dict(params), []
+        for step in range(steps):
+            trace = {}
+            grads = _gradients(layers, activation, theta, support_x, support_y, loss, set(keys), trace)
+            if not first_order:
+                traces.append((dict(theta), trace))
+            for name, g in grads.items():
+                theta[name] = torch.add(theta[name], g, alpha=-lrs[step])
+        query_trace = {}
+        u = _gradients(layers, activation, theta, query_x, query_y, loss, set(params), query_trace)
+        output = query_trace["output"]
+        if loss == "mse":
+            losses = (output - query_y).pow(2).flatten(1).mean(1)
+        else:
+            losses = F.cross_entropy(output.flatten(0, 1), query_y.flatten(), reduction="none")
+            losses = losses.view(query_y.shape).mean(1)
+        for step in range(len(traces) - 1, -1, -1):
+            at, trace = traces[step]
+            hu = _hessian_vector(layers, activation, at, trace, loss, {k: u[k] for k in keys})
+            for name, change in hu.items():
+                if change is not None:
+                    u[name] = torch.add(u[name], change, alpha=-lrs[step])
+        tasks = output.shape[0]
+        return {name: g.sum(0) / tasks for name, g in u.items()}, output, losses

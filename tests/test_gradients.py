@@ -55,10 +55,21 @@ def _reference_maml_grad(model, phi, episode, lrs, keys=None, first_order=False,
 
 
 def _library_grad(learner, state, episode):
-    for p in learner.parameters(state):
-        p.grad = None
-    learner.meta_loss(state, episode).backward()
-    return torch.cat([state["params"][k].grad.flatten() for k in state["params"]])
+    """The meta-gradient by autograd through ``meta_loss``; the trainer's ``meta_backward``
+    (by hand on the closed form) must give the same gradient and loss."""
+    grads, losses = [], []
+    for route in ("meta_loss", "meta_backward"):
+        for p in learner.parameters(state):
+            p.grad = None
+        if route == "meta_loss":
+            loss = learner.meta_loss(state, episode)
+            loss.backward()
+        else:
+            loss, _ = learner.meta_backward(state, episode)
+        losses.append(loss.detach())
+        grads.append(torch.cat([state["params"][k].grad.flatten() for k in state["params"]]))
+    assert _rel(grads[1], grads[0]) < 1e-12 and torch.allclose(losses[1], losses[0], rtol=1e-12, atol=0)
+    return grads[0]
 
 
 def _rel(a, b):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..bilevel import STRATEGIES, call, check_lrs, check_params, inner_loop, task_loss_fn
-from ..closedform import batched_inner_loop, batched_task_losses, closed_form_layers
+from ..closedform import batched_inner_loop, batched_meta_gradient, batched_task_losses, closed_form_layers
 from ..models import MLP, Conv4, init_params
 from ..utils import check_choice, check_positive_int
 from .base import Learner, LearnerConfig, task_loss
@@ -138,6 +138,34 @@ class MAML(Learner):
         if self.loss == "cross_entropy":
             metrics["accuracy"] = (output.argmax(-1) == episode.query_y).float().mean(1)
         return metrics
+
+    def meta_backward(self, state, episode, scale: float = 1.0):
+        """The trainer's step (Chapter 5); on the closed form with fixed inner rates, by hand.
+
+        There the meta-gradient is :func:`mlbook.closedform.batched_meta_gradient`: reverse
+        mode through the inner steps written out, the same numbers as autograd's (the tests
+        compare both with an unrolled float64 reference) without building a graph. Learned
+        rates (Meta-SGD, ``learn_inner_lr``) keep autograd, which also gives their gradient.
+        """
+        lr = state.get("inner_lr")
+        if (self._closed_form is None or not isinstance(lr, torch.Tensor) or lr.requires_grad
+                or not all(p.requires_grad for p in state["params"].values())):
+            return super().meta_backward(state, episode, scale)
+        check_params(self.model, state["params"])
+        self.validate_episode(state, episode)
+        layers, activation = self._closed_form
+        _, keys = self.inner_rates(state)
+        rates = [float(v) for v in check_lrs("inner_lr", lr, self.steps)]
+        grads, output, losses = batched_meta_gradient(
+            layers, activation, state["params"], episode.support_x, episode.support_y, episode.query_x,
+            episode.query_y, self.steps, rates, loss=self.loss, first_order=self.first_order, adapt_keys=keys)
+        for name, param in state["params"].items():
+            grad = grads[name] * scale if scale != 1.0 else grads[name]
+            param.grad = grad if param.grad is None else param.grad + grad
+        accuracy = None
+        if self.loss == "cross_entropy":
+            accuracy = (output.argmax(-1) == episode.query_y).float().mean()
+        return losses.mean(), accuracy
 
     def predict(self, task_state, x):
         """f_theta(x) with the adapted parameters."""
