@@ -9,6 +9,11 @@ removes most of the per-operation overhead that ``vmap`` over ``torch.func.grad`
 model this small (``benchmarks/maml_speed.py`` measures it; ``tests/test_gradients.py``
 checks every meta-gradient against an unrolled float64 reference).
 
+The meta-gradient can be written out the same way (:func:`batched_meta_gradient`): reverse
+mode through the inner steps needs the support loss's Hessian times a vector at each step,
+and that product is the directional derivative of the gradient pass above, one more set of
+matrix products. No autograd graph is built, which at this size is most of the cost.
+
 Only plain MLPs qualify (:func:`closed_form_layers` says which): ``Linear`` layers with one
 ReLU or tanh between them, as :class:`mlbook.models.MLP` builds them.
 """

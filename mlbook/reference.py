@@ -300,6 +300,9 @@ LAKE_ABLATIONS = {
     "lr3e-3": ({"--lr": "3e-3"}, "outer learning rate 0.003 instead of 0.001"),
     "elastic": ({"--elastic": "2"}, "smooth random warps of up to 2 pixels on top of the affine jitter"),
     "thicken": ({"--thicken": "0.25"}, "a quarter of the images with thicker strokes and a quarter thinner"),
+    "cosine": ({"--distance": "cosine"}, "cosine similarity with a learned temperature (from 10) instead of "
+                                         "the squared Euclidean distance"),
+    "96ch": ({"--channels": "96"}, "96 channels per convolution instead of 64"),
 }
 LAKE_ABLATION_NOTE = (
     "An ablation of the Lake recipe: 10 minutes of training on one thread, with Balinese held out of "

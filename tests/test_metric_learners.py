@@ -52,9 +52,10 @@ def test_attention_predict_is_a_distribution_and_a_nearest_neighbour_when_sharp(
 @pytest.mark.parametrize("make", [
     lambda: ProtoNet(small_conv()),
     lambda: ProtoNet(small_conv(), distance="cosine", scale=5.0),
+    lambda: ProtoNet(small_conv(), distance="cosine", scale=5.0, learn_scale=True),
     lambda: MatchingNet(small_conv()),
     lambda: MatchingNet(small_conv(), fce=True),
-], ids=["protonet", "protonet-cosine", "matching", "matching-fce"])
+], ids=["protonet", "protonet-cosine", "protonet-cosine-learned", "matching", "matching-fce"])
 def test_batched_paths_equal_the_per_task_interface(make):
     """The fast batched meta-loss and evaluation equal adapt/predict task by task (float64)."""
     learner = make()
@@ -104,3 +105,21 @@ def test_bad_arguments_name_the_argument():
         MatchingNet(small_conv(), scale=0)
     with pytest.raises(ValueError, match="model"):
         ProtoNet(model="conv4")
+
+
+def test_cosine_protonet_learns_its_temperature():
+    from mlbook.learners.base import LearnerConfig
+
+    learner = ProtoNet.from_config(LearnerConfig(distance="cosine", channels=8, image_size=16))
+    assert learner.learn_scale and learner.scale == 10.0
+    state = learner.init(0)
+    assert any(p is state["log_scale"] for p in learner.parameters(state))
+    family = ImageClassFamily(easy_images(), ways=5, shots=1, queries=3)
+    result = meta_train(learner, family, 30, meta_batch_size=2, outer_lr=1e-2, seed=0)
+    learned = result.state["log_scale"].item()
+    assert learned != 0.0, "the temperature must move with training"
+    # The temperature is the scale of the logits: doubling it doubles them.
+    episode = family.sample(2, torch.Generator().manual_seed(1))
+    logits = learner.episode_logits(result.state, episode)
+    doubled = {**result.state, "log_scale": result.state["log_scale"] + torch.log(torch.tensor(2.0))}
+    assert torch.allclose(learner.episode_logits(doubled, episode), 2 * logits, rtol=1e-5, atol=1e-6)

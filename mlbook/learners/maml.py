@@ -77,6 +77,10 @@ class MAML(Learner):
                              "'loop' or 'threads'")
         if self._closed_form is not None:
             self.episode_metrics = self._closed_form_metrics
+        # The hand-written meta-gradient is the meta-loss's gradient only while the meta-loss is
+        # the plain one: a subclass that changes how tasks are scored keeps autograd.
+        self._meta_gradient_by_hand = (self._closed_form is not None and type(self).metrics is Learner.metrics
+                                       and type(self).meta_loss is Learner.meta_loss)
         self.steps = check_positive_int("steps", steps)
         lrs = check_lrs("inner_lr", list(inner_lr) if isinstance(inner_lr, (list, tuple)) else inner_lr,
                         self.steps)
@@ -148,7 +152,7 @@ class MAML(Learner):
         rates (Meta-SGD, ``learn_inner_lr``) keep autograd, which also gives their gradient.
         """
         lr = state.get("inner_lr")
-        if (self._closed_form is None or not isinstance(lr, torch.Tensor) or lr.requires_grad
+        if (not self._meta_gradient_by_hand or not isinstance(lr, torch.Tensor) or lr.requires_grad
                 or not all(p.requires_grad for p in state["params"].values())):
             return super().meta_backward(state, episode, scale)
         check_params(self.model, state["params"])

@@ -53,7 +53,9 @@ class ProtoNet(Learner):
 
     ``model`` maps images to embeddings (default: ``Conv4(out_features=0)``, 64 channels,
     GroupNorm). ``distance`` is 'euclidean' (squared, as in the paper) or 'cosine';
-    ``scale`` multiplies the negative distances before the softmax (a temperature).
+    ``scale`` multiplies the negative distances before the softmax (a temperature). With
+    ``learn_scale`` the temperature is meta-learned (its logarithm is ``state["log_scale"]``),
+    which cosine similarity needs: bounded in [-1, 1], it cannot make confident logits alone.
     ``meta_loss`` embeds every image of a meta-batch in one backbone call, which is exact here
     because GroupNorm (or no normalisation) treats each image on its own.
     """
@@ -65,18 +67,38 @@ class ProtoNet(Learner):
     any_ways = True
 
     def __init__(self, model: nn.Module | None = None, distance: str = "euclidean", scale: float = 1.0,
-                 strategy: str = "auto", chunk_size: int | None = None):
+                 learn_scale: bool = False, strategy: str = "auto", chunk_size: int | None = None):
         super().__init__(loss="cross_entropy", strategy=strategy, chunk_size=chunk_size)
         self.model = Conv4(out_features=0) if model is None else model
         if not isinstance(self.model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.distance = check_choice("distance", distance, DISTANCES)
         self.scale = check_positive("scale", scale)
+        self.learn_scale = bool(learn_scale)
 
     @classmethod
     def from_config(cls, config: LearnerConfig) -> "ProtoNet":
-        """A Conv4 embedding (no output layer) and the configured distance (Chapter 5)."""
+        """A Conv4 embedding (no output layer) and the configured distance (Chapter 5).
+
+        Cosine similarity gets a learned temperature starting at 10, as in the cosine
+        classifiers of Gidaris and Komodakis (2018) and Chen et al. (2019).
+        """
+        if config.distance == "cosine":
+            return cls(embedding_for(config), distance="cosine", scale=10.0, learn_scale=True)
         return cls(embedding_for(config), distance=config.distance)
+
+    def init(self, seed: int, *, dtype=None, device=None) -> dict:
+        """phi: fresh embedding weights (and the log-temperature when it is learned)."""
+        state = super().init(seed, dtype=dtype, device=device)
+        if self.learn_scale:
+            like = next(iter(state["params"].values()))
+            state["log_scale"] = torch.zeros((), dtype=like.dtype, device=like.device, requires_grad=True)
+        return state
+
+    def _temperature(self, state):
+        # The learned factor multiplies the initial scale, so log_scale starts at zero.
+        log_scale = state.get("log_scale")
+        return self.scale if log_scale is None else self.scale * log_scale.exp()
 
     def embed(self, state, x: torch.Tensor) -> torch.Tensor:
         """f_phi(x) for images with any number of leading axes: ``[..., C, H, W]`` -> ``[..., D]``."""
@@ -84,20 +106,24 @@ class ProtoNet(Learner):
         z = call(self.model, state["params"], x.reshape(-1, *x.shape[-3:]))
         return z.reshape(*lead, z.shape[-1])
 
-    def _logits(self, query: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    def _logits(self, state, query: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+        scale = self._temperature(state)
         if self.distance == "cosine":
-            return self.scale * F.normalize(query, dim=-1) @ F.normalize(protos, dim=-1).transpose(-1, -2)
-        return -self.scale * squared_distances(query, protos)
+            return scale * F.normalize(query, dim=-1) @ F.normalize(protos, dim=-1).transpose(-1, -2)
+        return -scale * squared_distances(query, protos)
 
     def adapt(self, state, support_x, support_y):
         """theta_i = the N class prototypes of one task's support set."""
         check_labelled_support(support_x, support_y)
         ways = int(support_y.max().item()) + 1
-        return {"params": state["params"], "prototypes": prototypes(self.embed(state, support_x), support_y, ways)}
+        task_state = {"params": state["params"], "prototypes": prototypes(self.embed(state, support_x), support_y, ways)}
+        if "log_scale" in state:
+            task_state["log_scale"] = state["log_scale"]
+        return task_state
 
     def predict(self, task_state, x):
         """Logits: negative (scaled) distances from f_phi(x) to each prototype."""
-        return self._logits(self.embed(task_state, x), task_state["prototypes"])
+        return self._logits(task_state, self.embed(task_state, x), task_state["prototypes"])
 
     def episode_logits(self, state, episode: Episode) -> torch.Tensor:
         """Query logits ``[B, N*Q, N]`` for every task of ``episode`` from one backbone call."""
@@ -105,11 +131,12 @@ class ProtoNet(Learner):
         sx, qx = episode.support_x, episode.query_x
         z = self.embed(state, torch.cat([sx, qx], dim=1))                 # [B, S+Q, D]
         support, query = z[:, :sx.shape[1]], z[:, sx.shape[1]:]
-        return self._logits(query, prototypes(support, episode.support_y, ways))
+        return self._logits(state, query, prototypes(support, episode.support_y, ways))
 
     def episode_metrics(self, state, episode: Episode) -> dict[str, torch.Tensor]:
         """Per-task prototypical loss and accuracy of a meta-batch, from one backbone call."""
         return query_metrics(self.episode_logits(state, episode), episode.query_y, classification=True)
 
     def __repr__(self) -> str:
-        return f"ProtoNet(distance={self.distance!r}, scale={self.scale})"
+        learned = ", learned" if self.learn_scale else ""
+        return f"ProtoNet(distance={self.distance!r}, scale={self.scale}{learned})"
