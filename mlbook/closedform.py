@@ -238,41 +238,75 @@ def _hessian_vector(layers, activation, params, trace, loss, tangent: Params) ->
 
 
 def batched_meta_gradient(layers: list[str], activation: str, params: Mapping[str, torch.Tensor],
-                          support_x, support_y, query_x, query_y, steps: int, lrs: list[float],
+                          support_x, support_y, query_x, query_y, steps: int, lr,
                           loss: str = "mse", first_order: bool = False, adapt_keys=None):
     """MAML's meta-gradient of a meta-batch, by hand: no autograd graph at all (Chapter 3).
 
-    Adapts every task with :func:`batched_inner_loop`'s maths (``lrs``: one number per step),
-    scores the query sets, then runs reverse mode through the inner steps explicitly: the
-    query gradient ``u`` becomes ``u - lr * H u`` at each step back, ``H`` being the support
-    loss's Hessian at that step's parameters (:func:`_hessian_vector`); first order keeps
-    ``u``. Returns (gradient of the mean query loss for every parameter of ``params``, the
-    outputs ``[tasks, points, out]``, each task's loss ``[tasks]``).
+    Adapts every task with :func:`batched_inner_loop`'s maths (``lr`` as there: a number, one
+    rate per step, or Meta-SGD's dict of per-parameter rates), scores the query sets, then runs
+    reverse mode through the inner steps explicitly: the query gradient ``u`` becomes
+    ``u - H (lr * u)`` at each step back, ``H`` being the support loss's Hessian at that
+    step's parameters (:func:`_hessian_vector`); first order keeps ``u``. Rates that require
+    grad get theirs, ``-u * g`` summed over the steps that use them (``g``: the inner gradient).
+    Returns (gradient of the mean query loss for every parameter of ``params``, for the rates
+    (None unless they require grad), the outputs ``[tasks, points, out]``, each task's loss
+    ``[tasks]``).
     """
     check_choice("loss", loss, ("mse", "cross_entropy"))
     keys = list(params) if adapt_keys is None else list(adapt_keys)
+    per_parameter = isinstance(lr, Mapping)
+    if per_parameter:
+        learn_rates = any(r.requires_grad for r in lr.values())
+    else:
+        learn_rates = isinstance(lr, torch.Tensor) and lr.requires_grad
+        if isinstance(lr, torch.Tensor):
+            lr = lr.detach().tolist() if lr.dim() == 1 else [float(lr.detach())] * steps
+        else:
+            lr = [float(lr)] * steps if isinstance(lr, (int, float)) else [float(r) for r in lr]
+
+    def rate(step, name):
+        return lr[name].detach() if per_parameter else lr[step]
+
     with torch.no_grad():
-        theta, traces = dict(params), []
+        theta, traces, inner_grads = dict(params), [], []
         for step in range(steps):
             trace = {}
             grads = _gradients(layers, activation, theta, support_x, support_y, loss, set(keys), trace)
-            if not first_order:
-                traces.append((dict(theta), trace))
+            traces.append((dict(theta), trace) if not first_order else None)
+            inner_grads.append(grads if learn_rates else None)
             for name, g in grads.items():
-                theta[name] = torch.add(theta[name], g, alpha=-lrs[step])
+                r = rate(step, name)
+                theta[name] = torch.add(theta[name], g, alpha=-r) if isinstance(r, float) else theta[name] - r * g
         query_trace = {}
         u = _gradients(layers, activation, theta, query_x, query_y, loss, set(params), query_trace)
         output = query_trace["output"]
+        tasks = output.shape[0]
         if loss == "mse":
             losses = (output - query_y).pow(2).flatten(1).mean(1)
         else:
             losses = F.cross_entropy(output.flatten(0, 1), query_y.flatten(), reduction="none")
             losses = losses.view(query_y.shape).mean(1)
-        for step in range(len(traces) - 1, -1, -1):
+        rate_grad = None
+        if learn_rates:
+            rate_grad = ({name: torch.zeros_like(r) for name, r in lr.items()} if per_parameter
+                         else torch.zeros(steps, dtype=output.dtype, device=output.device))
+        for step in range(steps - 1, -1, -1):
+            if learn_rates:  # theta_{step+1} = theta_step - rate * g: d rate = -u * g
+                for name, g in inner_grads[step].items():
+                    if per_parameter:
+                        rate_grad[name] -= (u[name] * g).sum(0) / tasks
+                    else:
+                        rate_grad[step] -= (u[name] * g).sum() / tasks
+            if first_order:
+                continue
             at, trace = traces[step]
-            hu = _hessian_vector(layers, activation, at, trace, loss, {k: u[k] for k in keys})
+            if per_parameter:
+                hu = _hessian_vector(layers, activation, at, trace, loss, {k: rate(step, k) * u[k] for k in keys})
+                scale = -1.0
+            else:
+                hu = _hessian_vector(layers, activation, at, trace, loss, {k: u[k] for k in keys})
+                scale = -rate(step, None)
             for name, change in hu.items():
                 if change is not None:
-                    u[name] = torch.add(u[name], change, alpha=-lrs[step])
-        tasks = output.shape[0]
-        return {name: g.sum(0) / tasks for name, g in u.items()}, output, losses
+                    u[name] = torch.add(u[name], change, alpha=scale)
+        return {name: g.sum(0) / tasks for name, g in u.items()}, rate_grad, output, losses

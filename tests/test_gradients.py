@@ -154,6 +154,10 @@ def test_learnable_per_step_lrs_get_the_right_gradient(strategy):
     state = learner.init(0, dtype=DT)
     episode = _sinusoid_episode()
     learner.meta_loss(state, episode).backward()
+    by_autograd = state["inner_lr"].grad.clone()
+    state["inner_lr"].grad = None
+    learner.meta_backward(state, episode)    # the trainer's route: by hand on the closed form
+    assert torch.allclose(state["inner_lr"].grad, by_autograd, rtol=1e-12, atol=0)
     lr = state["inner_lr"].detach().clone().requires_grad_()
     phi = {k: v.detach().clone().requires_grad_() for k, v in state["params"].items()}
     total = 0
@@ -292,12 +296,16 @@ def test_closed_form_metasgd_matches_vmap_for_every_leaf():
 
     episode = _sinusoid_episode(batch=4)
     grads = {}
-    for strategy in ("vmap", "closed-form"):
-        learner = MetaSGD(MLP(hidden=(8, 8)), inner_lr=0.03, steps=2, loss="mse", strategy=strategy)
+    for strategy in ("vmap", "closed-form", "closed-form, meta_backward"):
+        learner = MetaSGD(MLP(hidden=(8, 8)), inner_lr=0.03, steps=2, loss="mse", strategy=strategy.split(",")[0])
         state = learner.init(0, dtype=DT)
-        learner.meta_loss(state, episode).backward()
+        if strategy.endswith("meta_backward"):
+            learner.meta_backward(state, episode)    # the trainer's route: by hand
+        else:
+            learner.meta_loss(state, episode).backward()
         grads[strategy] = torch.cat([p.grad.flatten() for p in learner.parameters(state)])
     assert _rel(grads["closed-form"], grads["vmap"]) < 1e-10
+    assert _rel(grads["closed-form, meta_backward"], grads["vmap"]) < 1e-10
 
 
 def test_auto_picks_closed_form_only_where_it_is_the_same_maths():

@@ -144,28 +144,36 @@ class MAML(Learner):
         return metrics
 
     def meta_backward(self, state, episode, scale: float = 1.0):
-        """The trainer's step (Chapter 5); on the closed form with fixed inner rates, by hand.
+        """The trainer's step (Chapter 5); on the closed-form MLP, by hand.
 
         There the meta-gradient is :func:`mlbook.closedform.batched_meta_gradient`: reverse
         mode through the inner steps written out, the same numbers as autograd's (the tests
         compare both with an unrolled float64 reference) without building a graph. Learned
-        rates (Meta-SGD, ``learn_inner_lr``) keep autograd, which also gives their gradient.
+        inner rates (Meta-SGD, ``learn_inner_lr``) get their gradient the same way.
         """
-        lr = state.get("inner_lr")
-        if (not self._meta_gradient_by_hand or not isinstance(lr, torch.Tensor) or lr.requires_grad
-                or not all(p.requires_grad for p in state["params"].values())):
+        lr, keys = self.inner_rates(state)
+        rates = list(lr.values()) if isinstance(lr, dict) else [lr] if isinstance(lr, torch.Tensor) else []
+        # By hand the gradients land on the state's own tensors: parameters that all require
+        # grad, and rates that are leaves when learned. Anything else keeps autograd.
+        if (not self._meta_gradient_by_hand or not all(p.requires_grad for p in state["params"].values())
+                or any(r.requires_grad and not r.is_leaf for r in rates)):
             return super().meta_backward(state, episode, scale)
         check_params(self.model, state["params"])
         self.validate_episode(state, episode)
         layers, activation = self._closed_form
-        _, keys = self.inner_rates(state)
-        rates = [float(v) for v in check_lrs("inner_lr", lr, self.steps)]
-        grads, output, losses = batched_meta_gradient(
+        if not isinstance(lr, dict):
+            lr = check_lrs("inner_lr", lr, self.steps)
+        grads, rate_grad, output, losses = batched_meta_gradient(
             layers, activation, state["params"], episode.support_x, episode.support_y, episode.query_x,
-            episode.query_y, self.steps, rates, loss=self.loss, first_order=self.first_order, adapt_keys=keys)
-        for name, param in state["params"].items():
-            grad = grads[name] * scale if scale != 1.0 else grads[name]
-            param.grad = grad if param.grad is None else param.grad + grad
+            episode.query_y, self.steps, lr, loss=self.loss, first_order=self.first_order, adapt_keys=keys)
+        found = [(state["params"][name], grads[name]) for name in state["params"]]
+        if rate_grad is not None:
+            found += ([(lr[name], rate_grad[name]) for name in lr] if isinstance(lr, dict) else [(lr, rate_grad)])
+        for tensor, grad in found:
+            if not tensor.requires_grad:
+                continue
+            grad = grad * scale if scale != 1.0 else grad
+            tensor.grad = grad if tensor.grad is None else tensor.grad + grad
         accuracy = None
         if self.loss == "cross_entropy":
             accuracy = (output.argmax(-1) == episode.query_y).float().mean()
