@@ -188,9 +188,8 @@ def _hessian_vector(layers, activation, params, trace, loss, tangent: Params) ->
     inputs, deltas, pulled = trace["inputs"], trace["deltas"], trace["pulled"]
     last = len(layers) - 1
 
-    def activation_slope(i):  # the activation's derivative at layer i's input, as a factor
-        h = inputs[i]
-        return (h > 0).to(h.dtype) if activation == "relu" else 1 - h * h
+    def through(i, change):  # a change at layer i's input, through the activation's derivative
+        return _through_activation(activation, change, inputs[i])
 
     # Forward: the change of every layer's input and of the output.
     d_inputs = [None] * len(layers)
@@ -205,7 +204,7 @@ def _hessian_vector(layers, activation, params, trace, loss, tangent: Params) ->
         if d_bias is not None:
             d_z = _add(d_z, d_bias.unsqueeze(-2))
         if i < last and d_z is not None:
-            d_inputs[i + 1] = activation_slope(i + 1) * d_z
+            d_inputs[i + 1] = through(i + 1, d_z)
     # The change of the output gradient.
     d_delta = None
     if d_z is not None:
@@ -230,7 +229,7 @@ def _hessian_vector(layers, activation, params, trace, loss, tangent: Params) ->
         d_pulled = None if d_delta is None else torch.matmul(d_delta, params[f"{name}.weight"])
         if d_weight is not None:
             d_pulled = _add(d_pulled, torch.matmul(delta, d_weight))
-        d_delta = None if d_pulled is None else activation_slope(i) * d_pulled
+        d_delta = None if d_pulled is None else through(i, d_pulled)
         if activation == "tanh" and d_inputs[i] is not None:
             # tanh'(z) = 1 - h^2 changes too: by -2 h dh.
             d_delta = _add(d_delta, -2 * inputs[i] * d_inputs[i] * pulled[i])

@@ -305,6 +305,9 @@ LAKE_ABLATIONS = {
     "96ch": ({"--channels": "96"}, "96 channels per convolution instead of 64"),
     # The two changes that lowered the validation error, together: are they worth combining?
     "lr3e-3+96ch": ({"--lr": "3e-3", "--channels": "96"}, "outer learning rate 0.003 and 96 channels"),
+    # The same two changes again from another seed: how far apart are two runs of one recipe?
+    "lr3e-3-seed1": ({"--lr": "3e-3", "--seed": "1"}, "outer learning rate 0.003, seed 1 instead of 0"),
+    "96ch-seed1": ({"--channels": "96", "--seed": "1"}, "96 channels per convolution, seed 1 instead of 0"),
 }
 LAKE_ABLATION_NOTE = (
     "An ablation of the Lake recipe: 10 minutes of training on one thread, with Balinese held out of "
