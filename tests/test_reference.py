@@ -39,7 +39,7 @@ def test_every_run_has_a_record_and_a_small_checkpoint():
                or not (reference.RUNS_DIR / f"{n}.pt").is_file()]
     assert not missing, f"runs without a shipped record or checkpoint: {missing}"
     total = sum(p.stat().st_size for p in reference.RUNS_DIR.iterdir())
-    assert total < 10 * 2 ** 20, f"the reference runs take {total / 2 ** 20:.1f} MB; keep them under 10 MB"
+    assert total < 12 * 2 ** 20, f"the reference runs take {total / 2 ** 20:.1f} MB; keep them under 12 MB"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
