@@ -31,8 +31,8 @@ STRATEGIES = ("auto", "vmap", "loop", "threads")
 # Why 'auto' picks each strategy, as measured by benchmarks/maml_speed.py (Chapter 3).
 STRATEGY_REASONS = {
     "closed-form": "a plain MLP: its inner gradient is a few batched matrix products for all tasks at "
-                   "once, and with fixed inner rates the meta-gradient is written out too, with no "
-                   "autograd graph (mlbook.closedform)",
+                   "once, and the meta-gradient is written out too, with no autograd graph "
+                   "(mlbook.closedform)",
     "vmap": "a small dense model, or a GPU: one batched call fills the device",
     "threads": "convolutions on a multi-core CPU: whole tasks side by side, one core each",
     "loop": "convolutions on a single-core CPU (or inside a worker thread): one task at a time",
