@@ -60,7 +60,11 @@ def one_line_error(code, err, pattern):
     (["train", *TINY_IMAGES, "--ways", "0", "--out", "x.pt"], "--ways: must be a positive integer"),
     (["evaluate", "missing.pt"], "does not exist"),
     (["lake", "missing.pt", "--proxy"], "does not exist"),
-], ids=["learner", "data", "shots", "ways", "regression", "zero-ways", "missing-eval", "missing-lake"])
+    (["train", *TINY_IMAGES, "--thicken", "0.7", "--out", "x.pt"], "--thicken: must be in [0, 0.5]"),
+    (["train", "--data", "sinusoid", "--learner", "MAML", "--elastic", "2", "--out", "x.pt"],
+     "apply to image data"),
+], ids=["learner", "data", "shots", "ways", "regression", "zero-ways", "missing-eval", "missing-lake",
+        "thicken-share", "elastic-sinusoid"])
 def test_mistakes_give_one_line_and_a_nonzero_exit(args, pattern, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = call(capsys, *args)
