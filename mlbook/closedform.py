@@ -166,10 +166,14 @@ def batched_task_losses(layers: list[str], activation: str, params: Mapping[str,
                         x: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(outputs ``[tasks, points, out]``, each task's mean loss ``[tasks]``) of adapted ``params`` (Chapter 3)."""
     output, _ = batched_forward(layers, activation, params, x)
+    return output, _task_losses(output, y, loss)
+
+
+def _task_losses(output: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
     if loss == "mse":
-        return output, (output - y).pow(2).flatten(1).mean(1)
+        return (output - y).pow(2).flatten(1).mean(1)
     per_point = F.cross_entropy(output.flatten(0, 1), y.flatten(), reduction="none")
-    return output, per_point.view(y.shape).mean(1)
+    return per_point.view(y.shape).mean(1)
 
 
 def _add(a, b):
@@ -280,11 +284,7 @@ def batched_meta_gradient(layers: list[str], activation: str, params: Mapping[st
         u = _gradients(layers, activation, theta, query_x, query_y, loss, set(params), query_trace)
         output = query_trace["output"]
         tasks = output.shape[0]
-        if loss == "mse":
-            losses = (output - query_y).pow(2).flatten(1).mean(1)
-        else:
-            losses = F.cross_entropy(output.flatten(0, 1), query_y.flatten(), reduction="none")
-            losses = losses.view(query_y.shape).mean(1)
+        losses = _task_losses(output, query_y, loss)
         rate_grad = None
         if learn_rates:
             rate_grad = ({name: torch.zeros_like(r) for name, r in lr.items()} if per_parameter

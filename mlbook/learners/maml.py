@@ -152,6 +152,8 @@ class MAML(Learner):
         inner rates (Meta-SGD, ``learn_inner_lr``) get their gradient the same way.
         """
         lr, keys = self.inner_rates(state)
+        if not isinstance(lr, dict):
+            lr = check_lrs("inner_lr", lr, self.steps)
         rates = list(lr.values()) if isinstance(lr, dict) else [lr] if isinstance(lr, torch.Tensor) else []
         # By hand the gradients land on the state's own tensors: parameters that all require
         # grad, and rates that are leaves when learned. Anything else keeps autograd.
@@ -161,8 +163,6 @@ class MAML(Learner):
         check_params(self.model, state["params"])
         self.validate_episode(state, episode)
         layers, activation = self._closed_form
-        if not isinstance(lr, dict):
-            lr = check_lrs("inner_lr", lr, self.steps)
         grads, rate_grad, output, losses = batched_meta_gradient(
             layers, activation, state["params"], episode.support_x, episode.support_y, episode.query_x,
             episode.query_y, self.steps, lr, loss=self.loss, first_order=self.first_order, adapt_keys=keys)
