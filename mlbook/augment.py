@@ -15,7 +15,25 @@ from .tasks import Episode
 __all__ = ["AffineJitter", "ElasticWarp", "StrokeThickness", "Chain"]
 
 
-class AffineJitter:
+def _check_non_negative(name: str, value) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+class _ImageAugmentation:
+    """Applies ``images(x, generator)`` to the support and the query images of an episode."""
+
+    def images(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, episode: Episode, generator: torch.Generator) -> Episode:
+        return Episode(self.images(episode.support_x, generator), episode.support_y,
+                       self.images(episode.query_x, generator), episode.query_y)
+
+
+
+class AffineJitter(_ImageAugmentation):
     """Random small affine transforms of every image of an episode (training augmentation; Chapter 5).
 
     Each image is rotated by up to ``degrees``, scaled by up to ``scale`` (a fraction),
@@ -24,10 +42,9 @@ class AffineJitter:
     """
 
     def __init__(self, degrees: float = 10.0, scale: float = 0.1, shear: float = 0.1, shift: float = 0.1):
-        for name, value in (("degrees", degrees), ("scale", scale), ("shear", shear), ("shift", shift)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-        self.degrees, self.scale, self.shear, self.shift = float(degrees), float(scale), float(shear), float(shift)
+        self.degrees, self.scale, self.shear, self.shift = (
+            _check_non_negative(name, value)
+            for name, value in (("degrees", degrees), ("scale", scale), ("shear", shear), ("shift", shift)))
 
     def images(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Jitter a stack of images ``[..., C, H, W]``."""
@@ -49,30 +66,9 @@ class AffineJitter:
         out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return out.reshape(shape)
 
-    def __call__(self, episode: Episode, generator: torch.Generator) -> Episode:
-        return Episode(self.images(episode.support_x, generator), episode.support_y,
-                       self.images(episode.query_x, generator), episode.query_y)
-
     def __repr__(self) -> str:
         return (f"AffineJitter(degrees={self.degrees}, scale={self.scale}, shear={self.shear}, "
                 f"shift={self.shift})")
-
-
-def _check_non_negative(name: str, value) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-    return float(value)
-
-
-class _ImageAugmentation:
-    """Applies ``images(x, generator)`` to the support and the query images of an episode."""
-
-    def images(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        raise NotImplementedError
-
-    def __call__(self, episode: Episode, generator: torch.Generator) -> Episode:
-        return Episode(self.images(episode.support_x, generator), episode.support_y,
-                       self.images(episode.query_x, generator), episode.query_y)
 
 
 class ElasticWarp(_ImageAugmentation):
