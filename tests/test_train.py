@@ -66,6 +66,45 @@ def test_a_run_without_the_checkpoint_differs_so_the_resume_test_can_fail(tmp_pa
     assert restarted.losses != full.losses[3:]
 
 
+def test_adam_is_fused_where_torch_has_it_and_matches_the_plain_update():
+    from mlbook.train import make_optimiser
+    torch.manual_seed(0)
+    fused_params = [torch.randn(5, 4, requires_grad=True), torch.randn(4, requires_grad=True)]
+    plain_params = [p.detach().clone().requires_grad_() for p in fused_params]
+    fused = make_optimiser("adam", iter(fused_params), 1e-2, weight_decay=1e-3)
+    plain = torch.optim.Adam(plain_params, lr=1e-2, weight_decay=1e-3)
+    if tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 4):
+        pytest.skip("torch before 2.4 has no fused Adam kernel for the CPU")
+    assert fused.defaults["fused"] is True
+    start = [f.detach().clone() for f in fused_params]
+    for _ in range(50):
+        for f, p in zip(fused_params, plain_params):
+            g = torch.randn_like(f)
+            f.grad, p.grad = g.clone(), g.clone()
+        fused.step()
+        plain.step()
+    for f, p in zip(fused_params, plain_params):
+        torch.testing.assert_close(f, p, rtol=1e-5, atol=1e-6)
+    assert all((f - s).abs().max() > 0.01 for f, s in zip(fused_params, start)), "the parameters moved"
+
+
+def test_resume_from_a_checkpoint_written_by_an_unfused_adam(tmp_path):
+    """A checkpoint from a torch without the fused kernel resumes with this one's, step count intact."""
+    family = SinusoidFamily(shots=5, queries=5)
+    path = tmp_path / "run.pt"
+    meta_train(sinusoid_maml(), family, 6, meta_batch_size=3, seed=5, checkpoint=path, stop_after=3)
+    saved = load_checkpoint(path)
+    for group in saved["optimiser"]["param_groups"]:
+        group["fused"] = None
+    for slot in saved["optimiser"]["state"].values():
+        slot["step"] = torch.tensor(float(slot["step"]))
+    save_checkpoint(path, {k: v for k, v in saved.items() if k not in ('format', 'version')})
+    resumed = meta_train(sinusoid_maml(), family, 6, meta_batch_size=3, seed=5, checkpoint=path, resume=True)
+    assert resumed.step == 6 and all(math.isfinite(x) for x in resumed.losses)
+    full = meta_train(sinusoid_maml(), family, 6, meta_batch_size=3, seed=5)
+    assert resumed.losses == pytest.approx(full.losses, rel=1e-5), "the same run, to rounding"
+
+
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pt"
     save_checkpoint(path, {"state": {"w": torch.ones(2)}, "step": 1})

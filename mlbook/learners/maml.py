@@ -49,7 +49,10 @@ class MAML(Learner):
 
     ``strategy`` is one of :data:`mlbook.taskmap.STRATEGIES` or 'closed-form': for a plain MLP
     the inner gradient written as batched matrix products for every task at once
-    (:mod:`mlbook.closedform`), which 'auto' picks whenever the model allows it.
+    (:mod:`mlbook.closedform`), which 'auto' picks whenever the model allows it. There
+    ``compile=True`` runs the hand-written meta-gradient through ``torch.compile``: seconds
+    to compile once per shape (cached on disk), then each meta-step about twice as fast on a
+    CPU, worth it for runs of thousands of steps (``benchmarks/maml_speed.py`` measures both).
     """
 
     name = "MAML"
@@ -59,7 +62,8 @@ class MAML(Learner):
 
     def __init__(self, model: nn.Module, inner_lr: float = 0.4, steps: int = 1,
                  first_order: bool = False, learn_inner_lr: bool = False, loss: str = "cross_entropy",
-                 adapt_keys=None, strategy: str = "auto", chunk_size: int | None = None):
+                 adapt_keys=None, strategy: str = "auto", chunk_size: int | None = None,
+                 compile: bool = False):
         check_choice("strategy", strategy, STRATEGIES + ("closed-form",))
         super().__init__(loss=loss, strategy=strategy, chunk_size=chunk_size)
         if not isinstance(model, nn.Module):
@@ -81,6 +85,13 @@ class MAML(Learner):
         # the plain one: a subclass that changes how tasks are scored keeps autograd.
         self._meta_gradient_by_hand = (self._closed_form is not None and type(self).metrics is Learner.metrics
                                        and type(self).meta_loss is Learner.meta_loss)
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile must be True or False, got {compile!r}")
+        if compile and not self._meta_gradient_by_hand:
+            raise ValueError("compile=True compiles the hand-written meta-gradient of a plain MLP (strategy "
+                             f"'auto' or 'closed-form'); {type(self).__name__} with {type(model).__name__} and "
+                             f"strategy {strategy!r} does not use it: leave compile=False")
+        self.compile = compile
         self.steps = check_positive_int("steps", steps)
         lrs = check_lrs("inner_lr", list(inner_lr) if isinstance(inner_lr, (list, tuple)) else inner_lr,
                         self.steps)
@@ -165,7 +176,8 @@ class MAML(Learner):
         layers, activation = self._closed_form
         grads, rate_grad, output, losses = batched_meta_gradient(
             layers, activation, state["params"], episode.support_x, episode.support_y, episode.query_x,
-            episode.query_y, self.steps, lr, loss=self.loss, first_order=self.first_order, adapt_keys=keys)
+            episode.query_y, self.steps, lr, loss=self.loss, first_order=self.first_order, adapt_keys=keys,
+            compiled=self.compile)
         found = [(state["params"][name], grads[name]) for name in state["params"]]
         if rate_grad is not None:
             found += ([(lr[name], rate_grad[name]) for name in lr] if isinstance(lr, dict) else [(lr, rate_grad)])

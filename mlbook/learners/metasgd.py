@@ -32,10 +32,10 @@ class MetaSGD(MAML):
 
     def __init__(self, model: nn.Module, inner_lr: float = 0.01, steps: int = 1,
                  first_order: bool = False, loss: str = "cross_entropy", adapt_keys=None,
-                 strategy: str = "auto", chunk_size: int | None = None):
+                 strategy: str = "auto", chunk_size: int | None = None, compile: bool = False):
         super().__init__(model, inner_lr=inner_lr, steps=steps, first_order=first_order,
                          learn_inner_lr=True, loss=loss, adapt_keys=adapt_keys,
-                         strategy=strategy, chunk_size=chunk_size)
+                         strategy=strategy, chunk_size=chunk_size, compile=compile)
 
     def init(self, seed: int, *, dtype=None, device=None) -> dict:
         """(phi, alpha): fresh parameters and one learnable step size per parameter entry."""
