@@ -39,7 +39,8 @@ def test_every_run_has_a_record_and_a_small_checkpoint():
                or not (reference.RUNS_DIR / f"{n}.pt").is_file()]
     assert not missing, f"runs without a shipped record or checkpoint: {missing}"
     total = sum(p.stat().st_size for p in reference.RUNS_DIR.iterdir())
-    assert total < 12 * 2 ** 20, f"the reference runs take {total / 2 ** 20:.1f} MB; keep them under 12 MB"
+    # 12.5 MB: besides the papers' runs, fifteen 10-minute Lake ablations and the 30- and 60-minute runs (0.45 MB each).
+    assert total < 12.5 * 2 ** 20, f"the reference runs take {total / 2 ** 20:.1f} MB; keep them under 12.5 MB"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
