@@ -278,8 +278,12 @@ def batched_meta_gradient(layers: list[str], activation: str, params: Mapping[st
     if compiled and not _COMPILE_FAILED:
         try:
             return _compiled_meta_gradient()(*arguments)
-        except Exception as error:  # the eager run below raises again whatever is not the compiler's
+        except Exception as error:
+            # Bad input fails again here, with its own error and compiling left on; only a
+            # failure of the compiler itself switches to the uncompiled code for good.
+            result = _meta_gradient(*arguments)
             _compile_failed(error)
+            return result
     return _meta_gradient(*arguments)
 
 

@@ -369,6 +369,23 @@ def test_compile_falls_back_to_the_uncompiled_maths_with_one_warning(monkeypatch
     assert _rel(fallback, want) < 1e-10
 
 
+def test_a_bad_input_raises_its_own_error_and_leaves_compiling_on(monkeypatch):
+    import mlbook.closedform
+
+    monkeypatch.setattr(mlbook.closedform, "_COMPILE_FAILED", False)
+    monkeypatch.setattr(mlbook.closedform, "_compiled_meta_gradient", lambda: mlbook.closedform._meta_gradient)
+    learner = MAML(MLP(hidden=(8, 8)), inner_lr=0.05, loss="mse", compile=True)
+    state = learner.init(0, dtype=DT)
+    episode = _sinusoid_episode()
+    layers, activation = learner._closed_form
+    wrong_width = episode.support_x.expand(-1, -1, 2)  # the MLP takes one input feature
+    with pytest.raises(RuntimeError):
+        mlbook.closedform.batched_meta_gradient(layers, activation, state["params"], wrong_width,
+                                                episode.support_y, episode.query_x, episode.query_y,
+                                                1, 0.05, compiled=True)
+    assert not mlbook.closedform._COMPILE_FAILED
+
+
 def test_compile_is_refused_where_there_is_nothing_to_compile():
     with pytest.raises(ValueError, match="compile must be True or False"):
         MAML(MLP(), loss="mse", compile="yes")
