@@ -101,6 +101,9 @@ def test_resume_from_a_checkpoint_written_by_an_unfused_adam(tmp_path):
     save_checkpoint(path, {k: v for k, v in saved.items() if k not in ('format', 'version')})
     resumed = meta_train(sinusoid_maml(), family, 6, meta_batch_size=3, seed=5, checkpoint=path, resume=True)
     assert resumed.step == 6 and all(math.isfinite(x) for x in resumed.losses)
+    if tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 4):
+        groups = load_checkpoint(path)["optimiser"]["param_groups"]
+        assert all(group["fused"] is True for group in groups), "resumed with this machine's fused kernel"
     full = meta_train(sinusoid_maml(), family, 6, meta_batch_size=3, seed=5)
     assert resumed.losses == pytest.approx(full.losses, rel=1e-5), "the same run, to rounding"
 
