@@ -4,7 +4,9 @@ Workloads (the standard MAML settings):
 
 * ``conv4``: Omniglot-style 5-way 1-shot, 15 queries per class, 28x28 inputs, Conv4 (4 x
   [conv3x3 64, normalisation without running statistics, ReLU, max-pool 2] + linear head),
-  meta-batch 32;
+  meta-batch 32. mlbook runs its own ``Conv4``; the peers run the same layers and weights built
+  from torch's modules (``nn.BatchNorm2d`` for ``--norm batch``), called in order in the NCHW
+  layout, as their users write it;
 * ``sinusoid``: the 1-40-40-1 MLP on sinusoid regression, K = 10 support and 10 query
   points, meta-batch 25.
 
@@ -17,6 +19,12 @@ to the fastest peer. mlbook's execution strategy is the one ``MAML.execution_str
 'auto' to, printed with the reason; ``--strategies`` also times the others. Where that is the
 closed form, ``mlbook[closed-form+compile]`` (``MAML(compile=True)``) is timed beside it, its
 one-off compile time printed, and its ratio printed too (``--no-compile`` leaves it out).
+
+Agreement: mlbook's Conv4 runs channels-last on a CPU, the peers' NCHW; both compute the same
+function (``tests/test_gradients.py`` checks it in float64 to 1e-10), but their float32 rounding
+differs, and five inner steps at rate 0.4 amplify it: against float64, the meta-gradient of a
+4-task batch was off by 1e-6 to 2e-5 (NCHW) and 1e-5 to 3e-2 (channels-last) over four batches
+with group norm, so the 'grad rel.err' column can reach 1e-2 there.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` around each implementation; on
 CPU, the growth of the peak resident set of a fresh subprocess that runs two meta-steps of
@@ -68,7 +76,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mlbook  # noqa: E402
 from mlbook.taskmap import STRATEGY_REASONS  # noqa: E402
 from mlbook.learners import MAML  # noqa: E402
-from mlbook.models import MLP, Conv4, init_params  # noqa: E402
+from mlbook.models import MLP, BatchStatNorm, Conv4, init_params  # noqa: E402
 from mlbook.train import make_optimiser  # noqa: E402
 
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
@@ -115,6 +123,27 @@ def make_model(workload: str, norm: str):
     return Conv4(5, norm=norm) if workload == "conv4" else MLP()
 
 
+class TorchConv4(torch.nn.Module):
+    """The peers' Conv4: the layers and parameter names of mlbook's, from torch's own modules
+    (native batch norm without running statistics in place of ``BatchStatNorm``), run in order."""
+
+    def __init__(self, model: Conv4):
+        super().__init__()
+        self.features = torch.nn.Sequential(*[
+            torch.nn.BatchNorm2d(layer.weight.shape[0], eps=layer.eps, track_running_stats=False)
+            if isinstance(layer, BatchStatNorm) else copy.deepcopy(layer) for layer in model.features])
+        self.head = copy.deepcopy(model.head)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def peer_model(model):
+    if isinstance(model, Conv4):
+        return TorchConv4(model).to(next(model.parameters()).device)
+    return model
+
+
 def loss_of(workload):
     return F.cross_entropy if workload == "conv4" else F.mse_loss
 
@@ -155,7 +184,7 @@ class PeerImpl:
     """The peers' documented usage: a Python loop over tasks, each adapted and backpropagated."""
 
     def __init__(self, model, phi, workload, steps, first_order):
-        self.model = _module_with(model, phi)
+        self.model = _module_with(peer_model(model), phi)
         self.opt = outer_adam(self.model.parameters())
         self.steps, self.loss, self.first_order = steps, loss_of(workload), first_order
         self.inner_lr = WORKLOADS[workload]["inner_lr"]

@@ -111,11 +111,12 @@ def inner_loop(loss_fn: LossFn, params: Params, x: torch.Tensor, y: torch.Tensor
     if unknown or not keys:
         raise ValueError(f"adapt_keys must name parameters of the model, got {keys}")
     for step in range(steps):
-        fast = {k: params[k] for k in keys}
-        frozen = {k: v for k, v in params.items() if k not in fast}
+        # First order, the inner gradient is a constant to the outer level: computed from
+        # detached parameters, the outer graph does not record its forward and backward passes.
+        current = {k: v.detach() for k, v in params.items()} if first_order else params
+        fast = {k: current[k] for k in keys}
+        frozen = {k: v for k, v in current.items() if k not in fast}
         grads = grad(lambda f: loss_fn({**frozen, **f}, x, y))(fast)
-        if first_order:
-            grads = {k: g.detach() for k, g in grads.items()}
         step_lr = lr[step] if isinstance(lr, torch.Tensor) and lr.dim() == 1 else lr
         params = sgd_step(params, grads, step_lr)
     return params
