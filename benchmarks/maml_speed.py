@@ -20,12 +20,6 @@ to the fastest peer. mlbook's execution strategy is the one ``MAML.execution_str
 closed form, ``mlbook[closed-form+compile]`` (``MAML(compile=True)``) is timed beside it, its
 one-off compile time printed, and its ratio printed too (``--no-compile`` leaves it out).
 
-Agreement: mlbook's Conv4 runs channels-last on a CPU, the peers' NCHW; both compute the same
-function (``tests/test_gradients.py`` checks it in float64 to 1e-10), but their float32 rounding
-differs, and five inner steps at rate 0.4 amplify it: against float64, the meta-gradient of a
-4-task batch was off by 1e-6 to 2e-5 (NCHW) and 1e-5 to 3e-2 (channels-last) over four batches
-with group norm, so the 'grad rel.err' column can reach 1e-2 there.
-
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` around each implementation; on
 CPU, the growth of the peak resident set of a fresh subprocess that runs two meta-steps of
 one implementation (``--no-memory`` skips this).

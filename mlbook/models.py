@@ -18,10 +18,6 @@ __all__ = ["MLP", "Conv4", "BatchStatNorm", "make_norm", "init_params", "NORMS"]
 
 NORMS = ("group", "batch", "none")
 
-# Conv4 on a CPU runs a batch in chunks of about this many bytes of first-block activations:
-# the fastest of 1.5-12 MB for the 75 query images of a 5-way task on a 2-core Xeon (3 chunks).
-_CHUNK_BYTES = 5 * 2**20
-
 
 def _inside_vmap() -> bool:
     # Only vmap's batching rule for native batch norm is wrong (functorch#534); other
@@ -48,13 +44,6 @@ class BatchStatNorm(nn.Module):
         if not _inside_vmap():
             # Outside vmap the native kernel and its double backward are exact, and a third
             # faster on CPU than the version below (benchmarks/maml_speed.py).
-            if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-                # The channels-last CPU kernel is ~10x less accurate in float32 when a channel's
-                # mean is large against its spread (five inner steps turned that into a 1e-2
-                # error in the meta-gradient). Batch norm ignores a per-channel shift, so taking
-                # a constant (detached) mean off first leaves the function and every derivative
-                # as they are, and the kernel as accurate as the NCHW one, for 2% more time.
-                x = x - x.detach().mean(dim=(0, 2, 3), keepdim=True)
             return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
         dims = [0] + list(range(2, x.dim()))
         mean = x.mean(dim=dims, keepdim=True)
@@ -106,8 +95,7 @@ class MLP(nn.Module):
 class Conv4(nn.Module):
     """The four-block convolutional backbone of MAML, ProtoNet and Matching Networks (Chapters 3-5).
 
-    Each block is conv3x3(``channels``) -> normalisation -> ReLU -> 2x2 max-pool (computed as
-    pool then ReLU, the same function; channels-last on a CPU). With
+    Each block is conv3x3(``channels``) -> normalisation -> ReLU -> 2x2 max-pool. With
     ``out_features > 0`` a linear head follows; with ``out_features=0`` the module returns the
     flattened embedding (metric learners).
     """
@@ -136,40 +124,8 @@ class Conv4(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape [batch, {self.in_channels}, H, W], got {tuple(x.shape)}")
-        if x.device.type != "cpu" or _inside_vmap():
-            z = self._blocks(x, [conv.weight for conv in self.features[:-1:4]])
-            return z if self.head is None else self.head(z)
-        # On a CPU the blocks run in the channels-last layout, where oneDNN's convolutions and
-        # the max-pool are vectorised over channels (an NCHW max-pool alone took a fifth of a
-        # MAML meta-step), and, unless batch statistics tie the examples together, a few
-        # megabytes of activations at a time: with glibc's allocator smaller tensors reuse
-        # freed memory instead of faulting in fresh pages (5-12% faster; no change under a
-        # jemalloc that keeps its pages). Forward and backward on 400 images: 1.7x faster.
-        x = _as_channels_last(x)
-        weights = [conv.weight.contiguous(memory_format=torch.channels_last) for conv in self.features[:-1:4]]
-        per_example = not any(isinstance(layer, BatchStatNorm) for layer in self.features)
-        first_block_bytes = x[:1].numel() // x.shape[1] * self.features[0].out_channels * x.element_size()
-        chunks = -(-x.shape[0] * first_block_bytes // _CHUNK_BYTES) if per_example else 1
-        chunk = -(-x.shape[0] // chunks)  # as even as possible
-        parts = [self._blocks(part, weights) for part in x.split(chunk)]
-        z = torch.cat(parts) if len(parts) > 1 else parts[0]
+        z = self.features(x)
         return z if self.head is None else self.head(z)
-
-    def _blocks(self, x: torch.Tensor, weights: list) -> torch.Tensor:
-        # The ReLU comes after the pool, on a quarter of the values: max-pooling commutes with
-        # a monotone ReLU, so this is conv -> norm -> ReLU -> pool as the docstring says.
-        for i, weight in zip(range(0, len(self.features) - 1, 4), weights):
-            conv, norm, relu, pool = self.features[i:i + 4]
-            x = relu(pool(norm(F.conv2d(x, weight, conv.bias, conv.stride, conv.padding))))
-        return self.features[-1](x)
-
-
-def _as_channels_last(x: torch.Tensor) -> torch.Tensor:
-    if x.shape[1] == 1:
-        # With one channel both layouts are the same bytes, and ``contiguous`` keeps the NCHW
-        # strides, from which a convolution would write NCHW: give it channels-last strides.
-        return x.contiguous().as_strided(x.shape, (x.shape[2] * x.shape[3], 1, x.shape[3], 1))
-    return x.contiguous(memory_format=torch.channels_last)
 
 
 def init_params(module: nn.Module, seed: int, dtype=None, device=None) -> dict[str, torch.Tensor]:

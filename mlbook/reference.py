@@ -41,12 +41,8 @@ RUNS_DIR = Path(__file__).resolve().parent / "reference_runs"
 FAST_STEPS = 3
 FAST_EPISODES = 20
 # Evaluation on one CPU thread is deterministic; the slack covers summation order on other
-# BLAS builds and a GPU, which are far below the interval of any record. Kernels that round
-# differently (Conv4's channels-last CPU layout) also flip a few near-tied predictions: up to 5
-# of a 1,000-episode Lake evaluation's 20,000 (0.025 points, 6% of its interval), so a value
-# also matches within a tenth of its recorded 95% interval.
+# BLAS builds and a GPU, which are far below the interval of any record.
 RELATIVE_TOLERANCE = 1e-4
-INTERVAL_FRACTION = 0.1
 LIST_KEYS = ("name", "metric", "value", "ci95", "paper_value", "paper_ci95", "paper_source",
              "train_seconds", "steps", "device", "command")
 
@@ -573,7 +569,7 @@ def check(name: str, directory=None, device: str = "cpu") -> dict:
     """Re-evaluate the shipped checkpoint of ``name`` with its recorded protocol (Results page).
 
     Returns ``{"name", "value", "recorded", "ci95"}`` when the value matches the record (to a
-    relative tolerance of 1e-4, or a tenth of its recorded 95% interval); raises :class:`ReferenceMismatch` with a one-line reason
+    relative tolerance of 1e-4); raises :class:`ReferenceMismatch` with a one-line reason
     otherwise, or when the record or checkpoint is missing.
     """
     from .__main__ import load_trained
@@ -606,9 +602,7 @@ def check(name: str, directory=None, device: str = "cpu") -> dict:
     finally:
         torch.set_num_threads(threads)
     for split, key, measured in splits:
-        interval = record.get("ci95" if key == "value" else "val_ci95") or 0.0
-        if not math.isclose(measured.mean, record[key], rel_tol=RELATIVE_TOLERANCE,
-                            abs_tol=max(1e-7, INTERVAL_FRACTION * interval)):
+        if not math.isclose(measured.mean, record[key], rel_tol=RELATIVE_TOLERANCE, abs_tol=1e-7):
             raise ReferenceMismatch(f"{name}: re-evaluation on the {split} split gives {run.metric} "
                                     f"{measured.mean:.6g}, the record says {record[key]:.6g}")
     return {"name": name, "value": result.mean, "recorded": record["value"], "ci95": result.ci95}

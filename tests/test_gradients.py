@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import mlbook.bilevel
-import mlbook.models
 import mlbook.taskmap
 from mlbook.learners import ANIL, FOMAML, IMAML, MAML, Reptile
 from mlbook.models import MLP, Conv4, init_params
@@ -257,58 +256,6 @@ def test_conv4_vmap_loop_and_threads_match_unrolled_reference_for_each_norm(norm
     assert _rel(grads["vmap"], want) < 1e-9
     assert _rel(grads["loop"], want) < 1e-9
     assert _rel(grads["threads"], want) < 1e-9
-
-
-class _LayersInOrder(torch.nn.Module):
-    """Conv4's layers called one after another (conv -> norm -> ReLU -> pool, NCHW, the whole
-    batch at once): the function Conv4's faster CPU forward must compute."""
-
-    def __init__(self, conv4):
-        super().__init__()
-        self.features, self.head = conv4.features, conv4.head
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
-@pytest.mark.parametrize("norm", ["group", "batch", "none"])
-def test_conv4_cpu_forward_is_its_layers_in_order_to_second_order(norm, monkeypatch):
-    # Seven examples of 8 x 16 x 16 first-block activations, in chunks of three (3 + 3 + 1)
-    # wherever the examples are independent (not with batch statistics).
-    monkeypatch.setattr(mlbook.models, "_CHUNK_BYTES", 3 * 8 * 16 * 16 * 8)
-    model = Conv4(3, channels=8, norm=norm, image_size=16)
-    seen = []
-    model.features[1].register_forward_hook(lambda module, args, out: seen.append(
-        (args[0].shape[0], args[0].is_contiguous(memory_format=torch.channels_last))))
-    images = torch.rand(6, 8, 16, 16, generator=torch.Generator().manual_seed(0))
-    ep = ImageClassFamily(images, ways=3, shots=2, queries=3).sample(2, torch.Generator().manual_seed(1))
-    ep = Episode(ep.support_x.to(DT), ep.support_y, ep.query_x.to(DT)[:, :7], ep.query_y[:, :7])
-    learner = MAML(model, inner_lr=0.3, steps=2, strategy="loop")
-    state = learner.init(0, dtype=DT)
-    got = _library_grad(learner, state, ep)
-    assert all(channels_last for _, channels_last in seen), "the fast path runs channels-last"
-    sizes = {size for size, _ in seen}
-    # Six support and seven query examples: whole with batch statistics, else 3 + 3 and 3 + 3 + 1.
-    assert sizes == ({6, 7} if norm == "batch" else {3, 1}), f"batch sizes seen: {sorted(sizes)}"
-    plain = _LayersInOrder(model)
-    want = _reference_maml_grad(plain, state["params"], ep, (0.3, 0.3), loss=_ce)
-    assert _rel(got, want) < 1e-10
-    x = ep.query_x[0]
-    assert _rel(functional_call(model, state["params"], (x,)), functional_call(plain, state["params"], (x,))) < 1e-12
-    assert _rel(model(x.float()).double(), plain(x.float()).double()) < 1e-5
-
-
-def test_batch_statistics_in_channels_last_are_as_accurate_as_nchw():
-    # The channels-last CPU kernel alone loses float32 accuracy when a channel's mean is large
-    # against its spread; BatchStatNorm takes a constant mean off first.
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(5, 16, 12, 12, generator=gen, dtype=DT) * 0.1 + 3.0
-    layer = mlbook.models.BatchStatNorm(16).double()
-    want = layer(x)
-    layer = layer.float()
-    errors = {fmt: _rel(layer(x.float().contiguous(memory_format=fmt)).double(), want)
-              for fmt in (torch.contiguous_format, torch.channels_last)}
-    assert errors[torch.channels_last] < 3 * max(errors[torch.contiguous_format], 1e-7), errors
 
 
 def test_chunked_vmap_matches_full_vmap():

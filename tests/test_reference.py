@@ -81,11 +81,6 @@ def test_check_fails_with_one_line_when_the_value_changed(tmp_path, capsys):
     code = main(["reproduce", name, "--check", "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "the record says" in err[0], err
-    # A few flipped predictions (kernels that round differently) are within a tenth of the
-    # recorded interval; a fifth of it is a changed result.
-    for shift, expected in ((0.05, 0), (0.2, 1)):
-        path.write_text(json.dumps({**record, "value": record["value"] + shift * record["ci95"]}))
-        assert (main(["reproduce", name, "--check", "--out", str(tmp_path)]) != 0) == expected, shift
 
 
 def test_reproduce_runs_end_to_end_in_fast_mode_without_touching_the_shipped_files(tmp_path):
