@@ -5,8 +5,8 @@ Workloads (the standard MAML settings):
 * ``conv4``: Omniglot-style 5-way 1-shot, 15 queries per class, 28x28 inputs, Conv4 (4 x
   [conv3x3 64, normalisation without running statistics, ReLU, max-pool 2] + linear head),
   meta-batch 32. mlbook runs its own ``Conv4``; the peers run the same layers and weights built
-  from torch's modules (``nn.BatchNorm2d`` for ``--norm batch``), called in order in the NCHW
-  layout, as their users write it;
+  from torch's modules (``nn.BatchNorm2d`` for ``--norm batch``), called in order, as their
+  users write it;
 * ``sinusoid``: the 1-40-40-1 MLP on sinusoid regression, K = 10 support and 10 query
   points, meta-batch 25.
 
