@@ -1,7 +1,9 @@
-"""Training-time augmentation of episodes (Chapter 5).
+"""Augmentation of episodes: random at training time, fixed views at test time (Chapter 5).
 
-An augmentation is a callable ``(episode, generator) -> episode``, the trainer's ``augment``
-hook; it draws its randomness from the trainer's generator, so runs stay reproducible.
+A training augmentation is a callable ``(episode, generator) -> episode``, the trainer's
+``augment`` hook; it draws its randomness from the trainer's generator, so runs stay
+reproducible. A test-time augmentation (:class:`ShiftedViews`) is a fixed set of views of each
+image, which the evaluator scores together (``views=`` of :meth:`Learner.evaluate_batch`).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import torch.nn.functional as F
 
 from .tasks import Episode
 
-__all__ = ["AffineJitter", "ElasticWarp", "StrokeThickness", "Chain"]
+__all__ = ["AffineJitter", "ElasticWarp", "StrokeThickness", "Chain", "ShiftedViews"]
 
 
 def _check_non_negative(name: str, value) -> float:
@@ -148,3 +150,41 @@ class Chain:
 
     def __repr__(self) -> str:
         return f"Chain({', '.join(map(repr, self.augmentations))})"
+
+
+class ShiftedViews:
+    """Test-time augmentation: each image and its 8 copies shifted by ``pixels`` (Chapter 5).
+
+    The shifts lie on a 3x3 grid (left/right, up/down and the diagonals), sampled bilinearly
+    with empty borders, so a one-shot support image stands for 9 slightly different drawings
+    and each query is classified from 9 views. Call as ``views(x)`` on images ``[..., C, H, W]``
+    -> ``[9, ..., C, H, W]`` (the first view is ``x`` itself).
+    """
+
+    def __init__(self, pixels: float = 1.5):
+        self.pixels = _check_non_negative("pixels", pixels)
+        if self.pixels == 0:
+            raise ValueError("pixels must be positive: a shift of 0 pixels gives 9 copies of the same image")
+
+    def __len__(self) -> int:
+        return 9
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 3 or not x.dtype.is_floating_point:
+            raise ValueError(f"ShiftedViews needs floating-point images [..., C, H, W], got {tuple(x.shape)} "
+                             f"{x.dtype}")
+        shape = x.shape
+        flat = x.reshape(-1, *shape[-3:])
+        height, width = shape[-2], shape[-1]
+        offsets = [(dx, dy) for dy in (0, -1, 1) for dx in (0, -1, 1)]
+        # grid_sample coordinates span [-1, 1], so one pixel is 2 / size of them.
+        theta = torch.tensor([[[1.0, 0.0, 2 * self.pixels * dx / width], [0.0, 1.0, 2 * self.pixels * dy / height]]
+                              for dx, dy in offsets], dtype=x.dtype, device=x.device)
+        views = [flat]
+        for view in theta[1:]:
+            grid = F.affine_grid(view.expand(flat.shape[0], 2, 3), list(flat.shape), align_corners=False)
+            views.append(F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+        return torch.stack(views).reshape(len(views), *shape)
+
+    def __repr__(self) -> str:
+        return f"ShiftedViews(pixels={self.pixels})"

@@ -27,24 +27,25 @@ LAKE_REFERENCE_ERROR_PCT = {"people": 4.5, "Bayesian program learning": 3.3,
                             "modified Hausdorff distance": 38.8}
 
 
-def _per_task_error(learner, state, episode: Episode, batch_size: int = 20) -> torch.Tensor:
+def _per_task_error(learner, state, episode: Episode, batch_size: int = 20, views=None) -> torch.Tensor:
     errors = []
     for part in episode.chunks(batch_size):
-        errors.append(100.0 * (1.0 - learner.evaluate_batch(state, part)["accuracy"].float().cpu()))
+        metrics = learner.evaluate_batch(state, part, views=views)
+        errors.append(100.0 * (1.0 - metrics["accuracy"].float().cpu()))
     return torch.cat(errors)
 
 
-def lake_runs_result(learner, state, runs_path, image_size: int = 28, device="cpu") -> dict:
+def lake_runs_result(learner, state, runs_path, image_size: int = 28, device="cpu", views=None) -> dict:
     """Score a learner on Lake's 20 runs; a JSON-ready dict with the error rates (Chapter 5).
 
     ``runs_path`` is ``all_runs.zip`` or its unpacked folder. Returns ``mean_error_pct``,
     ``per_run_error_pct`` (one number per run), ``runs`` (their names) and the published
-    reference error rates.
+    reference error rates. ``views``: optional test-time augmentation (:class:`mlbook.augment.ShiftedViews`).
     """
     from .data.omniglot import read_lake_runs
 
     episode, names = read_lake_runs(runs_path, image_size=image_size)
-    errors = _per_task_error(learner, state, episode.to(device))
+    errors = _per_task_error(learner, state, episode.to(device), views=views)
     return {"benchmark": "lake2015 20-way within-alphabet one-shot", "runs": list(names),
             "mean_error_pct": round(errors.mean().item(), 4),
             "per_run_error_pct": [round(e, 4) for e in errors.tolist()],
@@ -52,13 +53,14 @@ def lake_runs_result(learner, state, runs_path, image_size: int = 28, device="cp
 
 
 def proxy_result(learner, state, images: torch.Tensor, alphabets: Sequence[str], classes: torch.Tensor,
-                 episodes: int = 600, ways: int = 20, seed: int = 2015, device="cpu") -> dict:
+                 episodes: int = 600, ways: int = 20, seed: int = 2015, device="cpu", views=None) -> dict:
     """The honest stand-in for Lake's runs: within-alphabet 20-way 1-shot episodes (Chapter 5).
 
     ``classes`` must be classes of alphabets held out of training. Like a run, every episode
     has one drawing per character to learn from and one other drawing per character to
     classify. Returns ``mean_error_pct`` with ``ci95_pct``, ``per_run_error_pct`` (one number
-    per episode) and the mean error of each held-out alphabet.
+    per episode) and the mean error of each held-out alphabet. ``views``: optional test-time
+    augmentation (:class:`mlbook.augment.ShiftedViews`), the same for every episode.
     """
     episodes = check_positive_int("episodes", episodes)
     family = AlphabetFamily(images, alphabets, ways=ways, shots=1, queries=1, classes=classes,
@@ -68,7 +70,7 @@ def proxy_result(learner, state, images: torch.Tensor, alphabets: Sequence[str],
     remaining = episodes
     while remaining > 0:
         batch, batch_names = family.sample(min(20, remaining), generator, return_alphabets=True)
-        errors.append(_per_task_error(learner, state, batch))
+        errors.append(_per_task_error(learner, state, batch, views=views))
         names += batch_names
         remaining -= batch.batch_size
     errors = torch.cat(errors)

@@ -458,11 +458,12 @@ def meta_train(learner, family: TaskFamily, steps: int | None = None, meta_batch
 
 
 def evaluate(learner, state, family: TaskFamily, episodes: int = 600, batch_size: int = 50,
-             seed: int = 1234, metric: str | None = None) -> EvalResult:
+             seed: int = 1234, metric: str | None = None, views=None) -> EvalResult:
     """Mean query metric over ``episodes`` test tasks with a 95% confidence interval (Chapter 5).
 
     ``metric`` defaults to 'accuracy' for classifiers and 'loss' otherwise. The episodes come
     from their own generator (``seed``), so every learner is scored on the same tasks.
+    ``views`` is an optional test-time augmentation (see :meth:`Learner.evaluate_batch`).
     """
     episodes = check_positive_int("episodes", episodes)
     batch_size = check_positive_int("batch_size", batch_size)
@@ -472,7 +473,7 @@ def evaluate(learner, state, family: TaskFamily, episodes: int = 600, batch_size
     key = metric
     while remaining > 0:
         batch = family.sample(min(batch_size, remaining), generator)
-        out = learner.evaluate_batch(state, batch)
+        out = learner.evaluate_batch(state, batch, views=views)
         key = metric or ("accuracy" if "accuracy" in out else "loss")
         if key not in out:
             raise ValueError(f"metric must be one of {sorted(out)}, got {metric!r}")

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mlbook.augment import AffineJitter, Chain, ElasticWarp, StrokeThickness
+from mlbook.augment import AffineJitter, Chain, ElasticWarp, ShiftedViews, StrokeThickness
 from mlbook.tasks import Episode
 
 
@@ -69,3 +69,33 @@ def test_chain_applies_each_augmentation_to_support_and_query():
 def test_bad_settings_are_refused_by_name(make, pattern):
     with pytest.raises(ValueError, match=pattern):
         make()
+
+
+def _shifted(x, dx, dy):
+    """x moved dx pixels right and dy down, with empty borders."""
+    out = torch.zeros_like(x)
+    h, w = x.shape[-2:]
+    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        x[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def test_shifted_views_are_the_image_and_its_eight_whole_pixel_shifts():
+    x = strokes(n=4).reshape(2, 2, 1, 28, 28)     # any leading shape
+    views = ShiftedViews(pixels=1.0)(x)
+    assert views.shape == (9, 2, 2, 1, 28, 28) and len(ShiftedViews()) == 9
+    assert torch.equal(views[0], x)
+    expected = [_shifted(x, dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1) if (dx, dy) != (0, 0)]
+    for target in expected:      # each direction exactly once, up to float rounding of the grid
+        matches = [i for i in range(1, 9) if torch.allclose(views[i], target, atol=1e-5)]
+        assert len(matches) == 1, matches
+    two = ShiftedViews(pixels=2.0)(x)
+    assert any(torch.allclose(two[i], _shifted(x, 2, 0), atol=1e-5) for i in range(1, 9))
+
+
+def test_shifted_views_refuse_bad_input():
+    for bad in (0, 0.0, -1, float("nan"), "1"):
+        with pytest.raises(ValueError, match="pixels must be"):
+            ShiftedViews(bad)
+    with pytest.raises(ValueError, match="floating-point images"):
+        ShiftedViews(1.0)(torch.zeros(3, 28, 28, dtype=torch.uint8))

@@ -167,6 +167,14 @@ def test_proxy_on_held_out_omniglot_alphabets(tmp_path, capsys, monkeypatch):
     result = json.loads(out_text)
     assert code == 0 and result["alphabets"] == ["Early_Aramaic", "Korean"]
     assert len(result["per_run_error_pct"]) == 30 and 0 < result["mean_error_pct"] <= 100
+    assert result["test_time_shift_px"] == 0.0
+    code, out_text, _ = call(capsys, "lake", str(out), "--proxy", "--episodes", "30", "--test-time-shift", "1.5")
+    shifted = json.loads(out_text)
+    assert code == 0 and shifted["test_time_shift_px"] == 1.5 and len(shifted["per_run_error_pct"]) == 30
+    # The same episodes scored from 9 views each: a different, still valid, error.
+    assert 0 <= shifted["mean_error_pct"] <= 100 and shifted["per_run_error_pct"] != result["per_run_error_pct"]
+    code, _, err = call(capsys, "lake", str(out), "--proxy", "--test-time-shift", "-1")
+    one_line_error(code, err, "--test-time-shift")
     code, _, err = call(capsys, "train", "--data", "omniglot", "--holdout-alphabets", "Klingon", "--out", str(out))
     one_line_error(code, err, "not in these archives")
 

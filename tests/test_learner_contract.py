@@ -324,3 +324,35 @@ def test_a_declaration_outside_the_taxonomy_is_refused():
 
     with pytest.raises(ValueError, match="kind"):
         type("Odd", (Learner,), {"name": "OddForTest", "kind": "magic", "__doc__": "Chapter 4."})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_test_time_views_are_extra_shots_and_averaged_query_predictions(name):
+    from mlbook.augment import ShiftedViews
+
+    learner = _construct(_learner_class(name), "classification")
+    state = _state(learner)
+    ep = _episode("classification", batch=2)
+    with torch.set_grad_enabled(learner.adapts_with_gradients):
+        one_view = learner.evaluate_batch(state, ep, views=lambda x: x[None])
+        plain = learner.evaluate_batch(state, ep)
+        torch.testing.assert_close(one_view, plain, rtol=1e-4, atol=1e-5)
+        views = ShiftedViews(1.0)
+        shifted = learner.evaluate_batch(state, ep, views=views)
+        for i in range(ep.batch_size):
+            support = views(ep.support_x[i])
+            task = learner.adapt(state, support.flatten(0, 1), ep.support_y[i].repeat(len(views)))
+            log_probs = torch.stack([learner.predict(task, q).log_softmax(-1) for q in views(ep.query_x[i])]).mean(0)
+            expected = (log_probs.argmax(-1) == ep.query_y[i]).float().mean()
+            torch.testing.assert_close(shifted["accuracy"][i], expected)
+            torch.testing.assert_close(shifted["loss"][i], F.cross_entropy(log_probs, ep.query_y[i]).detach(),
+                                       rtol=1e-4, atol=1e-5)
+
+
+def test_test_time_views_refuse_regression_and_malformed_views():
+    learner = _construct(_learner_class("MAML"), "regression")
+    with pytest.raises(ValueError, match="views .*need a classifier"):
+        learner.evaluate_batch(_state(learner), _episode("regression"), views=lambda x: x[None])
+    learner = _construct(_learner_class("ProtoNet"), "classification")
+    with pytest.raises(ValueError, match=r"views must map images \[n, C, H, W\] to \[A, n, C, H, W\]"):
+        learner.evaluate_batch(_state(learner), _episode("classification"), views=lambda x: x)

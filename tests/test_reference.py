@@ -53,6 +53,9 @@ def test_shipped_record_is_complete_and_not_a_smoke_test(name):
     run = reference.get(name)
     assert record["eval_protocol"]["seed"] == run.protocol["seed"]
     assert record["train_argv"][4:-4] == list(run.train_args), f"{name}: the record was made with other arguments"
+    if run.test_time_shift:
+        assert record["eval_protocol"]["test_time_shift_px"] == run.test_time_shift
+        assert "tta_value" in record and ("tta_val_value" in record) == ("val_value" in record), sorted(record)
 
 
 @pytest.mark.parametrize("name", SHIPPED)

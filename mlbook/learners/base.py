@@ -276,11 +276,46 @@ class Learner:
         accuracy = torch.stack(accuracies).mean().detach() if accuracies else None
         return total, accuracy
 
-    def evaluate_batch(self, state, episode: Episode) -> dict[str, torch.Tensor]:
-        """Per-task query metrics without outer gradients ('objective' left out) (Chapter 5)."""
+    def evaluate_batch(self, state, episode: Episode, views=None) -> dict[str, torch.Tensor]:
+        """Per-task query metrics without outer gradients ('objective' left out) (Chapter 5).
+
+        ``views`` (classification only) is a test-time augmentation such as
+        :class:`mlbook.augment.ShiftedViews`, mapping images ``[n, C, H, W]`` to ``[A, n, C, H, W]``:
+        every view of a support image becomes one more shot of its class, and each query's
+        class log-probabilities are averaged over its views.
+        """
         with torch.set_grad_enabled(self.adapts_with_gradients):
-            metrics = self.metrics(state, episode)
+            metrics = self.metrics(state, episode) if views is None else self._metrics_over_views(
+                state, episode, views)
         return {k: v.detach() for k, v in metrics.items() if k != "objective"}
+
+    def _metrics_over_views(self, state, episode: Episode, views) -> dict[str, torch.Tensor]:
+        self.validate_episode(state, episode)
+        if self.loss != "cross_entropy":
+            raise ValueError(f"views (test-time augmentation) need a classifier; this {self.name} "
+                             f"regresses (loss {self.loss!r})")
+        if not callable(views):
+            raise ValueError(f"views must be callable images [n, C, H, W] -> [A, n, C, H, W], got {views!r}")
+
+        def stacked(x):
+            out = views(x.flatten(0, 1))
+            if out.dim() != x.dim() or out.shape[2:] != x.shape[2:] or out.shape[1] != x.shape[0] * x.shape[1]:
+                raise ValueError(f"views must map images [n, C, H, W] to [A, n, C, H, W], got "
+                                 f"{tuple(out.shape)} from {tuple(x.flatten(0, 1).shape)}")
+            # [A, B*n, ...] -> [B, A*n, ...]: the views of one task become more examples of it.
+            return out.unflatten(1, x.shape[:2]).transpose(0, 1).flatten(1, 2), out.shape[0]
+
+        support_x, count = stacked(episode.support_x)
+        query_x, _ = stacked(episode.query_x)
+        support_y = episode.support_y.repeat(1, count)
+
+        def one_task(sx, sy, qx, qy):
+            logits = self.predict(self.adapt(state, sx, sy), qx)
+            log_probs = logits.log_softmax(-1).unflatten(0, (count, qy.shape[0])).mean(0)
+            return {"loss": task_loss(self.loss, log_probs, qy), "accuracy": task_accuracy(log_probs, qy)}
+
+        return map_tasks(one_task, support_x, support_y, query_x, episode.query_y,
+                         strategy=self.strategy, chunk_size=self.chunk_size)
 
     def parameters(self, state) -> list[torch.Tensor]:
         """The tensors the outer optimiser updates: every leaf of ``state`` that requires grad."""
