@@ -313,10 +313,30 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _load_ensemble(paths, device):
+    """(checkpoint, config, learner, state) of one checkpoint, or of an Ensemble of several trained
+    on the same data (its checkpoint's ``step`` adds up theirs; Chapter 5)."""
+    if len(paths) == 1:
+        return load_trained(paths[0], device)
+    from .learners import Ensemble
+
+    loaded = [load_trained(path, device) for path in paths]
+    shared = ("data", "archives", "holdout_alphabets", "val_alphabets", "image_size")
+    for path, (_, config, _, _) in zip(paths[1:], loaded[1:]):
+        differs = [key for key in shared if config.get(key) != loaded[0][1].get(key)]
+        if differs:
+            raise UsageError(f"checkpoint: an ensemble's members must share their data; {path} differs from "
+                             f"{paths[0]} in {', '.join(differs)}")
+    ensemble = Ensemble([learner for _, _, learner, _ in loaded])
+    step = sum(int(checkpoint["step"]) for checkpoint, _, _, _ in loaded)
+    return ({"step": step}, {**loaded[0][1], "learner": ensemble.name}, ensemble,
+            ensemble.state_of([state for _, _, _, state in loaded]))
+
+
 def cmd_lake(args) -> int:
     """``lake``: Lake's within-alphabet one-shot runs, or the held-out-alphabet proxy, as JSON (Chapter 5)."""
     device = get_device(args.device)
-    checkpoint, config, learner, state = load_trained(args.checkpoint, device)
+    checkpoint, config, learner, state = _load_ensemble(args.checkpoint, device)
     if not learner.any_ways and config["ways"] != 20:
         raise UsageError(f"{config['learner']} was trained with a {config['ways']}-way output layer; "
                          f"Lake's runs are 20-way")
@@ -345,8 +365,8 @@ def cmd_lake(args) -> int:
         result = proxy_result(learner, state, data["images"], data["alphabets"], data[args.split],
                               episodes=args.episodes, seed=args.seed, device=device, views=views)
         result["split"] = args.split
-    result.update({"checkpoint": str(args.checkpoint), "learner": config["learner"],
-                   "test_time_shift_px": args.test_time_shift,
+    result.update({"checkpoint": ",".join(map(str, args.checkpoint)), "learner": config["learner"],
+                   "members": len(args.checkpoint), "test_time_shift_px": args.test_time_shift,
                    "trained_steps": int(checkpoint["step"])})
     print(json.dumps(result))
     return 0
@@ -493,7 +513,8 @@ def _add_lake_command(commands) -> None:
                                description="Score a checkpoint on Lake et al.'s 20 one-shot runs (--runs) or "
                                            "on 20-way within-alphabet one-shot episodes of its held-out "
                                            "alphabets (--proxy); prints one JSON object.")
-    lake.add_argument("checkpoint", help="checkpoint written by `train`")
+    lake.add_argument("checkpoint", nargs="+", help="checkpoint written by `train`; several: an ensemble "
+                                                    "averaging their class log-probabilities (same data)")
     lake.add_argument("--runs", default=None, help="all_runs.zip or its unpacked folder")
     lake.add_argument("--proxy", action="store_true", help="held-out-alphabet proxy instead of the runs")
     lake.add_argument("--episodes", type=positive_int, default=1000, help="proxy episodes (default 1000)")

@@ -175,6 +175,23 @@ def test_proxy_on_held_out_omniglot_alphabets(tmp_path, capsys, monkeypatch):
     assert 0 <= shifted["mean_error_pct"] <= 100 and shifted["per_run_error_pct"] != result["per_run_error_pct"]
     code, _, err = call(capsys, "lake", str(out), "--proxy", "--test-time-shift", "-1")
     one_line_error(code, err, "--test-time-shift")
+    # Two checkpoints: an ensemble, scored on the same episodes.
+    second = tmp_path / "omni2.pt"
+    assert main(["train", "--data", "omniglot", "--no-download", "--channels", "8", "--ways", "5", "--queries", "2",
+                 "--steps", "2", "--meta-batch-size", "1", "--within-alphabet", "0.5", "--rotate", "--seed", "1",
+                 "--out", str(second)]) == 0
+    capsys.readouterr()
+    code, out_text, _ = call(capsys, "lake", str(out), str(second), "--proxy", "--episodes", "30")
+    together = json.loads(out_text)
+    assert code == 0 and together["members"] == 2 and together["learner"] == "Ensemble of 2 (ProtoNet)"
+    assert together["trained_steps"] == 4 and len(together["per_run_error_pct"]) == 30
+    other_data = tmp_path / "omni_other.pt"
+    assert main(["train", "--data", "omniglot", "--no-download", "--channels", "8", "--ways", "5", "--queries", "2",
+                 "--steps", "1", "--meta-batch-size", "1", "--holdout-alphabets", "Korean",
+                 "--out", str(other_data)]) == 0
+    capsys.readouterr()
+    code, _, err = call(capsys, "lake", str(out), str(other_data), "--proxy", "--episodes", "5")
+    one_line_error(code, err, "must share their data")
     code, _, err = call(capsys, "train", "--data", "omniglot", "--holdout-alphabets", "Klingon", "--out", str(out))
     one_line_error(code, err, "not in these archives")
 

@@ -356,3 +356,45 @@ def test_test_time_views_refuse_regression_and_malformed_views():
     learner = _construct(_learner_class("ProtoNet"), "classification")
     with pytest.raises(ValueError, match=r"views must map images \[n, C, H, W\] to \[A, n, C, H, W\]"):
         learner.evaluate_batch(_state(learner), _episode("classification"), views=lambda x: x)
+
+
+def test_an_ensemble_averages_its_members_log_probabilities():
+    from mlbook.augment import ShiftedViews
+    from mlbook.learners import Ensemble
+
+    members = [_construct(_learner_class(name), "classification") for name in ("ProtoNet", "MatchingNet")]
+    states = [_state(m, seed=i) for i, m in enumerate(members)]
+    ensemble = Ensemble(members)
+    state = ensemble.state_of(states)
+    ep = _episode("classification", batch=2)
+    for i in range(ep.batch_size):
+        out = ensemble.predict(ensemble.adapt(state, ep.support_x[i], ep.support_y[i]), ep.query_x[i])
+        by_hand = torch.stack([m.predict(m.adapt(s, ep.support_x[i], ep.support_y[i]), ep.query_x[i]).log_softmax(-1)
+                               for m, s in zip(members, states)]).mean(0)
+        torch.testing.assert_close(out, by_hand)
+    # One member: the ensemble is that member.
+    alone = Ensemble(members[:1])
+    torch.testing.assert_close(alone.evaluate_batch(alone.state_of(states[:1]), ep),
+                               members[0].evaluate_batch(states[0], ep))
+    # Through evaluation and test-time views like any learner.
+    views = ShiftedViews(1.0)
+    shifted = ensemble.evaluate_batch(state, ep, views=views)
+    for i in range(ep.batch_size):
+        support = views(ep.support_x[i]).flatten(0, 1)
+        task = ensemble.adapt(state, support, ep.support_y[i].repeat(len(views)))
+        log_probs = torch.stack([ensemble.predict(task, q).log_softmax(-1) for q in views(ep.query_x[i])]).mean(0)
+        torch.testing.assert_close(shifted["accuracy"][i], (log_probs.argmax(-1) == ep.query_y[i]).float().mean())
+    assert "Ensemble" not in registry(), "an ensemble is built from trained learners, not trained by name"
+
+
+def test_an_ensemble_refuses_bad_members_and_states():
+    from mlbook.learners import Ensemble
+
+    proto = _construct(_learner_class("ProtoNet"), "classification")
+    with pytest.raises(ValueError, match="members must be a non-empty sequence"):
+        Ensemble([])
+    with pytest.raises(ValueError, match="members must all be classifiers; MAML regress"):
+        Ensemble([proto, _construct(_learner_class("MAML"), "regression")])
+    ensemble = Ensemble([proto, proto])
+    with pytest.raises(ValueError, match=r"states must hold one state per member \(2\), got 1"):
+        ensemble.evaluate_batch((_state(proto),), _episode("classification"))

@@ -8,6 +8,7 @@ from importlib import import_module
 from pkgutil import iter_modules
 
 from .base import KINDS, TASKS, Learner, LearnerConfig, registered_learners, task_accuracy, task_loss
+from .ensemble import Ensemble
 
 for _module in iter_modules(__path__):
     if _module.name != "base" and not _module.name.startswith("_"):
@@ -29,5 +30,5 @@ def get_learner(name: str) -> type:
     return learners[name]
 
 
-__all__ = ["Learner", "LearnerConfig", "KINDS", "TASKS", "task_loss", "task_accuracy", "registry",
+__all__ = ["Learner", "LearnerConfig", "Ensemble", "KINDS", "TASKS", "task_loss", "task_accuracy", "registry",
            "get_learner", *(cls.__name__ for cls in registered_learners().values())]
