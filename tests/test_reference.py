@@ -82,6 +82,18 @@ def test_an_ensemble_record_names_its_members_and_holds_every_episode(name):
         assert sum(values) / len(values) == pytest.approx(record[key], rel=1e-6)
 
 
+def test_a_partial_check_fails_when_an_episode_score_changed(tmp_path, capsys):
+    if not _omniglot_available():
+        pytest.skip("the Omniglot archives are absent (set MLBOOK_OMNIGLOT); the ensemble needs them to re-check")
+    record = reference.load_record("lake-val-ensemble")
+    record["per_episode"]["value"][0] = 1.0 - record["per_episode"]["value"][0] + 0.05
+    (tmp_path / "lake-val-ensemble.json").write_text(json.dumps(record))
+    # The members are not in tmp_path: the shipped checkpoints are used.
+    code = main(["reproduce", "lake-val-ensemble", "--check", "--out", str(tmp_path), "--episodes", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "(first 3 episodes)" in err[0], err
+
+
 def test_a_partial_check_needs_a_record_with_every_episode(capsys):
     code = main(["reproduce", "sinusoid-metasgd-k10", "--check", "--episodes", "10"])
     err = capsys.readouterr().err.strip().splitlines()
