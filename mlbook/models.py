@@ -95,7 +95,8 @@ class MLP(nn.Module):
 class Conv4(nn.Module):
     """The four-block convolutional backbone of MAML, ProtoNet and Matching Networks (Chapters 3-5).
 
-    Each block is conv3x3(``channels``) -> normalisation -> ReLU -> 2x2 max-pool. With
+    Each block is conv3x3(``channels``) -> normalisation -> ReLU -> 2x2 max-pool (computed as
+    pool, then ReLU: the same function). With
     ``out_features > 0`` a linear head follows; with ``out_features=0`` the module returns the
     flattened embedding (metric learners).
     """
@@ -111,8 +112,10 @@ class Conv4(nn.Module):
         blocks = []
         size = image_size
         for i in range(4):
+            # ReLU after the pool computes the same function (max and ReLU commute) on a quarter
+            # of the values; the parameter names do not change.
             blocks += [nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1),
-                       make_norm(norm, channels), nn.ReLU(), nn.MaxPool2d(2)]
+                       make_norm(norm, channels), nn.MaxPool2d(2), nn.ReLU()]
             size //= 2
         if size == 0:
             raise ValueError(f"image_size must be at least 16 for four 2x2 poolings, got {image_size}")

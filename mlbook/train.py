@@ -35,10 +35,11 @@ from .tasks import TaskFamily
 from .utils import check_choice, check_positive, check_positive_int, make_generator, progress
 
 __all__ = ["meta_train", "evaluate", "make_optimiser", "stop_on_signals", "Trainer", "TrainConfig",
-           "EvalResult", "TrainResult", "NonFiniteError", "SCHEDULES", "OPTIMISERS"]
+           "EvalResult", "TrainResult", "NonFiniteError", "SCHEDULES", "OPTIMISERS", "PRECISIONS"]
 
 SCHEDULES = ("constant", "cosine", "step", "cosine_time")
 OPTIMISERS = ("adam", "adamw", "sgd")
+PRECISIONS = ("float32", "bfloat16")
 
 
 class NonFiniteError(FloatingPointError):
@@ -97,7 +98,10 @@ class TrainConfig:
     ``val_episodes`` fixed episodes (``val_seed``); early stopping after ``patience``
     validations without gain, returning the best state when ``restore_best``. A checkpoint every
     ``checkpoint_every`` steps; ``stop_after`` ends the run after that many steps (as if
-    interrupted), ``time_limit`` after that many seconds.
+    interrupted), ``time_limit`` after that many seconds. ``precision`` 'bfloat16' runs the
+    meta-loss and its gradient under autocast (convolutions and matrix products in bfloat16,
+    parameters, optimiser and evaluation in float32): faster where the hardware has bfloat16
+    units (recent CPUs with AMX, GPUs), at a small cost in gradient precision.
     """
 
     steps: int
@@ -118,6 +122,7 @@ class TrainConfig:
     checkpoint_every: int | None = None
     stop_after: int | None = None
     time_limit: float | None = None
+    precision: str = "float32"
 
     def __post_init__(self):
         self.steps = check_positive_int("steps", self.steps)
@@ -125,6 +130,7 @@ class TrainConfig:
         self.outer_lr = check_positive("outer_lr", self.outer_lr)
         check_choice("optimiser", self.optimiser, OPTIMISERS)
         check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("precision", self.precision, PRECISIONS)
         if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
                 and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}")
@@ -328,6 +334,11 @@ class Trainer:
         })
 
     # -- one outer step ----------------------------------------------------------------------
+    def _autocast(self):
+        if self.config.precision == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.parameters[0].device.type, dtype=torch.bfloat16)
+
     def train_step(self) -> None:
         """Sample a meta-batch, backpropagate the meta-loss, check it, take the outer step."""
         episode = self.family.sample(self.config.meta_batch_size, self.generator)
@@ -335,7 +346,8 @@ class Trainer:
             episode = self.augment(episode, self.generator)
         shard, weight = dist_utils.shard_episode(episode, self.world)
         self.optimiser.zero_grad(set_to_none=True)
-        loss, accuracy = self.learner.meta_backward(self.state, shard, weight)
+        with self._autocast():
+            loss, accuracy = self.learner.meta_backward(self.state, shard, weight)
         if not torch.isfinite(loss):
             raise NonFiniteError(f"step {self.step}: the meta-loss is {loss.item()}; training stopped")
         if self.world.size > 1:
