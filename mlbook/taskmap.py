@@ -13,6 +13,7 @@ module (``functional_call`` swaps parameters into a module, so threads must not 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 import weakref
@@ -110,10 +111,16 @@ def run_tasks(fn: Callable[[int], object], tasks: int, strategy: str) -> list:
     inside_transform = torch._C._functorch.peek_interpreter_stack() is not None
     if strategy == "loop" or workers < 2 or _in_worker() or inside_transform:
         return [fn(i) for i in range(tasks)]
-    grad_enabled = torch.is_grad_enabled()  # grad mode is per thread: take the caller's along
+    # Grad mode and autocast are per thread: take the caller's along.
+    grad_enabled = torch.is_grad_enabled()
+    autocasts = [(device, torch.get_autocast_dtype(device)) for device in ("cpu", "cuda")
+                 if torch.is_autocast_enabled(device)]
 
     def in_worker(i):
-        with torch.set_grad_enabled(grad_enabled):
+        with contextlib.ExitStack() as modes:
+            modes.enter_context(torch.set_grad_enabled(grad_enabled))
+            for device, dtype in autocasts:
+                modes.enter_context(torch.autocast(device, dtype=dtype))
             return fn(i)
 
     return list(_pool(workers).map(in_worker, range(tasks)))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mlbook.__main__ import main
-from mlbook.storage import load_checkpoint
+from mlbook.storage import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
@@ -225,3 +225,18 @@ def test_killed_training_resumes_bit_for_bit(tmp_path, capsys):
     assert a["step"] == b["step"] == 120 and a["losses"] == b["losses"]
     for x, y in zip(torch.utils._pytree.tree_leaves(a["state"]), torch.utils._pytree.tree_leaves(b["state"])):
         assert torch.equal(x, y)
+
+
+def test_a_checkpoint_from_before_precision_existed_resumes_and_a_changed_precision_is_refused(tmp_path, capsys):
+    """Older checkpoints have no 'precision' setting: they trained in float32 and resume as such."""
+    args = ["train", "--learner", "MAML", "--data", "sinusoid", "--shots", "5", "--queries", "5",
+            "--meta-batch-size", "2", "--seed", "3"]
+    out = tmp_path / "old.pt"
+    assert main(args + ["--steps", "2", "--out", str(out)]) == 0
+    saved = load_checkpoint(out)
+    del saved["train_config"]["precision"]
+    save_checkpoint(out, saved)
+    assert main(args + ["--steps", "4", "--out", str(out), "--resume"]) == 0 and load_checkpoint(out)["step"] == 4
+    capsys.readouterr()
+    code, _, err = call(capsys, *args, "--steps", "6", "--precision", "bfloat16", "--out", str(out), "--resume")
+    one_line_error(code, err, "precision")

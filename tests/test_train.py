@@ -208,6 +208,49 @@ def test_bad_trainer_arguments():
         meta_train(sinusoid_maml(), family, 2, learning_rate=0.1)
 
 
+@pytest.mark.parametrize("case", ["images-protonet", "sinusoid-maml"])
+def test_bfloat16_training_repeats_exactly_and_keeps_float32_parameters(case):
+    """precision='bfloat16' computes the meta-loss under autocast: the losses move a little from
+    float32's, repeat exactly from the same seed, and the state stays in float32."""
+    if case == "images-protonet":
+        make, family = image_protonet, ImageClassFamily(images(), 3, 1, 2)
+    else:
+        make, family = sinusoid_maml, SinusoidFamily(shots=5, queries=5)
+    full = meta_train(make(), family, 5, meta_batch_size=2, seed=3)
+    half = meta_train(make(), family, 5, meta_batch_size=2, seed=3, precision="bfloat16")
+    again = meta_train(make(), family, 5, meta_batch_size=2, seed=3, precision="bfloat16")
+    assert half.losses == again.losses and same_state(half.state, again.state)
+    assert half.losses != full.losses, "autocast must change the arithmetic"
+    # bfloat16 keeps about three significant digits: the same run, rounded.
+    assert all(abs(a - b) < 0.05 * max(1.0, abs(b)) for a, b in zip(half.losses, full.losses))
+    assert all(t.dtype == torch.float32 for t in torch.utils._pytree.tree_leaves(half.state))
+
+
+def test_bfloat16_reaches_the_task_threads():
+    """Autocast is per thread: tasks run on worker threads must see the caller's, or the
+    'threads' strategy would silently train in float32."""
+    family = ImageClassFamily(images(), 3, 1, 2)
+
+    def run(strategy, precision):
+        learner = MAML(Conv4(out_features=3, channels=8, image_size=16), inner_lr=0.1, strategy=strategy)
+        return meta_train(learner, family, 2, meta_batch_size=2, seed=3, precision=precision).losses
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # two workers, so the tasks really leave the calling thread
+    try:
+        threaded = run("threads", "bfloat16")
+        assert threaded != run("threads", "float32")
+    finally:
+        torch.set_num_threads(threads)
+    looped = run("loop", "bfloat16")
+    assert abs(threaded[0] - looped[0]) < 1e-2 * abs(looped[0])
+
+
+def test_an_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision.*float32.*bfloat16"):
+        meta_train(sinusoid_maml(), SinusoidFamily(), 2, precision="float16")
+
+
 def test_train_config_is_stored_as_plain_values_and_sgd_is_available(tmp_path):
     from mlbook.train import TrainConfig
 

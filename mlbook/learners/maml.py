@@ -190,7 +190,9 @@ class MAML(Learner):
         for tensor, grad in found:
             if not tensor.requires_grad:
                 continue
-            grad = grad * scale if scale != 1.0 else grad
+            # Under bfloat16 autocast the closed form's products come out in bfloat16; autograd
+            # would hand a leaf its gradient in the leaf's own dtype, and so does this path.
+            grad = (grad * scale if scale != 1.0 else grad).to(tensor.dtype)
             tensor.grad = grad if tensor.grad is None else tensor.grad + grad
         accuracy = None
         if self.loss == "cross_entropy":
