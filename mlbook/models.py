@@ -96,9 +96,8 @@ class Conv4(nn.Module):
     """The four-block convolutional backbone of MAML, ProtoNet and Matching Networks (Chapters 3-5).
 
     Each block is conv3x3(``channels``) -> normalisation -> ReLU -> 2x2 max-pool (computed as
-    pool, then ReLU: the same function). With
-    ``out_features > 0`` a linear head follows; with ``out_features=0`` the module returns the
-    flattened embedding (metric learners).
+    pool, then ReLU: the same function). With ``out_features > 0`` a linear head follows; with
+    ``out_features=0`` the module returns the flattened embedding (metric learners).
     """
 
     def __init__(self, out_features: int = 5, in_channels: int = 1, channels: int = 64,
