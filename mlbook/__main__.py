@@ -23,6 +23,7 @@ import torch
 
 from . import distributed as dist_utils
 from .learners import LearnerConfig, get_learner, registry
+from .models import POOLS
 from .reference import add_reproduce_command
 from .storage import CheckpointError, load_checkpoint, load_state_into
 from .train import OPTIMISERS, PRECISIONS, SCHEDULES, NonFiniteError, TrainConfig, evaluate, meta_train, stop_on_signals
@@ -112,8 +113,8 @@ def build_data(config: dict) -> dict:
 
 
 def _image_family(data: dict, split: str, ways: int, shots: int, queries: int, within: float,
-                  rotate: bool, device):
-    from .tasks import AlphabetFamily, ImageClassFamily
+                  rotate: bool, device, reflect: bool = False):
+    from .tasks import AlphabetFamily, ImageClassFamily, copies_description, copies_per_class
 
     classes = data[split]
     if classes.numel() == 0:
@@ -121,24 +122,25 @@ def _image_family(data: dict, split: str, ways: int, shots: int, queries: int, w
     if shots + queries > data["images"].shape[1]:
         raise UsageError(f"shots + queries = {shots + queries} is more than the {data['images'].shape[1]} "
                          f"drawings per character: impossible {ways}-way {shots}-shot episodes with {queries} queries")
-    available = classes.numel() * (4 if rotate else 1)
+    available = classes.numel() * copies_per_class(rotate, reflect)
     if ways > available:
         raise UsageError(f"ways = {ways} is more than the {available} classes of the {split} split"
-                         f"{' (with rotations)' if rotate else ''}")
+                         f"{copies_description(rotate, reflect)}")
     if within > 0:
         return _usage(lambda: AlphabetFamily(data["images"], data["alphabets"], ways, shots, queries,
-                                             classes=classes, within=within, rotate=rotate, device=device))
+                                             classes=classes, within=within, rotate=rotate, device=device,
+                                             reflect=reflect))
     return _usage(lambda: ImageClassFamily(data["images"], ways, shots, queries, classes=classes, rotate=rotate,
-                                           device=device))
+                                           device=device, reflect=reflect))
 
 
 def task_family(data: dict, split: str, ways: int, shots: int, queries: int, within: float,
-            rotate: bool, device):
+            rotate: bool, device, reflect: bool = False):
     if data["kind"] == "sinusoid":
         from .tasks import SinusoidFamily
 
         return SinusoidFamily(shots=shots, queries=queries, device=device)
-    return _image_family(data, split, ways, shots, queries, within, rotate, device)
+    return _image_family(data, split, ways, shots, queries, within, rotate, device, reflect)
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -170,21 +172,25 @@ def _run_config(args) -> dict:
         "glyph_classes": args.glyph_classes, "download": not args.no_download,
     }
     # Stored only when used, so checkpoints written before these options existed still resume.
-    config.update({key: value for key, value in (("elastic", args.elastic), ("thicken", args.thicken)) if value})
+    config.update({key: value for key, value in (("elastic", args.elastic), ("thicken", args.thicken),
+                                                 ("reflect", args.reflect)) if value})
+    if args.pools != LearnerConfig.pools:
+        config["pools"] = args.pools
     if args.data != "omniglot" and (config["holdout_alphabets"] or config["val_alphabets"]):
         if args.holdout_alphabets != DEFAULT_HOLDOUT or config["val_alphabets"]:
             raise UsageError("--holdout-alphabets and --val-alphabets apply to --data omniglot only")
         config["holdout_alphabets"] = []
-    if args.data == "sinusoid" and (args.within_alphabet > 0 or args.jitter > 0 or args.rotate
+    if args.data == "sinusoid" and (args.within_alphabet > 0 or args.jitter > 0 or args.rotate or args.reflect
                                     or args.elastic > 0 or args.thicken > 0):
-        raise UsageError("--within-alphabet, --jitter, --elastic, --thicken and --rotate apply to image data "
+        raise UsageError("--within-alphabet, --jitter, --elastic, --thicken, --rotate and --reflect apply to image data "
                          "(omniglot or glyphs) only")
     return config
 
 
 def _train_config(args) -> TrainConfig:
     return TrainConfig(steps=args.steps, meta_batch_size=args.meta_batch_size, outer_lr=args.lr,
-                       optimiser=args.optimiser, seed=args.seed, schedule=args.schedule, warmup=args.warmup,
+                       optimiser=args.optimiser, weight_decay=args.weight_decay, seed=args.seed,
+                       schedule=args.schedule, warmup=args.warmup,
                        val_every=args.val_every, val_episodes=args.val_episodes, patience=args.patience,
                        checkpoint_every=args.checkpoint_every, time_limit=args.time_limit,
                        precision=args.precision)
@@ -245,7 +251,8 @@ def cmd_train(args) -> int:
     world = dist_utils.init_from_env(device)
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
-    family = task_family(data, "train", args.ways, args.shots, args.queries, args.within_alphabet, args.rotate, device)
+    family = task_family(data, "train", args.ways, args.shots, args.queries, args.within_alphabet, args.rotate, device,
+                         reflect=args.reflect)
     val_family = None
     if args.val_every:
         if data["kind"] != "sinusoid" and data["val"].numel() == 0:
@@ -446,6 +453,8 @@ def _add_data_options(train) -> None:
     train.add_argument("--test-shots", type=positive_int, default=None,
                        help="shots of validation episodes (default --shots)")
     train.add_argument("--rotate", action="store_true", help="rotated characters (x90 degrees) as new classes")
+    train.add_argument("--reflect", action="store_true",
+                       help="mirror images of characters (left-right) as new classes, with --rotate in all four turns")
     train.add_argument("--within-alphabet", type=fraction, default=0.0,
                        help="fraction of training episodes whose classes share one alphabet")
     train.add_argument("--elastic", type=non_negative_float, default=0.0,
@@ -460,6 +469,9 @@ def _add_learner_options(train) -> None:
     train.add_argument("--learner", default="ProtoNet", choices=learner_names(), metavar="LEARNER",
                        help=f"one of {', '.join(learner_names())} (default ProtoNet)")
     train.add_argument("--channels", type=positive_int, default=LearnerConfig.channels, help="Conv4 channels")
+    train.add_argument("--pools", type=int, choices=POOLS, default=LearnerConfig.pools,
+                       help="how many of Conv4's four blocks end in a 2x2 max-pool (default 4; 3 keeps a "
+                            "3x3 map at 28 pixels)")
     train.add_argument("--norm", default="group", choices=("group", "batch", "none"), help="Conv4 normalisation")
     train.add_argument("--distance", default="euclidean", choices=("euclidean", "cosine"), help="ProtoNet distance")
     train.add_argument("--fce", action="store_true", help="MatchingNet: full-context embeddings")
@@ -479,6 +491,8 @@ def _add_training_options(train) -> None:
     train.add_argument("--meta-batch-size", type=positive_int, default=4, help="tasks per outer step")
     train.add_argument("--lr", type=positive_float, default=1e-3, help="outer learning rate")
     train.add_argument("--optimiser", default="adam", choices=OPTIMISERS, help="outer optimiser (default adam)")
+    train.add_argument("--weight-decay", type=non_negative_float, default=0.0,
+                       help="weight decay of the outer optimiser (decoupled with adamw; default 0)")
     train.add_argument("--schedule", default="constant", choices=SCHEDULES,
                        help="learning-rate schedule (cosine_time: a cosine over --time-limit seconds)")
     train.add_argument("--warmup", type=non_negative_int, default=0, help="linear warm-up steps")

@@ -14,9 +14,11 @@ from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from .utils import check_choice, check_positive_int
 
-__all__ = ["MLP", "Conv4", "BatchStatNorm", "make_norm", "init_params", "NORMS"]
+__all__ = ["MLP", "Conv4", "BatchStatNorm", "make_norm", "init_params", "NORMS", "POOLS"]
 
 NORMS = ("group", "batch", "none")
+# How many of Conv4's four blocks end in a 2x2 max-pool (the first ones).
+POOLS = (1, 2, 3, 4)
 
 
 def _inside_vmap() -> bool:
@@ -97,15 +99,18 @@ class Conv4(nn.Module):
 
     Each block is conv3x3(``channels``) -> normalisation -> ReLU -> 2x2 max-pool (computed as
     pool, then ReLU: the same function). With ``out_features > 0`` a linear head follows; with
-    ``out_features=0`` the module returns the flattened embedding (metric learners).
+    ``out_features=0`` the module returns the flattened embedding (metric learners). ``pools``
+    (1-4) is how many of the four blocks pool, the first ones: at 28 pixels four give a
+    64-number embedding per image, three a 3x3 map of 576 numbers at almost the same cost.
     """
 
     def __init__(self, out_features: int = 5, in_channels: int = 1, channels: int = 64,
-                 norm: str = "group", image_size: int = 28):
+                 norm: str = "group", image_size: int = 28, pools: int = 4):
         super().__init__()
         check_positive_int("in_channels", in_channels)
         check_positive_int("channels", channels)
         check_positive_int("image_size", image_size)
+        check_choice("pools", pools, POOLS)
         if isinstance(out_features, bool) or not isinstance(out_features, int) or out_features < 0:
             raise ValueError(f"out_features must be a non-negative integer, got {out_features!r}")
         blocks = []
@@ -114,10 +119,14 @@ class Conv4(nn.Module):
             # ReLU after the pool computes the same function (max and ReLU commute) on a quarter
             # of the values; the parameter names do not change.
             blocks += [nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1),
-                       make_norm(norm, channels), nn.MaxPool2d(2), nn.ReLU()]
-            size //= 2
+                       make_norm(norm, channels)]
+            if i < pools:
+                blocks.append(nn.MaxPool2d(2))
+                size //= 2
+            blocks.append(nn.ReLU())
         if size == 0:
-            raise ValueError(f"image_size must be at least 16 for four 2x2 poolings, got {image_size}")
+            raise ValueError(f"image_size must be at least {2 ** pools} for {pools} 2x2 poolings, "
+                             f"got {image_size}")
         self.features = nn.Sequential(*blocks, nn.Flatten())
         self.embedding_size = channels * size * size
         self.head = nn.Linear(self.embedding_size, out_features) if out_features else None

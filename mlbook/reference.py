@@ -254,11 +254,15 @@ LAKE_RECIPE_ARGS = ("--learner", "ProtoNet", "--data", "omniglot",
 
 
 def _with_changes(args, change: dict) -> tuple[str, ...]:
-    """``args`` with each ``flag`` set to ``value`` (added before the last two), or dropped when None."""
+    """``args`` with each ``flag`` set to ``value`` (added before the last two), dropped when None,
+    present without a value when True (a switch)."""
     args = list(args)
     for flag, value in change.items():
         if value is None:
             args.remove(flag)
+        elif value is True:
+            if flag not in args:
+                args[-2:-2] = [flag]
         elif flag in args:
             args[args.index(flag) + 1] = value
         else:
@@ -337,6 +341,17 @@ LAKE_ABLATIONS = {
                     "(more steps in the 10 minutes)"),
     "lr3e-3+bf16-seed1": ({"--lr": "3e-3", "--precision": "bfloat16", "--seed": "1"},
                           "outer learning rate 0.003 and bfloat16 autocast, seed 1 instead of 0"),
+    # The backbone's output: at 28 pixels four poolings leave one number per channel (64 in all);
+    # stopping after three or two keeps a 3x3 or 7x7 map (576 or 3,136 numbers) for little more work.
+    "lr3e-3+3pools": ({"--lr": "3e-3", "--pools": "3"},
+                      "outer learning rate 0.003 and a 576-number embedding (the last block does not pool)"),
+    "lr3e-3+2pools": ({"--lr": "3e-3", "--pools": "2"},
+                      "outer learning rate 0.003 and a 3,136-number embedding (the last two blocks do not pool)"),
+    # More classes from the same characters: mirror images, like the rotations, as classes of their own.
+    "lr3e-3+reflect": ({"--lr": "3e-3", "--reflect": True},
+                       "outer learning rate 0.003 and mirror images of the characters as new classes"),
+    "lr3e-3+reflect-seed1": ({"--lr": "3e-3", "--reflect": True, "--seed": "1"},
+                             "outer learning rate 0.003 and mirror images as new classes, seed 1 instead of 0"),
 }
 LAKE_ABLATION_NOTE = (
     "An ablation of the Lake recipe: 10 minutes of training on one thread, with Balinese held out of "

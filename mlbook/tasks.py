@@ -19,7 +19,7 @@ from .utils import check_positive, check_positive_int
 __all__ = [
     "Episode", "TaskFamily", "SinusoidFamily", "LineFamily", "ImageClassFamily",
     "PolynomialFamily", "ScrambledFamily", "SwappedSupportFamily", "RandomNetworkFamily", "AlphabetFamily", "LinearGaussianFamily",
-    "VariableShotsFamily", "sample_nway_kshot", "alphabet_split", "SPLITS",
+    "VariableShotsFamily", "sample_nway_kshot", "copies_per_class", "copies_description", "alphabet_split", "SPLITS",
 ]
 
 
@@ -294,14 +294,15 @@ def _class_pool(images: torch.Tensor, classes) -> torch.Tensor:
 def sample_nway_kshot(images: torch.Tensor, ways: int, shots: int, queries: int,
                       batch_size: int, generator: torch.Generator,
                       classes: torch.Tensor | None = None, rotate: bool = False,
-                      fixed_labels: bool = False) -> Episode:
+                      fixed_labels: bool = False, reflect: bool = False) -> Episode:
     """Sample ``batch_size`` N-way K-shot episodes from a class tensor (Chapter 2).
 
     ``images`` is ``[classes, examples, H, W]`` (uint8 or float) on the device. Each episode
     takes ``ways`` distinct classes (from ``classes``, a 1-D index tensor, if given), then
     ``shots + queries`` distinct examples of each; labels are remapped to ``0..ways-1`` in a
     random order. With ``rotate``, every class turned by 0, 90, 180 or 270 degrees counts as
-    a class of its own (four times the pool), as is usual for Omniglot. Returns float images
+    a class of its own (four times the pool), as is usual for Omniglot; with ``reflect``, so does
+    every mirror image (left-right, then turned: twice as many again). Returns float images
     in [0, 1] with a channel axis: ``support_x [B, N*K, 1, H, W]``, ``support_y [B, N*K]``.
 
     ``fixed_labels`` makes the tasks *not* mutually exclusive (Chapter 2, memorisation): the
@@ -320,10 +321,10 @@ def sample_nway_kshot(images: torch.Tensor, ways: int, shots: int, queries: int,
     turns_available = 4 if rotate else 1
     if rotate and images.shape[-1] != images.shape[-2]:
         raise ValueError(f"rotate=True needs square images, got {tuple(images.shape[-2:])}")
-    available = pool.numel() * turns_available
+    available = pool.numel() * turns_available * (2 if reflect else 1)
     if ways > available:
         raise ValueError(f"ways={ways} is larger than the {available} classes available"
-                         f"{' (with rotations)' if rotate else ''}; choose ways <= {available}")
+                         f"{copies_description(rotate, reflect)}; choose ways <= {available}")
     per_class = shots + queries
     if per_class > images.shape[1]:
         raise ValueError(f"shots + queries = {per_class} is larger than the {images.shape[1]} "
@@ -352,8 +353,13 @@ def sample_nway_kshot(images: torch.Tensor, ways: int, shots: int, queries: int,
     parts = []
     for lo, hi in ((0, shots), (shots, per_class)):
         x = flat.index_select(0, rows[:, :, lo:hi].reshape(-1)).view(batch_size, ways, hi - lo, *images.shape[2:])
+        copy = pick // pool.numel()                     # which turned or mirrored copy: [B, N]
+        if reflect:
+            mask = copy // turns_available == 1
+            if mask.any():
+                x[mask] = torch.flip(x[mask], dims=(-1,))
         if rotate:
-            turns = pick // pool.numel()                                           # [B, N] in 0..3
+            turns = copy % turns_available                                         # [B, N] in 0..3
             for k in range(1, 4):
                 mask = turns == k
                 if mask.any():
@@ -371,6 +377,17 @@ def sample_nway_kshot(images: torch.Tensor, ways: int, shots: int, queries: int,
 
 
 SPLITS = ("train", "val", "test")
+
+
+def copies_description(rotate: bool, reflect: bool) -> str:
+    """' (with rotations and mirror images)' or less: how error messages name the extra classes (Chapter 2)."""
+    copies = [name for name, used in (("rotations", rotate), ("mirror images", reflect)) if used]
+    return f" (with {' and '.join(copies)})" if copies else ""
+
+
+def copies_per_class(rotate: bool, reflect: bool) -> int:
+    """How many classes one character gives: 4 turns with ``rotate``, twice that with ``reflect`` (Chapter 2)."""
+    return (4 if rotate else 1) * (2 if reflect else 1)
 
 
 def _named_assignment(fractions: dict, distinct: list[str]) -> dict[str, str]:
@@ -456,17 +473,18 @@ class ImageClassFamily:
 
     def __init__(self, images: torch.Tensor, ways: int = 5, shots: int = 1, queries: int = 15,
                  classes: torch.Tensor | None = None, rotate: bool = False, device=None,
-                 fixed_labels: bool = False):
+                 fixed_labels: bool = False, reflect: bool = False):
         _check_images(images)
         self.fixed_labels = bool(fixed_labels)
         self.device = torch.device(device) if device is not None else images.device
         self.images = images.to(self.device)
         self.classes = None if classes is None else _class_pool(self.images, classes)
         self.rotate = bool(rotate)
+        self.reflect = bool(reflect)
         # Convert to float once here, not per episode: sampling then only gathers rows, which
         # is what makes it memory-bound and fast (benchmarks/episode_sampling.py).
         self._pixels = self.images * (1.0 / 255.0) if self.images.dtype == torch.uint8 else self.images.float()
-        available = (images.shape[0] if classes is None else self.classes.numel()) * (4 if self.rotate else 1)
+        available = self.num_classes
         self.ways = check_positive_int("ways", ways)
         self.shots = check_positive_int("shots", shots)
         self.queries = check_positive_int("queries", queries)
@@ -484,20 +502,20 @@ class ImageClassFamily:
     def num_classes(self) -> int:
         """How many classes episodes are drawn from (rotations count as classes)."""
         base = self.images.shape[0] if self.classes is None else self.classes.numel()
-        return base * (4 if self.rotate else 1)
+        return base * copies_per_class(self.rotate, self.reflect)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Episode:
         """Draw ``batch_size`` episodes (Chapter 2); see :func:`sample_nway_kshot` for ``fixed_labels``."""
         return sample_nway_kshot(self._pixels, self.ways, self.shots, self.queries, batch_size,
                                  generator, classes=self.classes, rotate=self.rotate,
-                                 fixed_labels=self.fixed_labels)
+                                 fixed_labels=self.fixed_labels, reflect=self.reflect)
 
     def with_shape(self, ways: int | None = None, shots: int | None = None,
                    queries: int | None = None) -> "ImageClassFamily":
         """The same classes with another N-way K-shot shape (Chapter 5, mismatch)."""
         return ImageClassFamily(self.images, ways or self.ways, shots or self.shots,
                                 queries or self.queries, self.classes, self.rotate, self.device,
-                                self.fixed_labels)
+                                self.fixed_labels, self.reflect)
 
 
 class AlphabetFamily:
@@ -508,12 +526,13 @@ class AlphabetFamily:
     alphabet uniformly among those with at least ``ways`` classes in the pool, then ``ways``
     of its classes. With ``within < 1`` an episode is within-alphabet only with that
     probability and otherwise draws its classes from the whole pool. ``rotate`` turns each
-    class by a random multiple of 90 degrees (a new class, as in the usual augmentation).
+    class by a random multiple of 90 degrees (a new class, as in the usual augmentation);
+    ``reflect`` mirrors it with probability one half (another new class).
     """
 
     def __init__(self, images: torch.Tensor, alphabets: Sequence[str], ways: int = 20, shots: int = 1,
                  queries: int = 1, classes: torch.Tensor | None = None, within: float = 1.0,
-                 rotate: bool = False, device=None):
+                 rotate: bool = False, device=None, reflect: bool = False):
         if images.dim() != 4:
             raise ValueError(f"images must have shape [classes, examples, H, W]; got rank {images.dim()}")
         if len(alphabets) != images.shape[0]:
@@ -544,6 +563,7 @@ class AlphabetFamily:
             raise ValueError(f"ways={ways} is larger than the {self.pool.numel()} classes available")
         self.names = list(self.groups)
         self.rotate = bool(rotate)
+        self.reflect = bool(reflect)
 
     def sample(self, batch_size: int, generator: torch.Generator, return_alphabets: bool = False):
         """Draw ``batch_size`` episodes (one alphabet each, or anywhere with probability 1 - within)."""
@@ -558,7 +578,8 @@ class AlphabetFamily:
             else:
                 pool, name = self.pool, None
             episodes.append(sample_nway_kshot(self.images, self.ways, self.shots, self.queries, 1,
-                                              generator, classes=pool, rotate=self.rotate))
+                                              generator, classes=pool, rotate=self.rotate,
+                                              reflect=self.reflect))
             names.append(name)
         batch = Episode(*(torch.cat([getattr(e, f) for e in episodes])
                           for f in ("support_x", "support_y", "query_x", "query_y")))

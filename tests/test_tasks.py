@@ -84,6 +84,47 @@ def test_rotation_makes_new_classes():
         sample_nway_kshot(images, 9, 1, 1, 1, torch.Generator(), rotate=True)
 
 
+def test_mirror_images_make_new_classes_with_and_without_rotation():
+    images = torch.zeros(1, 4, 5, 5, dtype=torch.uint8)
+    images[0, :, 0, 0] = 255                      # top-left corner
+    images[0, :, 0, 1] = 255                      # and its right neighbour: no symmetry left
+    # The eight symmetries of the square give eight different images, hence eight classes.
+    ep = sample_nway_kshot(images, ways=8, shots=1, queries=1, batch_size=8,
+                           generator=torch.Generator().manual_seed(0), rotate=True, reflect=True)
+    for b in range(8):
+        views = {tuple(x.flatten().tolist()) for x in ep.support_x[b]}
+        assert len(views) == 8
+        # Support and query of one label are the same copy of the character.
+        for label in range(8):
+            assert torch.equal(ep.support_x[b][ep.support_y[b] == label],
+                               ep.query_x[b][ep.query_y[b] == label])
+    mirrored = torch.flip(images[0, 0], dims=(-1,)).float() / 255
+    ep = sample_nway_kshot(images, ways=2, shots=1, queries=1, batch_size=4,
+                           generator=torch.Generator().manual_seed(1), reflect=True)
+    for b in range(4):
+        assert {tuple(x[0].flatten().tolist()) for x in ep.support_x[b]} == {
+            tuple((images[0, 0].float() / 255).flatten().tolist()), tuple(mirrored.flatten().tolist())}
+    with pytest.raises(ValueError, match=r"ways=9 .* 8 classes available \(with rotations and mirror images\)"):
+        sample_nway_kshot(images, 9, 1, 1, 1, torch.Generator(), rotate=True, reflect=True)
+    assert ImageClassFamily(images, ways=2, reflect=True, queries=1).num_classes == 2
+    # Without the option nothing changes: the same seed draws the same episodes as before.
+    plain = sample_nway_kshot(_labelled_images(), 4, 1, 1, 8, torch.Generator().manual_seed(3))
+    again = sample_nway_kshot(_labelled_images(), 4, 1, 1, 8, torch.Generator().manual_seed(3), reflect=False)
+    assert torch.equal(plain.support_x, again.support_x)
+
+
+def test_alphabet_episodes_carry_mirror_images():
+    from mlbook.tasks import AlphabetFamily
+    images = torch.zeros(6, 4, 5, 5, dtype=torch.uint8)
+    images[:, :, 0, 0] = 255
+    family = AlphabetFamily(images, ["a"] * 6, ways=6, shots=1, queries=1, reflect=True)
+    ep = family.sample(16, torch.Generator().manual_seed(0))
+    corners = ep.support_x[:, :, 0, 0, [0, -1]]     # a marker left or right: original or mirror
+    assert (corners.sum(-1) == 1).all()
+    mirrored = int(corners[..., 1].sum())
+    assert 0 < mirrored < corners[..., 1].numel()
+
+
 def test_fixed_labels_give_every_class_one_label_across_episodes():
     images = _labelled_images(classes=23)
     allowed = torch.arange(3, 23)                   # 20 classes, dealt into 5 groups of 4

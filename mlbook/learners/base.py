@@ -86,6 +86,7 @@ class LearnerConfig:
     image_size: int = 28
     channels: int = 64
     norm: str = "group"
+    pools: int = 4
     inner_lr: float | None = None
     inner_steps: int = 1
     first_order: bool = False

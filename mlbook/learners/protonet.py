@@ -45,7 +45,8 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def embedding_for(config: LearnerConfig) -> nn.Module:
     """The Conv4 embedding network (no output layer) of a metric learner (Chapter 5)."""
-    return Conv4(out_features=0, channels=config.channels, norm=config.norm, image_size=config.image_size)
+    return Conv4(out_features=0, channels=config.channels, norm=config.norm, image_size=config.image_size,
+                 pools=config.pools)
 
 
 class ProtoNet(Learner):
