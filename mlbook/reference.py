@@ -352,6 +352,16 @@ LAKE_ABLATIONS = {
                        "outer learning rate 0.003 and mirror images of the characters as new classes"),
     "lr3e-3+reflect-seed1": ({"--lr": "3e-3", "--reflect": True, "--seed": "1"},
                              "outer learning rate 0.003 and mirror images as new classes, seed 1 instead of 0"),
+    # Fewer errors on the training alphabets than on new ones: is the embedding over-fitting its
+    # 180 characters? Decoupled weight decay (AdamW) pulls every weight toward zero at each step.
+    "lr3e-3+wd0.1": ({"--lr": "3e-3", "--optimiser": "adamw", "--weight-decay": "0.1"},
+                     "outer learning rate 0.003 with AdamW's weight decay 0.1"),
+    "lr3e-3+wd0.5": ({"--lr": "3e-3", "--optimiser": "adamw", "--weight-decay": "0.5"},
+                     "outer learning rate 0.003 with AdamW's weight decay 0.5"),
+    "lr3e-3+wd0.2": ({"--lr": "3e-3", "--optimiser": "adamw", "--weight-decay": "0.2"},
+                     "outer learning rate 0.003 with AdamW's weight decay 0.2"),
+    "lr3e-3+wd0.1-seed1": ({"--lr": "3e-3", "--optimiser": "adamw", "--weight-decay": "0.1", "--seed": "1"},
+                           "outer learning rate 0.003 with AdamW's weight decay 0.1, seed 1 instead of 0"),
 }
 LAKE_ABLATION_NOTE = (
     "An ablation of the Lake recipe: 10 minutes of training on one thread, with Balinese held out of "
