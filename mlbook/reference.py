@@ -362,6 +362,9 @@ LAKE_ABLATIONS = {
                      "outer learning rate 0.003 with AdamW's weight decay 0.2"),
     "lr3e-3+wd0.1-seed1": ({"--lr": "3e-3", "--optimiser": "adamw", "--weight-decay": "0.1", "--seed": "1"},
                            "outer learning rate 0.003 with AdamW's weight decay 0.1, seed 1 instead of 0"),
+    # The one change that helped was a larger learning rate: is twice that larger still better?
+    "lr6e-3": ({"--lr": "6e-3"}, "outer learning rate 0.006 instead of 0.001"),
+    "lr6e-3-seed1": ({"--lr": "6e-3", "--seed": "1"}, "outer learning rate 0.006, seed 1 instead of 0"),
 }
 LAKE_ABLATION_NOTE = (
     "An ablation of the Lake recipe: 10 minutes of training on one thread, with Balinese held out of "

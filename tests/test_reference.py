@@ -40,9 +40,9 @@ def test_every_run_has_a_record_and_a_small_checkpoint():
                or not (reference.get(n).members or (reference.RUNS_DIR / f"{n}.pt").is_file())]
     assert not missing, f"runs without a shipped record or checkpoint: {missing}"
     total = sum(p.stat().st_size for p in reference.RUNS_DIR.iterdir())
-    # 20 MB: besides the papers' runs, twenty-five 10-minute Lake ablations, six ensemble members and
+    # 22 MB: besides the papers' runs, twenty-seven 10-minute Lake ablations, six ensemble members and
     # the 30- and 60-minute runs (0.45 MB each), and the ensembles' per-episode scores.
-    assert total < 20 * 2 ** 20, f"the reference runs take {total / 2 ** 20:.1f} MB; keep them under 20 MB"
+    assert total < 22 * 2 ** 20, f"the reference runs take {total / 2 ** 20:.1f} MB; keep them under 22 MB"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
