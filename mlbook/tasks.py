@@ -353,7 +353,8 @@ def sample_nway_kshot(images: torch.Tensor, ways: int, shots: int, queries: int,
     parts = []
     for lo, hi in ((0, shots), (shots, per_class)):
         x = flat.index_select(0, rows[:, :, lo:hi].reshape(-1)).view(batch_size, ways, hi - lo, *images.shape[2:])
-        copy = pick // pool.numel()                     # which turned or mirrored copy: [B, N]
+        if reflect or rotate:
+            copy = pick // pool.numel()                 # which turned or mirrored copy: [B, N]
         if reflect:
             mask = copy // turns_available == 1
             if mask.any():
