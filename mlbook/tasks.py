@@ -321,7 +321,7 @@ def sample_nway_kshot(images: torch.Tensor, ways: int, shots: int, queries: int,
     turns_available = 4 if rotate else 1
     if rotate and images.shape[-1] != images.shape[-2]:
         raise ValueError(f"rotate=True needs square images, got {tuple(images.shape[-2:])}")
-    available = pool.numel() * turns_available * (2 if reflect else 1)
+    available = pool.numel() * copies_per_class(rotate, reflect)
     if ways > available:
         raise ValueError(f"ways={ways} is larger than the {available} classes available"
                          f"{copies_description(rotate, reflect)}; choose ways <= {available}")
@@ -350,11 +350,11 @@ def sample_nway_kshot(images: torch.Tensor, ways: int, shots: int, queries: int,
     examples = images.shape[1]
     flat = images.reshape(-1, *images.shape[2:])
     rows = chosen[:, :, None] * examples + example_pick                          # [B, N, K+Q]
+    if reflect or rotate:
+        copy = pick // pool.numel()                     # which turned or mirrored copy: [B, N]
     parts = []
     for lo, hi in ((0, shots), (shots, per_class)):
         x = flat.index_select(0, rows[:, :, lo:hi].reshape(-1)).view(batch_size, ways, hi - lo, *images.shape[2:])
-        if reflect or rotate:
-            copy = pick // pool.numel()                 # which turned or mirrored copy: [B, N]
         if reflect:
             mask = copy // turns_available == 1
             if mask.any():
