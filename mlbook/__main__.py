@@ -176,6 +176,8 @@ def _run_config(args) -> dict:
                                                  ("reflect", args.reflect)) if value})
     if args.pools != LearnerConfig.pools:
         config["pools"] = args.pools
+    if args.space_to_depth != LearnerConfig.space_to_depth:
+        config["space_to_depth"] = args.space_to_depth
     if args.data != "omniglot" and (config["holdout_alphabets"] or config["val_alphabets"]):
         if args.holdout_alphabets != DEFAULT_HOLDOUT or config["val_alphabets"]:
             raise UsageError("--holdout-alphabets and --val-alphabets apply to --data omniglot only")
@@ -472,6 +474,9 @@ def _add_learner_options(train) -> None:
     train.add_argument("--pools", type=int, choices=POOLS, default=LearnerConfig.pools,
                        help="how many of Conv4's four blocks end in a 2x2 max-pool (default 4; 3 keeps a "
                             "3x3 map at 28 pixels)")
+    train.add_argument("--space-to-depth", type=positive_int, default=LearnerConfig.space_to_depth, metavar="F",
+                       help="Conv4: fold each FxF patch of pixels into F*F channels first (with --image-size 56 "
+                            "and F=2 the first block sees 28x28x4; default 1, no folding)")
     train.add_argument("--norm", default="group", choices=("group", "batch", "none"), help="Conv4 normalisation")
     train.add_argument("--distance", default="euclidean", choices=("euclidean", "cosine"), help="ProtoNet distance")
     train.add_argument("--fce", action="store_true", help="MatchingNet: full-context embeddings")

@@ -102,31 +102,39 @@ class Conv4(nn.Module):
     ``out_features=0`` the module returns the flattened embedding (metric learners). ``pools``
     (1-4) is how many of the four blocks pool, the first ones: at 28 pixels four give a
     64-number embedding per image, three a 3x3 map of 576 numbers at almost the same cost.
+    ``space_to_depth`` (f) first folds each f x f patch of pixels into f*f channels, so a
+    56-pixel image enters the first block as 28 x 28 x 4: the detail of the larger image at
+    almost the cost of the smaller one (the first convolution is the only one that grows).
     """
 
     def __init__(self, out_features: int = 5, in_channels: int = 1, channels: int = 64,
-                 norm: str = "group", image_size: int = 28, pools: int = 4):
+                 norm: str = "group", image_size: int = 28, pools: int = 4, space_to_depth: int = 1):
         super().__init__()
         check_positive_int("in_channels", in_channels)
         check_positive_int("channels", channels)
         check_positive_int("image_size", image_size)
         check_choice("pools", pools, POOLS)
+        self.space_to_depth = check_positive_int("space_to_depth", space_to_depth)
+        if image_size % space_to_depth:
+            raise ValueError(f"space_to_depth must divide image_size: {space_to_depth} does not divide "
+                             f"{image_size}")
         if isinstance(out_features, bool) or not isinstance(out_features, int) or out_features < 0:
             raise ValueError(f"out_features must be a non-negative integer, got {out_features!r}")
         blocks = []
-        size = image_size
+        size = image_size // space_to_depth
+        folded_channels = in_channels * space_to_depth ** 2
         for i in range(4):
             # ReLU after the pool computes the same function (max and ReLU commute) on a quarter
             # of the values; the parameter names do not change.
-            blocks += [nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1),
+            blocks += [nn.Conv2d(folded_channels if i == 0 else channels, channels, 3, padding=1),
                        make_norm(norm, channels)]
             if i < pools:
                 blocks.append(nn.MaxPool2d(2))
                 size //= 2
             blocks.append(nn.ReLU())
         if size == 0:
-            raise ValueError(f"image_size must be at least {2 ** pools} for {pools} 2x2 poolings, "
-                             f"got {image_size}")
+            raise ValueError(f"image_size must be at least {2 ** pools * space_to_depth} for {pools} 2x2 "
+                             f"poolings after space_to_depth {space_to_depth}, got {image_size}")
         self.features = nn.Sequential(*blocks, nn.Flatten())
         self.embedding_size = channels * size * size
         self.head = nn.Linear(self.embedding_size, out_features) if out_features else None
@@ -135,6 +143,9 @@ class Conv4(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape [batch, {self.in_channels}, H, W], got {tuple(x.shape)}")
+        if self.space_to_depth > 1:
+            # In forward, not a layer of `features`, so the parameter names stay those of Conv4.
+            x = F.pixel_unshuffle(x, self.space_to_depth)
         z = self.features(x)
         return z if self.head is None else self.head(z)
 

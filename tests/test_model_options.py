@@ -58,3 +58,40 @@ def test_pools_and_mirror_images_reach_the_checkpoint_through_the_command_line(t
     capsys.readouterr()
     assert main(["train", *tiny, "--pools", "5", "--out", str(tmp_path / "r.pt")]) != 0
     assert "--pools: invalid choice: 5" in capsys.readouterr().err
+
+
+def test_conv4_space_to_depth_folds_pixels_into_channels_and_is_checked():
+    from mlbook.models import Conv4
+    torch.manual_seed(0)
+    folded = Conv4(0, channels=8, image_size=56, space_to_depth=2)
+    # Four input channels to the first convolution, a 28x28 map after the fold: the embedding
+    # of a 56-pixel image has the size of a 28-pixel one's.
+    assert folded.features[0].weight.shape == (8, 4, 3, 3)
+    assert folded(torch.rand(2, 1, 56, 56)).shape == (2, 8)
+    # The same parameter names as the unfolded Conv4, so code that reads them by name still works.
+    assert [n for n, _ in folded.named_parameters()] == [n for n, _ in Conv4(0, channels=8).named_parameters()]
+    # The fold is a permutation of pixels into channels: a 1-pixel detail changes one channel's input.
+    x = torch.zeros(1, 1, 56, 56)
+    x[0, 0, 10, 11] = 1.0
+    unfolded = torch.nn.functional.pixel_unshuffle(x, 2)
+    assert unfolded.shape == (1, 4, 28, 28) and unfolded[0, 1, 5, 5] == 1.0 and unfolded.sum() == 1.0
+    with pytest.raises(ValueError, match="space_to_depth must divide image_size: 3 does not divide 56"):
+        Conv4(0, image_size=56, space_to_depth=3)
+    with pytest.raises(ValueError, match="image_size must be at least 32 for 4 2x2 poolings after space_to_depth 2"):
+        Conv4(0, image_size=28, space_to_depth=2)
+
+
+def test_space_to_depth_reaches_the_checkpoint_through_the_command_line(tmp_path, capsys):
+    from mlbook.__main__ import main
+    from mlbook.storage import load_checkpoint
+    out = tmp_path / "s.pt"
+    tiny = ["--data", "glyphs", "--glyph-classes", "200", "--channels", "8"]
+    assert main(["train", *tiny, "--image-size", "32", "--space-to-depth", "2", "--steps", "2",
+                 "--out", str(out)]) == 0
+    assert load_checkpoint(out)["metadata"]["config"]["space_to_depth"] == 2
+    assert main(["evaluate", str(out), "--episodes", "3"]) == 0
+    assert main(["train", *tiny, "--image-size", "16", "--steps", "1", "--out", str(tmp_path / "d.pt")]) == 0
+    assert "space_to_depth" not in load_checkpoint(tmp_path / "d.pt")["metadata"]["config"]
+    capsys.readouterr()
+    assert main(["train", *tiny, "--image-size", "30", "--space-to-depth", "4", "--out", str(tmp_path / "e.pt")]) != 0
+    assert "space_to_depth must divide image_size: 4 does not divide 30" in capsys.readouterr().err

@@ -87,6 +87,7 @@ class LearnerConfig:
     channels: int = 64
     norm: str = "group"
     pools: int = 4
+    space_to_depth: int = 1
     inner_lr: float | None = None
     inner_steps: int = 1
     first_order: bool = False

@@ -46,7 +46,7 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def embedding_for(config: LearnerConfig) -> nn.Module:
     """The Conv4 embedding network (no output layer) of a metric learner (Chapter 5)."""
     return Conv4(out_features=0, channels=config.channels, norm=config.norm, image_size=config.image_size,
-                 pools=config.pools)
+                 pools=config.pools, space_to_depth=config.space_to_depth)
 
 
 class ProtoNet(Learner):
