@@ -371,6 +371,12 @@ LAKE_ABLATIONS = {
                            "outer learning rate 0.003 and 56-pixel images folded into 4 channels at 28x28"),
     "lr3e-3+84px-folded": ({"--lr": "3e-3", "--image-size": "84", "--space-to-depth": "3"},
                            "outer learning rate 0.003 and 84-pixel images folded into 9 channels at 28x28"),
+    "lr3e-3+56px-folded-seed1": ({"--lr": "3e-3", "--image-size": "56", "--space-to-depth": "2", "--seed": "1"},
+                                 "outer learning rate 0.003 and 56-pixel images folded into 4 channels, seed 1 "
+                                 "instead of 0"),
+    "lr3e-3+84px-folded-seed1": ({"--lr": "3e-3", "--image-size": "84", "--space-to-depth": "3", "--seed": "1"},
+                                 "outer learning rate 0.003 and 84-pixel images folded into 9 channels, seed 1 "
+                                 "instead of 0"),
 }
 LAKE_ABLATION_NOTE = (
     "An ablation of the Lake recipe: 10 minutes of training on one thread, with Balinese held out of "
