@@ -40,9 +40,9 @@ def test_every_run_has_a_record_and_a_small_checkpoint():
                or not (reference.get(n).members or (reference.RUNS_DIR / f"{n}.pt").is_file())]
     assert not missing, f"runs without a shipped record or checkpoint: {missing}"
     total = sum(p.stat().st_size for p in reference.RUNS_DIR.iterdir())
-    # 22 MB: besides the papers' runs, twenty-seven 10-minute Lake ablations, six ensemble members and
+    # 24 MB: besides the papers' runs, thirty-one 10-minute Lake ablations, six ensemble members and
     # the 30- and 60-minute runs (0.45 MB each), and the ensembles' per-episode scores.
-    assert total < 22 * 2 ** 20, f"the reference runs take {total / 2 ** 20:.1f} MB; keep them under 22 MB"
+    assert total < 24 * 2 ** 20, f"the reference runs take {total / 2 ** 20:.1f} MB; keep them under 24 MB"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -192,8 +192,10 @@ def test_each_lake_ablation_changes_exactly_what_it_names_from_its_base():
         changed = {flag for flag, _ in pairs(args) ^ pairs(base)}
         assert changed == set(change), (variant, pairs(args) ^ pairs(base))
         # A repeat from another seed is the same ablation, not another change; AdamW and its weight
-        # decay are one change named by two flags.
+        # decay are one change named by two flags, and so are a larger image and its folding.
         changes = set(change) - {"--seed"}
         if "--weight-decay" in changes:
             changes.discard("--optimiser")
+        if "--space-to-depth" in changes:
+            changes.discard("--image-size")
         assert len(changes) <= 2, f"{variant}: an ablation changes one thing, or two to test a combination"
