@@ -142,7 +142,7 @@ class Report:
         # The grader has already printed the report; showing it again as a cell's value
         # would only repeat it.
         if not self.printed:
-            print(self.text())
+            sys.stdout.write(self.text() + "\n")
 
 
 # -- global state a student's call could leave changed ----------------------------------
@@ -600,9 +600,10 @@ def grade(title: str, student_fn: Callable, cases: list[Case], time_limit: float
     else:
         _run_in_process(student_fn, cases, time_limit, report)
     if not quiet:
-        if report.output:
-            print("Your function printed:\n" + report.output.rstrip())
-        print(report.text())
+        printed = "Your function printed:\n" + report.output.rstrip() + "\n" if report.output else ""
+        # One write: print() writes the text and its newline apart, and a notebook's output stream
+        # flushed between the two stores a second output holding only the newline.
+        sys.stdout.write(printed + report.text() + "\n")
         report.printed = True
     return report
 
