@@ -133,8 +133,9 @@ class Conv4(nn.Module):
                 size //= 2
             blocks.append(nn.ReLU())
         if size == 0:
+            folding = f" after space_to_depth {space_to_depth}" if space_to_depth > 1 else ""
             raise ValueError(f"image_size must be at least {2 ** pools * space_to_depth} for {pools} 2x2 "
-                             f"poolings after space_to_depth {space_to_depth}, got {image_size}")
+                             f"poolings{folding}, got {image_size}")
         self.features = nn.Sequential(*blocks, nn.Flatten())
         self.embedding_size = channels * size * size
         self.head = nn.Linear(self.embedding_size, out_features) if out_features else None

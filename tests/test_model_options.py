@@ -34,7 +34,7 @@ def test_conv4_pools_keeps_a_spatial_map_and_is_checked():
     assert [p.shape for p in Conv4(0, channels=8, pools=3).parameters()] == shapes
     with pytest.raises(ValueError, match="pools must be one of 1, 2, 3, 4"):
         Conv4(0, pools=0)
-    with pytest.raises(ValueError, match="image_size must be at least 8 for 3"):
+    with pytest.raises(ValueError, match="image_size must be at least 8 for 3 2x2 poolings, got 7"):
         Conv4(0, image_size=7, pools=3)
 
 
