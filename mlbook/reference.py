@@ -714,8 +714,9 @@ def _stopped(checkpoint: dict, args: list[str]) -> str:
 def check(name: str, directory=None, device: str = "cpu", episodes: int | None = None) -> dict:
     """Re-evaluate the shipped checkpoint of ``name`` with its recorded protocol (Results page).
 
-    Returns ``{"name", "value", "recorded", "ci95"}`` when the value matches the record (to a
-    relative tolerance of 1e-4); raises :class:`ReferenceMismatch` with a one-line reason
+    Returns ``{"name", "value", "recorded", "ci95"}`` when the value matches the record (a loss
+    to a relative tolerance of 1e-4; an accuracy with at most one prediction in a thousand
+    differing from the recorded episodes' scores, see ``FLIP_FRACTION``); raises :class:`ReferenceMismatch` with a one-line reason
     otherwise, or when the record or checkpoint is missing. ``episodes`` re-evaluates only the
     first episodes, against the mean of their recorded scores (``per_episode``): minutes
     instead of hours for every shipped run, as the tests do.
