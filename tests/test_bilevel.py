@@ -256,8 +256,9 @@ def test_tasks_side_by_side_give_the_same_losses_on_every_run(two_workers):
 @pytest.mark.parametrize("cls,kwargs", [
     (MAML, dict(inner_lr=0.01, steps=1)), (FOMAML, dict(inner_lr=0.01, steps=1)),
     (ANIL, dict(inner_lr=0.01, steps=1)), (Reptile, dict(inner_lr=0.01, steps=5)),
-    # iMAML as its reference run trains it: a ReLU network makes H piecewise and indefinite,
-    # and there iMAML barely learns (the record's note); lam 10 with steps of 1/(lam + 50).
+    # iMAML with its reference run's recipe (tanh, lam 10, steps of 1/(lam + 50)), five inner
+    # steps instead of ten: a ReLU network makes H piecewise and indefinite, and there iMAML
+    # barely learns (the record's note).
     (IMAML, dict(inner_lr=1 / 60, steps=5, lam=10.0, cg_steps=5, activation="tanh")),
     (MAML, dict(inner_lr=[0.01, 0.005], steps=2, learn_inner_lr=True)),
 ])
