@@ -14,7 +14,7 @@ from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from .utils import check_choice, check_positive_int
 
-__all__ = ["MLP", "Conv4", "BatchStatNorm", "make_norm", "init_params", "NORMS", "POOLS"]
+__all__ = ["MLP", "Conv4", "max_pool_by_gather", "BatchStatNorm", "make_norm", "init_params", "NORMS", "POOLS"]
 
 NORMS = ("group", "batch", "none")
 # How many of Conv4's four blocks end in a 2x2 max-pool (the first ones).
@@ -147,8 +147,32 @@ class Conv4(nn.Module):
         if self.space_to_depth > 1:
             # In forward, not a layer of `features`, so the parameter names stay those of Conv4.
             x = F.pixel_unshuffle(x, self.space_to_depth)
-        z = self.features(x)
+        if x.device.type == "cpu" and not _inside_vmap():
+            for layer in self.features:
+                x = max_pool_by_gather(layer, x) if isinstance(layer, nn.MaxPool2d) else layer(x)
+            z = x
+        else:
+            z = self.features(x)
         return z if self.head is None else self.head(z)
+
+
+def max_pool_by_gather(pool: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:
+    """``pool(x)`` on a CPU, 2-4x faster forward and backward, with the same values and gradients.
+
+    PyTorch's max-pool kernel for the NCHW layout is not vectorised (in a MAML task on Conv4 it
+    cost a fifth of the time); its channels-last kernel is. The winners' positions (indices into
+    each H x W plane, the first maximum of each window in both kernels) do not depend on the
+    layout, so they are found on a channels-last copy and the values gathered from ``x``. The
+    gather's backward scatters the gradient to those positions, as max-pool's backward does,
+    and its double backward gathers, as max-pool's does: every derivative is the same
+    (Chapter 3's gradient checks).
+    """
+    with torch.no_grad():
+        _, winners = F.max_pool2d(x.detach().contiguous(memory_format=torch.channels_last),
+                                  pool.kernel_size, pool.stride, pool.padding, pool.dilation,
+                                  ceil_mode=pool.ceil_mode, return_indices=True)
+    winners = winners.contiguous()
+    return x.flatten(2).gather(2, winners.flatten(2)).view(winners.shape)
 
 
 def init_params(module: nn.Module, seed: int, dtype=None, device=None) -> dict[str, torch.Tensor]:

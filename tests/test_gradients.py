@@ -258,6 +258,35 @@ def test_conv4_vmap_loop_and_threads_match_unrolled_reference_for_each_norm(norm
     assert _rel(grads["threads"], want) < 1e-9
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("size", [8, 7])
+def test_max_pool_by_gather_has_max_pools_values_and_derivatives(size, layout):
+    # Values on a coarse grid tie often (as blank strokes of a glyph do), and an odd size leaves
+    # a row and a column out: both are where a different rule would pick another winner.
+    from mlbook.models import max_pool_by_gather
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, (3, 4, size, size), generator=gen).to(DT)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    pool = torch.nn.MaxPool2d(2)
+    out_grad = torch.randn(3, 4, size // 2, size // 2, generator=gen, dtype=DT)
+    direction = torch.randn(x.shape, generator=gen, dtype=DT)
+    results = []
+    for f in (pool, lambda t: max_pool_by_gather(pool, t)):
+        xr = x.clone().requires_grad_(True)
+        g = out_grad.clone().requires_grad_(True)
+        y = f(xr)
+        (gx,) = torch.autograd.grad(y, xr, g, create_graph=True)
+        # Max-pool's double backward: the derivative of its input-gradient along `direction`,
+        # with respect to the output gradient (a gather of `direction` at the winners).
+        (ggy,) = torch.autograd.grad((gx * direction).sum(), g)
+        results.append((y, gx, ggy))
+    for want, got in zip(*results):
+        assert torch.equal(want, got)
+    assert torch.equal(max_pool_by_gather(pool, x.float()), pool(x.float()))
+
+
 def test_chunked_vmap_matches_full_vmap():
     model = MLP(hidden=(8,))
     episode = _sinusoid_episode(batch=5)
