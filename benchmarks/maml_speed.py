@@ -56,6 +56,7 @@ import contextlib
 import copy
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -86,6 +87,22 @@ WORKLOADS = {
 
 def allocator_name() -> str:
     return "jemalloc (retain, no decay)" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc malloc"
+
+
+def processor_name() -> str:
+    """The CPU's model name (timings differ several-fold between the machines this runs on)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict:
+    return dict(torch=torch.__version__, threads=torch.get_num_threads(), cpu=processor_name(),
+                cpus=os.cpu_count(), allocator=allocator_name(), load_average=round(os.getloadavg()[0], 2))
 
 
 def maybe_reexec_with_jemalloc(args) -> None:
@@ -448,8 +465,10 @@ def main(argv=None):
     maybe_reexec_with_jemalloc(args)
     device = torch.device(args.device)
     peers, missing = ({}, {"learn2learn": "--no-peers", "higher": "--no-peers"}) if args.no_peers else available_peers()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
-          f"allocator: {allocator_name()}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    env = environment()
+    print(f"torch {env['torch']}, {env['threads']} threads, device {device}, "
+          f"allocator: {env['allocator']}, load average {env['load_average']:.1f} on {env['cpus']} CPUs "
+          f"({env['cpu']})")
     for name, why in missing.items():
         print(f"peer {name} is missing ({why}); comparing the rest")
     results = []
@@ -457,7 +476,8 @@ def main(argv=None):
         for steps in map(int, args.steps.split(",")):
             for order in args.orders.split(","):
                 mlbook.utils.check_choice("order", order, ("second", "first"))
-                results.append(run_config(args, device, workload, steps, order == "first", peers))
+                results.append(dict(run_config(args, device, workload, steps, order == "first", peers),
+                                    environment=env))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1))
