@@ -72,12 +72,15 @@ import mlbook  # noqa: E402
 from mlbook.taskmap import STRATEGY_REASONS  # noqa: E402
 from mlbook.learners import MAML  # noqa: E402
 from mlbook.models import MLP, BatchStatNorm, Conv4, init_params  # noqa: E402
+from mlbook.graphs import GraphedMetaStep  # noqa: E402
 from mlbook.train import make_optimiser  # noqa: E402
 
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 JEMALLOC_CONF = "retain:true,dirty_decay_ms:-1,muzzy_decay_ms:-1"
 
 COMPILED = "+compile"  # the suffix of a strategy run with MAML(compile=True)
+GRAPHED = "+graph"  # the suffix of a strategy whose meta-step is replayed as a CUDA graph
+PEER_MEMORY_FACTOR = 8  # the memory-bounded variant's budget: this many times the peers' peak
 
 WORKLOADS = {
     "conv4": dict(batch=32, inner_lr=0.4, loss="cross_entropy"),
@@ -167,7 +170,8 @@ def outer_adam(parameters):
 
 
 class MlbookImpl:
-    def __init__(self, model, phi, workload, steps, first_order, strategy, chunk_size=None, compiled=False):
+    def __init__(self, model, phi, workload, steps, first_order, strategy, chunk_size=None, compiled=False,
+                 graphed=False):
         cfg = WORKLOADS[workload]
         self.learner = MAML(model, inner_lr=cfg["inner_lr"], steps=steps, first_order=first_order,
                             loss=cfg["loss"], strategy=strategy, chunk_size=chunk_size, compile=compiled)
@@ -176,11 +180,35 @@ class MlbookImpl:
         self.opt = outer_adam(self.learner.parameters(self.state))
         self.names = list(phi)
         self.first_step_seconds = None
+        self.graphed = graphed
+        # One recorded graph per TF32 setting: the agreement check runs in full float32, the
+        # timing with the device's defaults, and a graph keeps the kernels it was recorded with.
+        self.graphs, self.graph_memory_mb = {}, {}
+
+    def _graph(self, ep):
+        key = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        if key not in self.graphs:
+            # What a recorded step holds: the peak while it is recorded (eager warm-up steps and
+            # the recording) or the memory kept afterwards (its private pool), whichever is more.
+            device = ep.support_x.device
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+            reserved, allocated = torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            self.graphs[key] = GraphedMetaStep(self.learner, self.state, ep)
+            torch.cuda.synchronize(device)
+            peak = torch.cuda.max_memory_allocated(device) - allocated
+            torch.cuda.empty_cache()
+            self.graph_memory_mb[key] = max(peak, torch.cuda.memory_reserved(device) - reserved) / 2**20
+        return self.graphs[key]
 
     def step(self, ep, update=True):
         started = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
-        loss, _ = self.learner.meta_backward(self.state, ep)  # what the trainer runs
+        if self.graphed:
+            loss, _ = self._graph(ep).step(ep)
+        else:
+            loss, _ = self.learner.meta_backward(self.state, ep)  # what the trainer runs
         if self.first_step_seconds is None:  # with compile=True: the one-off compile time
             self.first_step_seconds = time.perf_counter() - started
         if update:
@@ -271,12 +299,12 @@ def available_peers():
 def build(name, model, phi, workload, steps, first_order, strategy):
     if name.startswith("mlbook"):
         chunk = None
-        compiled = strategy.endswith(COMPILED)
-        strategy = strategy.removesuffix(COMPILED)
+        compiled, graphed = strategy.endswith(COMPILED), strategy.endswith(GRAPHED)
+        strategy = strategy.removesuffix(COMPILED).removesuffix(GRAPHED)
         if ":" in strategy:
             strategy, chunk = strategy.split(":")
             chunk = int(chunk)
-        return MlbookImpl(model, phi, workload, steps, first_order, strategy, chunk, compiled)
+        return MlbookImpl(model, phi, workload, steps, first_order, strategy, chunk, compiled, graphed)
     peers, _ = available_peers()
     return peers[name](model, phi, workload, steps, first_order)
 
@@ -306,8 +334,16 @@ def check_agreement(impls, ep):
     rows = {}
     base_loss, base_grads = None, None
     with full_float32():
-        for name, impl in impls.items():
-            loss = impl.step(ep, update=False)
+        for name, impl in list(impls.items()):
+            try:
+                loss = impl.step(ep, update=False)
+            except Exception as error:  # a variant this device or torch cannot run is reported, not fatal
+                if name.startswith("mlbook[") and name != next(iter(impls)):
+                    print(f"{name} failed and is left out: {type(error).__name__}: "
+                          f"{str(error).splitlines()[0] if str(error) else ''}")
+                    del impls[name]
+                    continue
+                raise
             grads = torch.cat([g.flatten() for g in impl.grads()])
             if base_loss is None:
                 base_loss, base_grads = loss, grads
@@ -371,12 +407,34 @@ def run_config(args, device, workload, steps, first_order, peers):
     if args.strategies and workload == "conv4" and steps == 1 and not first_order:
         # Full vmap over 32 Conv4 tasks needs ~4.5 GB on CPU: only chunks are tried there.
         strategies += [s for s in (("loop", "vmap:8") if device.type == "cpu" else ("loop", "vmap", "vmap:8")) if s != auto]
+    if device.type == "cuda" and not args.no_graph:
+        # The closed form turns its rates into Python numbers, which a graph cannot record: the
+        # recorded variant of the MLP is its vmapped step.
+        strategies += [("vmap" if auto == "closed-form" else auto) + GRAPHED]
     names = [f"mlbook[{s}]" for s in strategies] + list(peers)
     impls = {}
     for n in names:
         strat = n[7:-1] if n.startswith("mlbook") else None
         impls[n] = build(n, model, phi, workload, steps, first_order, strat)
+    bounded = {}  # memory-bounded variants: strategy -> chunk
+    budget = None
+    if device.type == "cuda" and auto == "vmap" and peers:
+        for suffix in ("",) + (() if args.no_graph else (GRAPHED,)):
+            try:
+                chunk, budget = memory_bounded_chunk(impls, model, phi, workload, steps, first_order, check_ep,
+                                                     batch, suffix)
+            except Exception as error:
+                print(f"the memory-bounded chunk{' of the recorded step' if suffix else ''} could not be found: "
+                      f"{type(error).__name__}: {error}")
+                continue
+            if chunk is not None:
+                s = f"vmap:{chunk}{suffix}"
+                bounded[s] = chunk
+                impls[f"mlbook[{s}]"] = build(f"mlbook[{s}]", model, phi, workload, steps, first_order, s)
+                names.insert(len(strategies), f"mlbook[{s}]")
+                strategies.append(s)
     agree = check_agreement(impls, check_ep)
+    names = [n for n in names if n in impls]
     episodes = [family.sample(batch, gen) for _ in range(args.batches)]
     times = {n: [] for n in names}
     for n in names:  # warm-up (kernels, allocator) outside the timing
@@ -396,12 +454,7 @@ def run_config(args, device, workload, steps, first_order, peers):
         if args.no_memory:
             peak[n] = float("nan")
         elif device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            impls[n].step(episodes[0])
-            sync(device)
-            peak[n] = (torch.cuda.max_memory_allocated() - base) / 2**20
+            peak[n] = cuda_peak_mb(impls[n], episodes[0])
         else:
             peak[n] = cpu_peak_subprocess(args, n, workload, steps, first_order, strat)
     order_name = "first" if first_order else "second"
@@ -421,10 +474,28 @@ def run_config(args, device, workload, steps, first_order, peers):
     result = dict(workload=workload, steps=steps, order=order_name, device=str(device), auto=auto,
                   source=source, tasks_per_s=med, runs=times, peak_mb=peak, agreement=agree,
                   allocator=allocator_name())
+    work = flop_per_task(model, phi, workload, steps, first_order, check_ep)
+    result["gflop_per_task"] = work / 1e9
+    achieved = {n: med[n] * work / 1e12 for n in names}
+    result["achieved_tflops"] = achieved
+    peaks = args.peak_tflops
+    print(f"work: {work / 1e9:.3g} GFLOP per task (the convolutions and matrix products of one task's "
+          f"meta-gradient, counted by torch.utils.flop_counter on the per-task path)")
+    for n in names:
+        line = f"  {n}: {achieved[n]:.3g} TFLOP/s"
+        if peaks:
+            line += (f" = {100 * achieved[n] / peaks['float32']:.1f}% of this device's float32 peak "
+                     f"({peaks['float32']:.1f} TFLOP/s), {100 * achieved[n] / peaks['tf32']:.1f}% of its TF32 "
+                     f"peak ({peaks['tf32']:.1f})")
+        print(line)
     peer_names = [n for n in names if not n.startswith("mlbook")]
     if peer_names:
         best = max(peer_names, key=lambda n: med[n])
-        for main in [f"mlbook[{auto}]"] + [n for n in names if n.endswith(COMPILED + "]")]:
+        main_names = [f"mlbook[{auto}]"] + [n for n in names if n.startswith("mlbook") and n != f"mlbook[{auto}]"
+                                             and (n.endswith(COMPILED + "]") or n.endswith(GRAPHED + "]")
+                                                  or n[7:-1] in bounded)]
+        result["ratios_vs_fastest_peer"] = {}
+        for main in main_names:
             ratio = med[main] / med[best]
             # Per-round ratios: both numbers come from the same stretch of time on a shared machine.
             rounds = [a / b for a, b in zip(times[main], times[best])]
@@ -432,9 +503,90 @@ def run_config(args, device, workload, steps, first_order, peers):
                   f"(per round: {', '.join(f'{x:.2f}' for x in rounds)})")
             for n in peer_names:
                 print(f"  vs {n}: {med[main] / med[n]:.2f}x tasks/s, memory {peak[main] / peak[n]:.2f}x")
-            key = "ratio_vs_fastest_peer" + ("_compiled" if main.endswith(COMPILED + "]") else "")
-            result[key] = ratio
+            result["ratios_vs_fastest_peer"][main] = ratio
+            if main == f"mlbook[{auto}]":
+                result["ratio_vs_fastest_peer"] = ratio
+            elif main.endswith(COMPILED + "]"):
+                result["ratio_vs_fastest_peer_compiled"] = ratio
+        if bounded:
+            leanest = min(peer_names, key=lambda n: peak[n])
+            for s, chunk in bounded.items():
+                n = f"mlbook[{s}]"
+                if n in med:
+                    print(f"memory-bounded: {n} (chunks of {chunk} tasks, the most whose measured memory is at "
+                          f"most {PEER_MEMORY_FACTOR}x the leanest peer's, {budget:.0f} MB) holds "
+                          f"{peak[n]:.0f} MB = {peak[n] / peak[leanest]:.1f}x {leanest}'s; it runs at "
+                          f"{med[n] / med[f'mlbook[{auto}]']:.2f}x the speed of mlbook[{auto}]")
+            result["memory_bounded_chunks"] = bounded
     return result
+
+
+def cuda_peak_mb(impl, ep):
+    """Peak CUDA memory of one meta-step, over what was allocated before it; for a recorded graph,
+    the more of that and what recording it took or keeps."""
+    device = ep.support_x.device
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    impl.step(ep, update=False)  # no outer step: every implementation must still start from phi
+    torch.cuda.synchronize(device)
+    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    if isinstance(impl, MlbookImpl) and impl.graphed:
+        key = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        peak = max(peak, impl.graph_memory_mb[key])
+    return peak
+
+
+def memory_bounded_chunk(impls, model, phi, workload, steps, first_order, ep, batch, suffix=""):
+    """The most tasks per vmapped chunk whose measured peak memory is at most PEER_MEMORY_FACTOR
+    times the leanest peer's, eager or (``suffix`` GRAPHED) recorded as a CUDA graph, whose
+    memory pool counts too; (chunk, budget in MB), chunk None when even one task is more."""
+    peer_peaks = [cuda_peak_mb(impl, ep) for name, impl in impls.items() if not name.startswith("mlbook")]
+    budget = PEER_MEMORY_FACTOR * min(peer_peaks)
+    for chunk in sorted({c for c in (batch // 2, batch // 4, batch // 8, 6, 5, 3, 2, 1) if 0 < c < batch},
+                        reverse=True):
+        impl = build("mlbook", model, phi, workload, steps, first_order, f"vmap:{chunk}{suffix}")
+        impl.step(ep, update=False)  # the first step sets up kernels and the allocator
+        if cuda_peak_mb(impl, ep) <= budget:
+            return chunk, budget
+    return None, budget
+
+
+def flop_per_task(model, phi, workload, steps, first_order, ep):
+    """Floating-point operations of one task's meta-gradient: convolutions and matrix products of
+    the per-task path, the same maths the peers run (vmap's batched kernels are not counted, so
+    that the figure is the work, not how a strategy happens to do it)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    impl = build("mlbook", model, phi, workload, steps, first_order, "loop")
+    with FlopCounterMode(display=False) as counter:
+        impl.step(ep, update=False)
+    return counter.get_total_flops() / ep.batch_size
+
+
+def device_peak_tflops(device) -> dict:
+    """This GPU's matrix-product throughput, measured: an 8192^3 product in float32 with TF32 off
+    (the plain float32 units) and with TF32 on (the tensor cores), best of five."""
+    a = torch.randn(8192, 8192, device=device)
+    b = torch.randn(8192, 8192, device=device)
+    saved = torch.backends.cuda.matmul.allow_tf32
+    found = {}
+    try:
+        for name, tf32 in (("float32", False), ("tf32", True)):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            a @ b
+            best = float("inf")
+            for _ in range(5):
+                torch.cuda.synchronize(device)
+                started = time.perf_counter()
+                a @ b
+                torch.cuda.synchronize(device)
+                best = min(best, time.perf_counter() - started)
+            found[name] = 2 * 8192 ** 3 / best / 1e12
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    return found
 
 
 def main(argv=None):
@@ -454,6 +606,8 @@ def main(argv=None):
     parser.add_argument("--no-compile", action="store_true",
                         help="skip the closed form's torch.compile variant (MAML(compile=True))")
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--no-graph", action="store_true",
+                        help="on CUDA, skip the variants whose meta-step is replayed as a CUDA graph")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -471,6 +625,13 @@ def main(argv=None):
           f"({env['cpu']})")
     for name, why in missing.items():
         print(f"peer {name} is missing ({why}); comparing the rest")
+    args.peak_tflops = device_peak_tflops(device) if device.type == "cuda" else None
+    if args.peak_tflops:
+        env["peak_tflops"] = args.peak_tflops
+        print(f"{torch.cuda.get_device_name(device)}: an 8192^3 matrix product runs at "
+              f"{args.peak_tflops['float32']:.1f} TFLOP/s in float32 (TF32 off), {args.peak_tflops['tf32']:.1f} with TF32; "
+              f"timings use the device's defaults (cuDNN convolutions in TF32: "
+              f"{torch.backends.cudnn.allow_tf32}), agreement checks full float32")
     results = []
     for workload in args.workloads.split(","):
         for steps in map(int, args.steps.split(",")):

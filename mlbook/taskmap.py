@@ -25,7 +25,8 @@ from torch.func import functional_call
 
 from .utils import check_choice, check_positive_int
 
-__all__ = ["map_tasks", "run_tasks", "call", "choose_strategy", "STRATEGIES", "STRATEGY_REASONS"]
+__all__ = ["map_tasks", "run_tasks", "call", "choose_strategy", "auto_chunk_size", "STRATEGIES",
+           "STRATEGY_REASONS"]
 
 STRATEGIES = ("auto", "vmap", "loop", "threads")
 
@@ -148,3 +149,35 @@ def map_tasks(fn: Callable, *batched: torch.Tensor, strategy: str = "auto",
         return vmapped(*batched)
     parts = [vmapped(*chunk) for chunk in zip(*(t.split(chunk_size) for t in batched))]
     return torch.utils._pytree.tree_map(lambda *xs: torch.cat(xs), *parts)
+
+
+def auto_chunk_size(run_chunk: Callable[[tuple], object], episode, fraction: float = 0.5) -> int | None:
+    """Tasks per vmapped chunk that fit in ``fraction`` of a GPU's free memory (Chapter 3).
+
+    ``run_chunk(part)`` runs the forward and backward pass of the tasks in ``part`` (support_x,
+    support_y, query_x, query_y, each cut to those tasks). It runs once on the first task and once
+    on the first two, and the growth of CUDA's peak-memory counter (reset here) gives the memory
+    of a chunk as fixed + per-task x tasks. Free memory counts what the caching allocator holds
+    unused. ``None`` means the whole meta-batch fits.
+    """
+    device = episode.support_x.device
+    if device.type != "cuda":
+        raise ValueError(f"auto_chunk_size measures CUDA memory; the episode is on {device}")
+    tensors = (episode.support_x, episode.support_y, episode.query_x, episode.query_y)
+    tasks = episode.batch_size
+    if tasks == 1:
+        return None
+    peaks = []
+    for size in (1, 2):
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        run_chunk(tuple(t[:size] for t in tensors))
+        torch.cuda.synchronize(device)
+        peaks.append(torch.cuda.max_memory_allocated(device) - base)
+    per_task = max(peaks[1] - peaks[0], 1)
+    fixed = max(peaks[0] - per_task, 0)
+    free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    chunk = int((fraction * free - fixed) // per_task)
+    return None if chunk >= tasks else max(chunk, 1)

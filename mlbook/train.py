@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 
 from . import distributed as dist_utils
+from .graphs import GraphedMetaStep
 from .metrics import confidence_interval, format_score
 from .storage import detached, load_checkpoint, load_state_into, remove_stale_temporaries, save_checkpoint
 from .tasks import TaskFamily
@@ -101,7 +102,9 @@ class TrainConfig:
     interrupted), ``time_limit`` after that many seconds. ``precision`` 'bfloat16' runs the
     meta-loss and its gradient under autocast (convolutions and matrix products in bfloat16,
     parameters, optimiser and evaluation in float32): faster where the hardware has bfloat16
-    units (recent CPUs with AMX, GPUs), at a small cost in gradient precision.
+    units (recent CPUs with AMX, GPUs), at a small cost in gradient precision. ``cuda_graph``
+    records the meta-step once as a CUDA graph and replays it (:class:`mlbook.graphs.GraphedMetaStep`;
+    CUDA only): the same numbers, without the host's per-kernel launching (Chapter 3).
     """
 
     steps: int
@@ -123,6 +126,7 @@ class TrainConfig:
     stop_after: int | None = None
     time_limit: float | None = None
     precision: str = "float32"
+    cuda_graph: bool = False
 
     def __post_init__(self):
         self.steps = check_positive_int("steps", self.steps)
@@ -131,6 +135,8 @@ class TrainConfig:
         check_choice("optimiser", self.optimiser, OPTIMISERS)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("precision", self.precision, PRECISIONS)
+        if not isinstance(self.cuda_graph, bool):
+            raise ValueError(f"cuda_graph must be True or False, got {self.cuda_graph!r}")
         if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
                 and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}")
@@ -260,6 +266,9 @@ class Trainer:
         if not self.parameters:
             raise ValueError("the learner's state has no tensor that requires grad: nothing to train")
         self.trainable = [(n, t) for n, t in _named_leaves(self.state) if t.requires_grad]
+        if config.cuda_graph and self.parameters[0].device.type != "cuda":
+            raise ValueError(f"cuda_graph needs the run on a CUDA device; it is on {self.parameters[0].device}")
+        self._graphs: dict[tuple, GraphedMetaStep] = {}
         self.optimiser = make_optimiser(config.optimiser, self.parameters, config.outer_lr, config.weight_decay)
         self.elapsed_before, self.started = 0.0, time.perf_counter()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimiser, _lr_factor(config, self._time_used))
@@ -347,7 +356,10 @@ class Trainer:
         shard, weight = dist_utils.shard_episode(episode, self.world)
         self.optimiser.zero_grad(set_to_none=True)
         with self._autocast():
-            loss, accuracy = self.learner.meta_backward(self.state, shard, weight)
+            if self.config.cuda_graph:
+                loss, accuracy = self._graph_for(shard).step(shard, weight)
+            else:
+                loss, accuracy = self.learner.meta_backward(self.state, shard, weight)
         if not torch.isfinite(loss):
             raise NonFiniteError(f"step {self.step}: the meta-loss is {loss.item()}; training stopped")
         if self.world.size > 1:
@@ -364,6 +376,14 @@ class Trainer:
         self.losses.append(loss.item())
         self.accuracies.append(float("nan") if accuracy is None else float(accuracy))
         self.step += 1
+
+    def _graph_for(self, episode) -> GraphedMetaStep:
+        # One recorded step per episode shape (a shard's may differ in the last process).
+        key = tuple((t.shape, t.dtype) for t in (episode.support_x, episode.support_y,
+                                                  episode.query_x, episode.query_y))
+        if key not in self._graphs:
+            self._graphs[key] = GraphedMetaStep(self.learner, self.state, episode)
+        return self._graphs[key]
 
     def validate(self) -> bool:
         """Record one validation; True when early stopping says stop."""

@@ -297,6 +297,32 @@ def test_chunked_vmap_matches_full_vmap():
     assert _rel(chunked, full) < 1e-12
 
 
+def test_chunked_meta_backward_on_images_matches_one_vmap_call():
+    # Each chunk is backpropagated before the next is built: the summed gradients, the mean
+    # loss and the mean accuracy must equal those of one call over the whole meta-batch.
+    images = (torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    episode = ImageClassFamily(images, ways=3, shots=1, queries=2).sample(5, torch.Generator().manual_seed(1))
+    episode = Episode(episode.support_x.double(), episode.support_y, episode.query_x.double(), episode.query_y)
+    model = Conv4(3, channels=4, image_size=16)
+    results = []
+    for chunk in (None, 2, "auto"):  # 'auto' on a CPU: the whole meta-batch at once
+        learner = MAML(model, inner_lr=0.4, strategy="vmap", chunk_size=chunk)
+        state = learner.init(0, dtype=DT)
+        loss, accuracy = learner.meta_backward(state, episode, scale=0.5)
+        results.append((loss, accuracy, [p.grad for p in learner.parameters(state)]))
+    (loss, accuracy, grads), *others = results
+    for other_loss, other_accuracy, other_grads in others:
+        assert torch.allclose(other_loss, loss, rtol=1e-12, atol=0)
+        assert torch.equal(other_accuracy, accuracy)
+        assert _rel(torch.cat([g.flatten() for g in other_grads]), torch.cat([g.flatten() for g in grads])) < 1e-12
+
+
+@pytest.mark.parametrize("chunk_size", [0, -2, 1.5, "all", True])
+def test_learner_refuses_a_bad_chunk_size(chunk_size):
+    with pytest.raises(ValueError, match="chunk_size"):
+        MAML(MLP(hidden=(4,)), loss="mse", chunk_size=chunk_size)
+
+
 # -- the closed-form MLP path (mlbook.closedform) -------------------------------------------
 def _ce(model, params, x, y):
     return F.cross_entropy(functional_call(model, params, (x,)), y)

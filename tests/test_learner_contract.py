@@ -398,3 +398,21 @@ def test_an_ensemble_refuses_bad_members_and_states():
     ensemble = Ensemble([proto, proto])
     with pytest.raises(ValueError, match=r"states must hold one state per member \(2\), got 1"):
         ensemble.evaluate_batch((_state(proto),), _episode("classification"))
+
+
+@pytest.mark.parametrize("name", ["ProtoNet", "MatchingNet", "MAML"])
+def test_test_time_views_under_vmap_match_the_per_task_loop(name):
+    # On a GPU 'auto' maps tasks with vmap; a metric learner's adapt reads its number of classes
+    # from the labels, which vmap cannot trace. Forcing vmap on this CPU checks the same path.
+    from mlbook.augment import ShiftedViews
+
+    cls = _learner_class(name)
+    ep = _episode("classification", batch=3)
+    results = []
+    for strategy in ("vmap", "loop"):
+        learner = _construct(cls, "classification")
+        learner.strategy = strategy
+        state = _state(learner)
+        with torch.set_grad_enabled(learner.adapts_with_gradients):
+            results.append(learner.evaluate_batch(state, ep, views=ShiftedViews(1.0)))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-5)

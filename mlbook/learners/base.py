@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from ..models import init_params
-from ..taskmap import choose_strategy, map_tasks, run_tasks
+from ..taskmap import auto_chunk_size, choose_strategy, map_tasks, run_tasks
 from ..tasks import Episode
-from ..utils import check_choice
+from ..utils import check_choice, check_positive_int
 
 __all__ = ["Learner", "LearnerConfig", "LOSSES", "KINDS", "TASKS", "task_loss", "task_accuracy",
            "check_labelled_support", "registered_learners"]
@@ -119,6 +119,9 @@ class Learner:
 
     ``loss`` is 'mse' (regression) or 'cross_entropy' (classification). ``strategy`` and
     ``chunk_size`` choose how tasks of a meta-batch are mapped (see :func:`mlbook.taskmap.map_tasks`).
+    Under vmap, :meth:`meta_backward` backpropagates each chunk of ``chunk_size`` tasks before
+    the next, so memory holds one chunk's graph; ``chunk_size='auto'`` picks the chunk on a GPU
+    from the free memory (:func:`mlbook.taskmap.auto_chunk_size`).
     """
 
     name: ClassVar[str] = "learner"
@@ -152,7 +155,14 @@ class Learner:
                  chunk_size: int | None = None):
         self.loss = check_choice("loss", loss, LOSSES)
         self.strategy = strategy
+        if chunk_size is not None and chunk_size != "auto":
+            check_positive_int("chunk_size", chunk_size)
         self.chunk_size = chunk_size
+        # chunk_size='auto': the chunk found for each (device, dtype, task shapes).
+        self._auto_chunks: dict[tuple, int | None] = {}
+        # Set while a CUDA graph records a meta-step (mlbook.graphs): the episode was checked
+        # just before, and the checks' host reads cannot be recorded.
+        self._episode_checked = False
 
     @classmethod
     def from_config(cls, config: LearnerConfig) -> "Learner":
@@ -195,6 +205,8 @@ class Learner:
         """Raise a clear error when ``episode`` cannot be scored by this learner in ``state`` (Chapter 5)."""
         if not isinstance(episode, Episode):
             raise ValueError(f"episode must be an mlbook.tasks.Episode, got {type(episode).__name__}")
+        if self._episode_checked:
+            return
         task = "classification" if episode.support_y.dtype == torch.int64 else "regression"
         if task not in self.tasks:
             raise ValueError(f"{self.name} does {', '.join(sorted(self.tasks))}, but the episode is {task}")
@@ -227,7 +239,26 @@ class Learner:
         if self.episode_metrics is not None:
             return self.episode_metrics(state, episode)
         return map_tasks(lambda *task: self.task_metrics(state, *task), episode.support_x, episode.support_y,
-                         episode.query_x, episode.query_y, strategy=self.strategy, chunk_size=self.chunk_size)
+                         episode.query_x, episode.query_y, strategy=self.strategy,
+                         chunk_size=self.resolved_chunk_size(state, episode))
+
+    def resolved_chunk_size(self, state, episode: Episode) -> int | None:
+        """How many tasks run under vmap at once: ``chunk_size``, with 'auto' resolved (Chapter 3).
+
+        'auto' is ``None`` (all at once) on a CPU, and on a GPU the chunk whose measured memory
+        fits in half the free memory (:func:`mlbook.taskmap.auto_chunk_size`), found once for
+        each device, dtype and task shape.
+        """
+        if self.chunk_size != "auto":
+            return self.chunk_size
+        x = episode.support_x
+        if x.device.type != "cuda" or self.execution_strategy(x) != "vmap":
+            return None
+        key = (x.device, x.dtype, tuple(x.shape[1:]), tuple(episode.query_x.shape[1:]), episode.batch_size)
+        if key not in self._auto_chunks:
+            self._auto_chunks[key] = auto_chunk_size(lambda part: self._chunk_backward(state, part, 0.0),
+                                                     episode)
+        return self._auto_chunks[key]
 
     def meta_loss(self, state, episode: Episode) -> torch.Tensor:
         """The meta-objective: the mean over tasks of the per-task objective (Chapter 1)."""
@@ -244,6 +275,10 @@ class Learner:
         result does not depend on which thread finished first.
         """
         strategy = self.execution_strategy(episode.support_x)
+        if self.episode_metrics is None and strategy == "vmap":
+            chunk = self.resolved_chunk_size(state, episode)
+            if chunk is not None and chunk < episode.batch_size:
+                return self._chunked_backward(state, episode, scale, chunk)
         if self.episode_metrics is not None or strategy not in ("loop", "threads"):
             metrics = self.metrics(state, episode)
             loss = metrics.get("objective", metrics["loss"]).mean()
@@ -255,6 +290,29 @@ class Learner:
     def execution_strategy(self, x: torch.Tensor) -> str:
         """The strategy a meta-batch whose inputs are ``x`` runs with; 'auto' resolved (Chapter 3)."""
         return self.strategy if self.strategy != "auto" else choose_strategy(x)
+
+    def _chunk_backward(self, state, part: tuple, scale: float):
+        # One chunk of tasks (support_x, support_y, query_x, query_y), vmapped and backpropagated
+        # with weight ``scale`` per task; its graph is freed before the next chunk is built.
+        metrics = map_tasks(lambda *task: self.task_metrics(state, *task), *part, strategy="vmap")
+        objective = metrics.get("objective", metrics["loss"])
+        if scale != 0.0:
+            (objective.sum() * scale).backward()
+        elif objective.requires_grad:  # measuring memory: the same graph and backward, nothing kept
+            torch.autograd.grad(objective.sum(), self.parameters(state), allow_unused=True)
+        return objective.detach(), metrics.get("accuracy")
+
+    def _chunked_backward(self, state, episode: Episode, scale: float, chunk: int):
+        self.validate_episode(state, episode)
+        # Plain tensor splits, not Episode.chunks: its finiteness checks read values back to the
+        # host, which a CUDA graph being recorded cannot do.
+        parts = zip(*(t.split(chunk) for t in (episode.support_x, episode.support_y,
+                                               episode.query_x, episode.query_y)))
+        results = [self._chunk_backward(state, part, scale / episode.batch_size) for part in parts]
+        loss = torch.cat([objective for objective, _ in results]).mean()
+        accuracies = [a for _, a in results if a is not None]
+        accuracy = torch.cat(accuracies).mean().detach() if accuracies else None
+        return loss, accuracy
 
     def _per_task_backward(self, state, episode: Episode, scale: float, strategy: str):
         self.validate_episode(state, episode)
@@ -311,13 +369,28 @@ class Learner:
         query_x, _ = stacked(episode.query_x)
         support_y = episode.support_y.repeat(1, count)
 
+        queries = episode.query_y.shape[1]
+        episode_logits = getattr(self, "episode_logits", None)
+        if episode_logits is not None:
+            # The metric learners score every task at once: [B, A*Q, N] logits from one call.
+            logits = episode_logits(state, Episode(support_x, support_y, query_x, episode.query_y.repeat(1, count)))
+            log_probs = logits.log_softmax(-1).unflatten(1, (count, queries)).mean(1)
+            loss = F.cross_entropy(log_probs.flatten(0, 1), episode.query_y.flatten(), reduction="none")
+            return {"loss": loss.view(-1, queries).mean(1),
+                    "accuracy": (log_probs.argmax(-1) == episode.query_y).float().mean(1)}
+
         def one_task(sx, sy, qx, qy):
             logits = self.predict(self.adapt(state, sx, sy), qx)
-            log_probs = logits.log_softmax(-1).unflatten(0, (count, qy.shape[0])).mean(0)
+            log_probs = logits.log_softmax(-1).unflatten(0, (count, queries)).mean(0)
             return {"loss": task_loss(self.loss, log_probs, qy), "accuracy": task_accuracy(log_probs, qy)}
 
+        strategy = self.execution_strategy(support_x)
+        if self.episode_metrics is not None and strategy == "vmap":
+            # A learner with its own batched hook may read counts from the labels in adapt,
+            # which vmap cannot trace (on a GPU 'auto' is vmap): its tasks run one by one.
+            strategy = "loop"
         return map_tasks(one_task, support_x, support_y, query_x, episode.query_y,
-                         strategy=self.strategy, chunk_size=self.chunk_size)
+                         strategy=strategy, chunk_size=None if self.chunk_size == "auto" else self.chunk_size)
 
     def parameters(self, state) -> list[torch.Tensor]:
         """The tensors the outer optimiser updates: every leaf of ``state`` that requires grad."""
