@@ -135,6 +135,9 @@ class Learner:
     # predict_distribution gives a predictive mean and variance.
     probabilistic: bool = False
     episode_metrics = None
+    # Set while a CUDA graph records a meta-step (mlbook.graphs): the episode was checked just
+    # before, and the checks' host reads cannot be recorded.
+    _episode_checked = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -160,9 +163,6 @@ class Learner:
         self.chunk_size = chunk_size
         # chunk_size='auto': the chunk found for each (device, dtype, task shapes).
         self._auto_chunks: dict[tuple, int | None] = {}
-        # Set while a CUDA graph records a meta-step (mlbook.graphs): the episode was checked
-        # just before, and the checks' host reads cannot be recorded.
-        self._episode_checked = False
 
     @classmethod
     def from_config(cls, config: LearnerConfig) -> "Learner":
