@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..metrics import query_metrics
 from ..models import init_params
 from ..taskmap import auto_chunk_size, choose_strategy, map_tasks, run_tasks
 from ..tasks import Episode
@@ -375,9 +376,7 @@ class Learner:
             # The metric learners score every task at once: [B, A*Q, N] logits from one call.
             logits = episode_logits(state, Episode(support_x, support_y, query_x, episode.query_y.repeat(1, count)))
             log_probs = logits.log_softmax(-1).unflatten(1, (count, queries)).mean(1)
-            loss = F.cross_entropy(log_probs.flatten(0, 1), episode.query_y.flatten(), reduction="none")
-            return {"loss": loss.view(-1, queries).mean(1),
-                    "accuracy": (log_probs.argmax(-1) == episode.query_y).float().mean(1)}
+            return query_metrics(log_probs, episode.query_y, classification=True)
 
         def one_task(sx, sy, qx, qy):
             logits = self.predict(self.adapt(state, sx, sy), qx)
