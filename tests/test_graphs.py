@@ -140,3 +140,36 @@ def test_auto_chunk_size_on_a_gpu_fits_the_free_memory_and_keeps_the_gradient():
         assert chunk == 1
     finally:
         torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_trainer_records_one_step_per_episode_shape_and_replays_it(monkeypatch):
+    # The trainer's wiring, on a CPU: a stand-in for the recorded step runs the eager step, so
+    # the run must follow the eager one exactly, with one recording for the one episode shape.
+    import dataclasses
+
+    import mlbook.train
+
+    recorded = []
+
+    class EagerStandIn:
+        def __init__(self, learner, state, episode):
+            recorded.append(tuple(episode.support_x.shape))
+            self.learner, self.state = learner, state
+
+        def step(self, episode, scale=1.0):
+            return self.learner.meta_backward(self.state, episode, scale)
+
+    monkeypatch.setattr(mlbook.train, "GraphedMetaStep", EagerStandIn)
+    runs = []
+    for cuda_graph in (False, True):
+        learner = MAML(MLP(hidden=(8,)), inner_lr=0.01, loss="mse", strategy="vmap")
+        trainer = Trainer(learner, SinusoidFamily(shots=4, queries=4), TrainConfig(steps=4, meta_batch_size=3))
+        # Trainer refuses cuda_graph off CUDA; switched on afterwards, only the wiring is tested.
+        trainer.config = dataclasses.replace(trainer.config, cuda_graph=cuda_graph)
+        for _ in range(4):
+            trainer.train_step()
+        runs.append((trainer.losses, [p.detach().clone() for p in trainer.parameters]))
+    assert recorded == [(3, 4, 1)]
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1], runs[1][1]):
+        assert torch.equal(a, b)
