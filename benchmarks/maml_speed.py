@@ -20,7 +20,15 @@ to the fastest peer. mlbook's execution strategy is the one ``MAML.execution_str
 closed form, ``mlbook[closed-form+compile]`` (``MAML(compile=True)``) is timed beside it, its
 one-off compile time printed, and its ratio printed too (``--no-compile`` leaves it out).
 
-Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` around each implementation; on
+On CUDA, ``mlbook[...+graph]`` is the same step recorded once as a CUDA graph and replayed
+(``mlbook.graphs.GraphedMetaStep``), and ``mlbook[vmap:K]`` (and ``+graph``) the most tasks per
+chunk whose measured memory is at most 8x the leanest peer's (``--no-graph`` leaves the recorded
+ones out). Every run prints the work per task (convolutions and matrix products of the per-task
+maths, counted by ``torch.utils.flop_counter``) and the FLOP/s each implementation achieves; on
+CUDA also as a share of the device's float32 and TF32 matrix-product peaks, measured first.
+
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` around each implementation (for a
+recorded graph, at least what recording it took or its memory pool keeps); on
 CPU, the growth of the peak resident set of a fresh subprocess that runs two meta-steps of
 one implementation (``--no-memory`` skips this).
 
