@@ -194,20 +194,13 @@ class MlbookImpl:
         self.graphs, self.graph_memory_mb = {}, {}
 
     def _graph(self, ep):
-        key = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        key = tf32_setting()
         if key not in self.graphs:
             # What a recorded step holds: the peak while it is recorded (eager warm-up steps and
             # the recording) or the memory kept afterwards (its private pool), whichever is more.
-            device = ep.support_x.device
-            torch.cuda.synchronize(device)
-            torch.cuda.empty_cache()
-            reserved, allocated = torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            self.graphs[key] = GraphedMetaStep(self.learner, self.state, ep)
-            torch.cuda.synchronize(device)
-            peak = torch.cuda.max_memory_allocated(device) - allocated
-            torch.cuda.empty_cache()
-            self.graph_memory_mb[key] = max(peak, torch.cuda.memory_reserved(device) - reserved) / 2**20
+            with cuda_memory_growth(ep.support_x.device) as growth:
+                self.graphs[key] = GraphedMetaStep(self.learner, self.state, ep)
+            self.graph_memory_mb[key] = max(growth["peak_mb"], growth["kept_mb"])
         return self.graphs[key]
 
     def step(self, ep, update=True):
@@ -529,20 +522,34 @@ def run_config(args, device, workload, steps, first_order, peers):
     return result
 
 
+def tf32_setting() -> tuple[bool, bool]:
+    return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+
+@contextlib.contextmanager
+def cuda_memory_growth(device):
+    """Fills a dict with what the block allocated at its peak and what it still holds reserved
+    afterwards (a recorded graph's pool), both in MB over what was there before it."""
+    growth = {}
+    sync(device)
+    torch.cuda.empty_cache()
+    reserved, allocated = torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    yield growth
+    sync(device)
+    growth["peak_mb"] = (torch.cuda.max_memory_allocated(device) - allocated) / 2**20
+    torch.cuda.empty_cache()
+    growth["kept_mb"] = (torch.cuda.memory_reserved(device) - reserved) / 2**20
+
+
 def cuda_peak_mb(impl, ep):
     """Peak CUDA memory of one meta-step, over what was allocated before it; for a recorded graph,
     the more of that and what recording it took or keeps."""
-    device = ep.support_x.device
-    torch.cuda.synchronize(device)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    impl.step(ep, update=False)  # no outer step: every implementation must still start from phi
-    torch.cuda.synchronize(device)
-    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    with cuda_memory_growth(ep.support_x.device) as growth:
+        impl.step(ep, update=False)  # no outer step: every implementation must still start from phi
+    peak = growth["peak_mb"]
     if isinstance(impl, MlbookImpl) and impl.graphed:
-        key = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-        peak = max(peak, impl.graph_memory_mb[key])
+        peak = max(peak, impl.graph_memory_mb[tf32_setting()])
     return peak
 
 

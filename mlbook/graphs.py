@@ -101,13 +101,9 @@ class GraphedMetaStep:
             getattr(self.inputs, name).copy_(getattr(episode, name))
         self.graph.replay()
         # Copies out of the recorded buffers, which the next replay overwrites.
-        present = [g is not None for g in self.grads]
-        recorded = [g for g in self.grads if g is not None]
-        fresh = iter(torch._foreach_mul(recorded, float(scale)) if recorded else [])
-        for p, has_grad in zip(self.params, present):
-            if not has_grad:
-                continue
-            grad = next(fresh)
+        pairs = [(p, g) for p, g in zip(self.params, self.grads) if g is not None]
+        fresh = torch._foreach_mul([g for _, g in pairs], float(scale)) if pairs else []
+        for (p, _), grad in zip(pairs, fresh):
             p.grad = grad if p.grad is None else p.grad.add_(grad)
         accuracy = None if self.accuracy is None else self.accuracy.clone()
         return self.loss.clone(), accuracy

@@ -114,8 +114,8 @@ def test_trainer_with_cuda_graph_follows_the_eager_run():
 
 @needs_cuda
 def test_auto_chunk_size_on_a_gpu_fits_the_free_memory_and_keeps_the_gradient():
-    # 'auto' measures one and two tasks' memory; with half of an ample GPU free it keeps the
-    # whole meta-batch, and forcing a tight budget splits it into chunks with the same gradient.
+    # 'auto' measures one and two tasks' memory: on any GPU half the free memory holds the whole
+    # meta-batch of this small model; a budget of almost nothing leaves one task per chunk.
     device = torch.device("cuda")
     family = _images(device)
     episode = family.sample(6, make_generator(2, device))
@@ -127,16 +127,15 @@ def test_auto_chunk_size_on_a_gpu_fits_the_free_memory_and_keeps_the_gradient():
             learner = MAML(Conv4(5, channels=8), inner_lr=0.4, strategy="vmap", chunk_size=chunk)
             state = learner.init(0, device=device)
             learner.meta_backward(state, episode)
-            if chunk == "auto":
-                resolved = learner.resolved_chunk_size(state, episode)
-                assert resolved is None or 1 <= resolved < 6
+            if chunk == "auto":  # an 8-channel Conv4's six tasks fit many times in half of any GPU
+                assert learner.resolved_chunk_size(state, episode) is None
             grads.append(torch.cat([p.grad.flatten() for p in learner.parameters(state)]))
         for g in grads[1:]:
             assert torch.allclose(g, grads[0], rtol=1e-4, atol=1e-6)
         from mlbook.taskmap import auto_chunk_size
         learner = MAML(Conv4(5, channels=8), inner_lr=0.4, strategy="vmap")
         state = learner.init(0, device=device)
-        chunk = auto_chunk_size(lambda part: learner._chunk_backward(state, part, 0.0), episode, fraction=1e-9)
+        chunk = auto_chunk_size(lambda part: learner._chunk_backward(state, part, 1.0, keep_gradient=False), episode, fraction=1e-9)
         assert chunk == 1
     finally:
         torch.backends.cudnn.allow_tf32 = saved

@@ -257,8 +257,8 @@ class Learner:
             return None
         key = (x.device, x.dtype, tuple(x.shape[1:]), tuple(episode.query_x.shape[1:]), episode.batch_size)
         if key not in self._auto_chunks:
-            self._auto_chunks[key] = auto_chunk_size(lambda part: self._chunk_backward(state, part, 0.0),
-                                                     episode)
+            self._auto_chunks[key] = auto_chunk_size(
+                lambda part: self._chunk_backward(state, part, 1.0, keep_gradient=False), episode)
         return self._auto_chunks[key]
 
     def meta_loss(self, state, episode: Episode) -> torch.Tensor:
@@ -292,15 +292,16 @@ class Learner:
         """The strategy a meta-batch whose inputs are ``x`` runs with; 'auto' resolved (Chapter 3)."""
         return self.strategy if self.strategy != "auto" else choose_strategy(x)
 
-    def _chunk_backward(self, state, part: tuple, scale: float):
+    def _chunk_backward(self, state, part: tuple, scale: float, keep_gradient: bool = True):
         # One chunk of tasks (support_x, support_y, query_x, query_y), vmapped and backpropagated
         # with weight ``scale`` per task; its graph is freed before the next chunk is built.
+        # Without keep_gradient (measuring memory) the same backward runs and nothing is kept.
         metrics = map_tasks(lambda *task: self.task_metrics(state, *task), *part, strategy="vmap")
         objective = metrics.get("objective", metrics["loss"])
-        if scale != 0.0:
+        if keep_gradient:
             (objective.sum() * scale).backward()
-        elif objective.requires_grad:  # measuring memory: the same graph and backward, nothing kept
-            torch.autograd.grad(objective.sum(), self.parameters(state), allow_unused=True)
+        elif objective.requires_grad:
+            torch.autograd.grad(objective.sum() * scale, self.parameters(state), allow_unused=True)
         return objective.detach(), metrics.get("accuracy")
 
     def _chunked_backward(self, state, episode: Episode, scale: float, chunk: int):
