@@ -10,7 +10,7 @@ from torch.func import functional_call
 
 import mlbook
 from mlbook import bilevel, learners, taskmap
-from mlbook.bilevel import (call, choose_strategy, conjugate_gradient, hvp, inner_loop, map_tasks,
+from mlbook.bilevel import (call, choose_strategy, conjugate_gradient, constant_gradient, hvp, inner_loop, map_tasks,
                             proximal_inner_loop, run_tasks, task_loss_fn, with_gradient)
 from mlbook.learners import ANIL, FOMAML, IMAML, MAML, Reptile
 from mlbook.models import MLP, Conv4, init_params
@@ -215,6 +215,32 @@ def test_proximal_inner_loop_approaches_the_proximal_minimiser():
     phi = {"w": torch.zeros(2, dtype=DT)}
     theta = proximal_inner_loop(loss_fn, phi, torch.zeros(1), torch.zeros(1), 200, 0.3, lam=2.0)
     assert torch.allclose(theta["w"], target / 3.0, atol=1e-10)
+
+
+@pytest.mark.parametrize("norm", ["group", "batch"])
+def test_constant_gradient_is_torch_func_grad_without_a_graph(norm):
+    # First-order inner steps take their gradient from plain autograd outside torch.func
+    # transforms and from torch.func.grad inside them: both must be the same numbers, zeros for
+    # a parameter the loss ignores, and nothing the outer level could differentiate.
+    model = Conv4(3, channels=8, norm=norm)
+    params = init_params(model, 0, dtype=DT)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(4, 3, 1, 28, 28, generator=g, dtype=DT), torch.randint(0, 3, (4, 3), generator=g)
+    loss_fn = task_loss_fn(model, F.cross_entropy)
+
+    def loss_ignoring_head_bias(p, xs, ys):
+        return loss_fn({**p, "head.bias": p["head.bias"].detach() * 0}, xs, ys)
+
+    expected = [torch.func.grad(loss_ignoring_head_bias)(params, x[i], y[i]) for i in range(4)]
+    plain = [constant_gradient(lambda p: loss_ignoring_head_bias(p, x[i], y[i]), params) for i in range(4)]
+    batched = torch.func.vmap(lambda xs, ys: constant_gradient(lambda p: loss_ignoring_head_bias(p, xs, ys),
+                                                                params))(x, y)
+    for i in range(4):
+        for name in params:
+            assert not plain[i][name].requires_grad
+            torch.testing.assert_close(plain[i][name], expected[i][name], rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(batched[name][i], expected[i][name], rtol=1e-10, atol=1e-12)
+        assert plain[i]["head.bias"].abs().max() == 0 and plain[i]["features.0.weight"].abs().max() > 0
 
 
 def test_with_gradient_keeps_the_value_and_sets_the_gradient():
