@@ -84,6 +84,27 @@ def test_protonet_logits_are_negative_squared_distances_to_prototypes():
     assert torch.allclose(learner.predict(task, qx), -torch.cdist(zq, protos) ** 2, atol=1e-3, rtol=1e-4)
 
 
+def test_protonet_evaluates_in_slices_of_images_only_where_each_image_is_embedded_alone():
+    """Evaluation embeds 64 images at a time (faster on a CPU) with the same values; a model with
+    batch statistics still sees its whole batch, since each embedding depends on the others."""
+    x = torch.rand(150, 1, 16, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    alone = ProtoNet(small_conv())
+    state = alone.init(0, dtype=torch.float64)
+    with torch.no_grad():
+        sliced = alone.embed(state, x)
+        pieces = torch.cat([alone.embed(state, part) for part in x.split(50)])
+    whole = alone.embed(state, x).detach()
+    assert torch.allclose(sliced, whole, atol=1e-12) and torch.allclose(pieces, whole, atol=1e-12)
+
+    batch_stats = ProtoNet(Conv4(out_features=0, channels=8, image_size=16, norm="batch"))
+    state = batch_stats.init(0, dtype=torch.float64)
+    with torch.no_grad():
+        evaluated = batch_stats.embed(state, x)
+        pieces = torch.cat([batch_stats.embed(state, part) for part in x.split(64)])
+    assert torch.allclose(evaluated, batch_stats.embed(state, x).detach(), atol=1e-12)
+    assert not torch.allclose(evaluated, pieces, atol=1e-6), "batch statistics depend on the call's images"
+
+
 @pytest.mark.parametrize("make", [lambda: ProtoNet(small_conv()), lambda: MatchingNet(small_conv())],
                          ids=["protonet", "matching"])
 def test_metric_learners_learn_unseen_classes(make):
