@@ -88,18 +88,30 @@ def test_protonet_evaluates_in_slices_of_images_only_where_each_image_is_embedde
     """Evaluation embeds 64 images at a time (faster on a CPU) with the same values; a model with
     batch statistics still sees its whole batch, since each embedding depends on the others."""
     x = torch.rand(150, 1, 16, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    calls = []
+
+    def record_batch_sizes(learner):
+        learner.model.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+
     alone = ProtoNet(small_conv())
+    record_batch_sizes(alone)
     state = alone.init(0, dtype=torch.float64)
     with torch.no_grad():
         sliced = alone.embed(state, x)
+        assert calls == [64, 64, 22]
         pieces = torch.cat([alone.embed(state, part) for part in x.split(50)])
+    calls.clear()
     whole = alone.embed(state, x).detach()
+    assert calls == [150], "with a graph to keep, one call"
     assert torch.allclose(sliced, whole, atol=1e-12) and torch.allclose(pieces, whole, atol=1e-12)
 
     batch_stats = ProtoNet(Conv4(out_features=0, channels=8, image_size=16, norm="batch"))
+    record_batch_sizes(batch_stats)
     state = batch_stats.init(0, dtype=torch.float64)
+    calls.clear()
     with torch.no_grad():
         evaluated = batch_stats.embed(state, x)
+        assert calls == [150]
         pieces = torch.cat([batch_stats.embed(state, part) for part in x.split(64)])
     assert torch.allclose(evaluated, batch_stats.embed(state, x).detach(), atol=1e-12)
     assert not torch.allclose(evaluated, pieces, atol=1e-6), "batch statistics depend on the call's images"
