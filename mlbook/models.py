@@ -12,6 +12,7 @@ from torch import nn
 from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
+from .maxpool import max_pool_2x2
 from .utils import check_choice, check_positive_int
 
 __all__ = ["MLP", "Conv4", "max_pool_by_gather", "BatchStatNorm", "make_norm", "init_params", "NORMS", "POOLS"]
@@ -149,11 +150,19 @@ class Conv4(nn.Module):
             x = F.pixel_unshuffle(x, self.space_to_depth)
         if x.device.type == "cpu" and not _inside_vmap():
             for layer in self.features:
-                x = max_pool_by_gather(layer, x) if isinstance(layer, nn.MaxPool2d) else layer(x)
+                x = _max_pool_on_cpu(layer, x) if isinstance(layer, nn.MaxPool2d) else layer(x)
             z = x
         else:
             z = self.features(x)
         return z if self.head is None else self.head(z)
+
+
+def _max_pool_on_cpu(pool: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:
+    # Conv4's own pools are 2x2 with stride 2: the compiled kernel's case (mlbook.maxpool).
+    plain = (pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2)) and pool.padding in (0, (0, 0))
+             and pool.dilation in (1, (1, 1)) and not pool.ceil_mode and not pool.return_indices)
+    pooled = max_pool_2x2(x) if plain else None
+    return max_pool_by_gather(pool, x) if pooled is None else pooled
 
 
 def max_pool_by_gather(pool: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:

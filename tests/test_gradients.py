@@ -4,6 +4,7 @@ References are written here from the definitions, with an explicit Python loop o
 ``torch.autograd.grad`` (never torch.func), so a bug in the library cannot hide in both.
 """
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -285,6 +286,115 @@ def test_max_pool_by_gather_has_max_pools_values_and_derivatives(size, layout):
     for want, got in zip(*results):
         assert torch.equal(want, got)
     assert torch.equal(max_pool_by_gather(pool, x.float()), pool(x.float()))
+
+
+def _compiled_pool():
+    from mlbook import maxpool
+
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("no C++ compiler on this machine to build the max-pool kernel")
+    # With a compiler, a kernel that fails to build or disagrees with PyTorch is a failure.
+    assert maxpool.native_pool_available(), maxpool.native_pool_status()
+    return maxpool
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("height,width", [(8, 8), (9, 17), (16, 16), (28, 28), (15, 30)])
+def test_compiled_max_pool_has_max_pools_values_and_derivatives(height, width, layout):
+    # Pooling only moves numbers, so in float32 every derivative must be bit-identical. The
+    # widths reach each way the kernel walks a row: one group of 4 windows, groups of 8, and a
+    # last group that overlaps the one before it; odd sizes leave a row or a column out.
+    maxpool = _compiled_pool()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, (3, 4, height, width), generator=gen).float()
+    x[0, 1, 2, 3] = x[2, 3, height - 1, 0] = float("nan")
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    out_grad = torch.randn(3, 4, height // 2, width // 2, generator=gen)
+    direction = torch.randn(x.shape, generator=gen)
+    results = []
+    for f in (torch.nn.MaxPool2d(2), maxpool.max_pool_2x2):
+        xr = x.clone().requires_grad_(True)
+        g = out_grad.clone().requires_grad_(True)
+        y = f(xr)
+        (gx,) = torch.autograd.grad(y, xr, g, create_graph=True)
+        # Max-pool's double backward: a gather of `direction` at the winners.
+        (ggy,) = torch.autograd.grad((gx * direction).sum(), g)
+        results.append((y, gx, ggy))
+    for want, got in zip(*results):
+        assert torch.equal(want.isnan(), got.isnan())
+        assert torch.equal(want.nan_to_num(), got.nan_to_num())
+
+
+def test_conv4_maml_uses_the_compiled_pool_and_gets_the_same_meta_gradient(monkeypatch):
+    maxpool = _compiled_pool()
+    import mlbook.models
+
+    calls = []
+    run_pool = maxpool._run_pool
+    monkeypatch.setattr(maxpool, "_run_pool", lambda x: calls.append(tuple(x.shape)) or run_pool(x))
+    model = Conv4(5)
+    learner = MAML(model, inner_lr=0.4, steps=2, strategy="loop")
+    episode = ImageClassFamily(torch.rand(12, 4, 28, 28), ways=5, shots=1, queries=3).sample(
+        2, torch.Generator().manual_seed(0))
+    state = learner.init(0)
+
+    def meta_gradient():
+        for p in state["params"].values():
+            p.grad = None
+        learner.meta_backward(state, episode)
+        return torch.cat([p.grad.flatten() for p in state["params"].values()])
+
+    compiled = meta_gradient()
+    # Widths 28 and 14 pool in the kernel; 7 (too narrow for a group of windows) does not.
+    assert {shape[-1] for shape in calls} == {28, 14}
+    monkeypatch.setattr(mlbook.models, "max_pool_2x2", lambda x: None)
+    calls.clear()
+    portable = meta_gradient()
+    assert not calls
+    assert torch.equal(compiled, portable)
+
+
+def test_conv4_pools_the_portable_way_without_a_compiler(monkeypatch, tmp_path):
+    from mlbook import maxpool
+
+    monkeypatch.setattr(maxpool, "_status", None)
+    monkeypatch.setattr(maxpool, "_library", None)
+    monkeypatch.setenv("MLBOOK_DATA", str(tmp_path))
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a missing compiler is a slower path, not a warning
+        assert not maxpool.native_pool_available()
+        assert "no-such-compiler" in maxpool.native_pool_status()
+        x = torch.randn(2, 1, 28, 28)
+        model = Conv4(5)
+        assert maxpool.max_pool_2x2(torch.randn(2, 3, 8, 8)) is None
+        assert torch.equal(model(x), torch.nn.Sequential(*model.features, model.head)(x))
+    assert not list(tmp_path.rglob("*.so"))
+
+
+def test_compiled_pool_is_cached_and_can_be_switched_off(monkeypatch, tmp_path):
+    from mlbook import maxpool
+
+    _compiled_pool()
+    built = []
+    real_run = maxpool.subprocess.run
+    monkeypatch.setattr(maxpool.subprocess, "run",
+                        lambda command, **kw: built.append(command) or real_run(command, **kw))
+    monkeypatch.setenv("MLBOOK_DATA", str(tmp_path))
+    for attempt in ("compiles", "reuses"):
+        monkeypatch.setattr(maxpool, "_status", None)
+        monkeypatch.setattr(maxpool, "_library", None)
+        built.clear()
+        assert maxpool.native_pool_available(), maxpool.native_pool_status()
+        compiles = [c for c in built if "-shared" in c]
+        assert len(compiles) == (1 if attempt == "compiles" else 0)
+        assert len(list((tmp_path / "kernels").glob("max_pool_2x2-*.so"))) == 1
+    monkeypatch.setattr(maxpool, "_status", None)
+    monkeypatch.setattr(maxpool, "_library", None)
+    monkeypatch.setenv("MLBOOK_NATIVE_POOL", "0")
+    assert not maxpool.native_pool_available()
+    assert "MLBOOK_NATIVE_POOL=0" in maxpool.native_pool_status()
 
 
 def test_chunked_vmap_matches_full_vmap():
