@@ -117,7 +117,7 @@ def inner_loop(loss_fn: LossFn, params: Params, x: torch.Tensor, y: torch.Tensor
         fast = {k: current[k] for k in keys}
         frozen = {k: v for k, v in current.items() if k not in fast}
         task_loss = lambda f: loss_fn({**frozen, **f}, x, y)  # noqa: E731
-        grads = constant_gradient(task_loss, fast) if first_order else grad(task_loss)(fast)
+        grads = constant_gradient(task_loss, fast) if first_order else differentiable_gradient(task_loss, fast)
         step_lr = lr[step] if isinstance(lr, torch.Tensor) and lr.dim() == 1 else lr
         params = sgd_step(params, grads, step_lr)
     return params
@@ -141,6 +141,30 @@ def constant_gradient(fn: Callable[[Params], torch.Tensor], params: Params) -> P
         if not value.requires_grad:
             return {k: torch.zeros_like(v) for k, v in detached.items()}
         found = torch.autograd.grad(value, list(leaves.values()), allow_unused=True, materialize_grads=True)
+    return dict(zip(leaves, found))
+
+
+def differentiable_gradient(fn: Callable[[Params], torch.Tensor], params: Params) -> Params:
+    """The gradient of ``fn`` at ``params``, itself differentiable: MAML's inner step (Chapter 3).
+
+    Inside a torch.func transform (tasks under vmap, or an outer ``torch.func.grad``) this is
+    ``torch.func.grad``. Outside one, where tasks run one by one or side by side on CPU threads,
+    plain autograd with ``create_graph=True`` gives the same derivatives with less Python work
+    per step. Parameters ``fn`` does not use get zeros, as with ``torch.func.grad``.
+    """
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return grad(fn)(params)
+    if not torch.is_grad_enabled() or not any(v.requires_grad for v in params.values()):
+        # Nothing outside will differentiate the step: the gradient is a constant.
+        return constant_gradient(fn, params)
+    # A parameter the outer level does not differentiate still needs a gradient here: it
+    # becomes a leaf of its own, and the gradient keeps its dependence on the others.
+    leaves = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}
+    value = fn(leaves)
+    if not value.requires_grad:
+        return {k: torch.zeros_like(v) for k, v in params.items()}
+    found = torch.autograd.grad(value, list(leaves.values()), create_graph=True, allow_unused=True,
+                                materialize_grads=True)
     return dict(zip(leaves, found))
 
 

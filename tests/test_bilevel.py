@@ -10,7 +10,7 @@ from torch.func import functional_call
 
 import mlbook
 from mlbook import bilevel, learners, taskmap
-from mlbook.bilevel import (call, choose_strategy, conjugate_gradient, constant_gradient, hvp, inner_loop, map_tasks,
+from mlbook.bilevel import (call, choose_strategy, conjugate_gradient, constant_gradient, differentiable_gradient, hvp, inner_loop, map_tasks,
                             proximal_inner_loop, run_tasks, task_loss_fn, with_gradient)
 from mlbook.learners import ANIL, FOMAML, IMAML, MAML, Reptile
 from mlbook.models import MLP, Conv4, init_params
@@ -241,6 +241,49 @@ def test_constant_gradient_is_torch_func_grad_without_a_graph(norm):
             torch.testing.assert_close(plain[i][name], expected[i][name], rtol=1e-10, atol=1e-12)
             torch.testing.assert_close(batched[name][i], expected[i][name], rtol=1e-10, atol=1e-12)
         assert plain[i]["head.bias"].abs().max() == 0 and plain[i]["features.0.weight"].abs().max() > 0
+
+
+@pytest.mark.parametrize("norm", ["group", "batch"])
+def test_differentiable_gradient_is_torch_func_grad_to_second_order(norm):
+    # MAML's inner gradient comes from autograd (create_graph) outside torch.func transforms and
+    # from torch.func.grad inside them: the gradient and its own derivative with respect to the
+    # meta-parameters must be the same numbers, with zeros for an ignored parameter, and a
+    # parameter the outer level does not differentiate (requires_grad off) still gets its gradient.
+    model = Conv4(3, channels=8, norm=norm)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(3, 1, 28, 28, generator=g, dtype=DT), torch.randint(0, 3, (3,), generator=g)
+    loss_fn = task_loss_fn(model, F.cross_entropy)
+    direction = {k: torch.randn(v.shape, generator=g, dtype=DT) for k, v in init_params(model, 0, dtype=DT).items()}
+
+    def loss_ignoring_head_bias(p):
+        return loss_fn({**p, "head.bias": p["head.bias"].detach() * 0}, x, y)
+
+    def outer(gradient_of, p):
+        inner = gradient_of(loss_ignoring_head_bias, p)
+        return inner, sum((inner[k] * direction[k]).sum() for k in inner)
+
+    results = []
+    for gradient_of in (lambda f, p: torch.func.grad(f)(p), differentiable_gradient):
+        params = init_params(model, 0, dtype=DT)
+        params = {k: v.requires_grad_(k != "features.0.bias") for k, v in params.items()}
+        inner, projection = outer(gradient_of, params)
+        learned = [k for k in params if params[k].requires_grad]
+        second = torch.autograd.grad(projection, [params[k] for k in learned], materialize_grads=True)
+        results.append((inner, dict(zip(learned, second))))
+    (want_inner, want_second), (got_inner, got_second) = results
+    for name in want_inner:
+        torch.testing.assert_close(got_inner[name], want_inner[name], rtol=1e-10, atol=1e-12)
+    for name in want_second:
+        torch.testing.assert_close(got_second[name], want_second[name], rtol=1e-10, atol=1e-12)
+    assert got_inner["head.bias"].abs().max() == 0 and got_inner["features.0.bias"].abs().max() > 0
+    assert got_inner["features.0.weight"].requires_grad
+    # Inside vmap it is torch.func.grad itself.
+    params = init_params(model, 0, dtype=DT)
+    batched = torch.func.vmap(lambda xs: differentiable_gradient(
+        lambda p: loss_fn(p, xs, y), params))(x[None].expand(2, -1, -1, -1, -1))
+    plain = torch.func.grad(lambda p: loss_fn(p, x, y))(params)
+    for name in params:
+        torch.testing.assert_close(batched[name][1], plain[name], rtol=1e-10, atol=1e-12)
 
 
 def test_with_gradient_keeps_the_value_and_sets_the_gradient():
