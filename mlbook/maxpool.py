@@ -42,6 +42,8 @@ _SOURCE = Path(__file__).resolve().parent / "csrc" / "max_pool_2x2.cpp"
 # Narrower rows have too few windows for a group of four: there PyTorch's path is faster
 # (75 x 64 x 7 x 7: 0.61 ms against 0.28 ms).
 MIN_WIDTH = 8
+# The code of a window whose pooled value ReLU set to zero: no gradient flows through it.
+DEAD = 4
 _FLAG_SETS = (["-O3", "-march=native"], ["-O3"])
 
 _lock = threading.Lock()
@@ -104,7 +106,8 @@ def _bind(library: ctypes.CDLL) -> None:
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     for kind in ("pool", "unpool", "select"):
         function = getattr(library, f"{kind}_float32")
-        function.argtypes = [pointer, pointer, pointer, size, size, size]
+        relu_flag = [ctypes.c_int] if kind == "pool" else []
+        function.argtypes = [pointer, pointer, pointer, size, size, size] + relu_flag
         function.restype = None
 
 
@@ -116,19 +119,26 @@ def _agrees_with_torch() -> bool:
         for width in (size, size + 1, 2 * size + 1):
             x = torch.randint(0, 3, (2, 3, size, width), generator=gen).float()
             x[0, 0, 1, 1] = x[1, 2, size - 1, width - 2] = float("nan")
-            want, indices = F.max_pool2d(x, 2, return_indices=True)
-            got, code = _run_pool(x)
+            pooled, indices = F.max_pool2d(x, 2, return_indices=True)
             rows, cols = indices // x.shape[-1], indices % x.shape[-1]
-            grad = torch.randn(want.shape, generator=gen)
-            want_grad = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1],
-                                                                        False, indices)
+            place = (rows % 2) * 2 + cols % 2
+            grad = torch.randn(pooled.shape, generator=gen)
             values = x.nan_to_num()
-            if not (torch.equal(want.isnan(), got.isnan()) and torch.equal(want.nan_to_num(), got.nan_to_num())
-                    and torch.equal((rows % 2) * 2 + cols % 2, code.long())
-                    and torch.equal(_run_unpool(grad, code, x.shape), want_grad)
-                    and torch.equal(_run_select(values, code), values.flatten(2).gather(2, indices.flatten(2))
-                                    .view(indices.shape))):
-                return False
+            at_winners = values.flatten(2).gather(2, indices.flatten(2)).view(indices.shape)
+            for relu in (False, True):
+                want, want_code, passed = pooled, place, grad
+                if relu:
+                    # ReLU's backward passes the gradient where its output is above zero, or NaN.
+                    want, want_code = F.relu(pooled), torch.where(pooled <= 0, DEAD, place)
+                    passed = torch.ops.aten.threshold_backward(grad, want, 0)
+                want_grad = torch.ops.aten.max_pool2d_with_indices_backward(passed, x, [2, 2], [2, 2], [0, 0],
+                                                                            [1, 1], False, indices)
+                got, code = _run_pool(x, relu)
+                if not (torch.equal(want.isnan(), got.isnan()) and torch.equal(want.nan_to_num(), got.nan_to_num())
+                        and torch.equal(want_code, code.long())
+                        and torch.equal(_run_unpool(grad, code, x.shape), want_grad)
+                        and torch.equal(_run_select(values, code), torch.where(code == DEAD, 0.0, at_winners))):
+                    return False
     return True
 
 
@@ -181,14 +191,14 @@ def _planes(x: torch.Tensor) -> int:
     return x.numel() // (x.shape[-1] * x.shape[-2]) if x.numel() else 0
 
 
-def _run_pool(x: torch.Tensor):
+def _run_pool(x: torch.Tensor, relu: bool = False):
     x = x.contiguous()
     h, w = x.shape[-2:]
     out = x.new_empty(*x.shape[:-2], h // 2, w // 2)
     code = torch.empty(out.shape, dtype=torch.uint8)
     if out.numel():
         _library.pool_float32(x.data_ptr(), out.data_ptr(), code.data_ptr(),
-                                                         _planes(x), h, w)
+                                                         _planes(x), h, w, int(relu))
     return out, code
 
 
@@ -212,8 +222,8 @@ def _run_select(x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
 
 class _Pool(torch.autograd.Function):
     @staticmethod
-    def forward(x):
-        return _run_pool(x)
+    def forward(x, relu):
+        return _run_pool(x, relu)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -224,7 +234,9 @@ class _Pool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad, _):
         (code,) = ctx.saved_tensors
-        return _Unpool.apply(grad, code, ctx.size)
+        if not torch.is_grad_enabled():  # no graph of this backward wanted: skip its bookkeeping
+            return _run_unpool(grad, code, ctx.size), None
+        return _Unpool.apply(grad, code, ctx.size), None
 
 
 class _Unpool(torch.autograd.Function):
@@ -260,8 +272,11 @@ class _Select(torch.autograd.Function):
         return _Unpool.apply(grad, code, ctx.size), None
 
 
-def max_pool_2x2(x: torch.Tensor) -> torch.Tensor | None:
+def max_pool_2x2(x: torch.Tensor, relu: bool = False) -> torch.Tensor | None:
     """``F.max_pool2d(x, 2)`` from the compiled kernel, or None where it does not apply (Chapter 3).
+
+    With ``relu``, ``F.relu(F.max_pool2d(x, 2))`` in the same pass, as Conv4 pools then applies
+    ReLU: the ReLU's own pass over the pooled values and its backward are saved.
 
     It applies to float32 CPU tensors at least ``MIN_WIDTH`` columns wide and two rows high,
     when the kernel is available (:func:`native_pool_status` says why not). The values,
@@ -270,5 +285,5 @@ def max_pool_2x2(x: torch.Tensor) -> torch.Tensor | None:
     if (x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() not in (3, 4)
             or x.shape[-1] < MIN_WIDTH or x.shape[-2] < 2 or _load() is None):
         return None
-    values, _ = _Pool.apply(x)
+    values, _ = _Pool.apply(x, bool(relu))
     return values

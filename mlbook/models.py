@@ -149,20 +149,31 @@ class Conv4(nn.Module):
             # In forward, not a layer of `features`, so the parameter names stay those of Conv4.
             x = F.pixel_unshuffle(x, self.space_to_depth)
         if x.device.type == "cpu" and not _inside_vmap():
-            for layer in self.features:
-                x = _max_pool_on_cpu(layer, x) if isinstance(layer, nn.MaxPool2d) else layer(x)
+            layers = list(self.features)
+            i = 0
+            while i < len(layers):
+                if isinstance(layers[i], nn.MaxPool2d):
+                    then_relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
+                    x, relu_done = _max_pool_on_cpu(layers[i], x, then_relu)
+                    i += 2 if relu_done else 1
+                else:
+                    x = layers[i](x)
+                    i += 1
             z = x
         else:
             z = self.features(x)
         return z if self.head is None else self.head(z)
 
 
-def _max_pool_on_cpu(pool: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:
-    # Conv4's own pools are 2x2 with stride 2: the compiled kernel's case (mlbook.maxpool).
+def _max_pool_on_cpu(pool: nn.MaxPool2d, x: torch.Tensor, then_relu: bool) -> tuple[torch.Tensor, bool]:
+    # Conv4's own pools are 2x2 with stride 2: the compiled kernel's case (mlbook.maxpool), which
+    # also applies the ReLU that follows. Returns the output and whether that ReLU is done.
     plain = (pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2)) and pool.padding in (0, (0, 0))
              and pool.dilation in (1, (1, 1)) and not pool.ceil_mode and not pool.return_indices)
-    pooled = max_pool_2x2(x) if plain else None
-    return max_pool_by_gather(pool, x) if pooled is None else pooled
+    pooled = max_pool_2x2(x, relu=then_relu) if plain else None
+    if pooled is None:
+        return max_pool_by_gather(pool, x), False
+    return pooled, then_relu
 
 
 def max_pool_by_gather(pool: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:

@@ -298,22 +298,25 @@ def _compiled_pool():
     return maxpool
 
 
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("height,width", [(8, 8), (9, 17), (16, 16), (28, 28), (15, 30)])
-def test_compiled_max_pool_has_max_pools_values_and_derivatives(height, width, layout):
+def test_compiled_max_pool_has_max_pools_values_and_derivatives(height, width, layout, relu):
     # Pooling only moves numbers, so in float32 every derivative must be bit-identical. The
     # widths reach each way the kernel walks a row: one group of 4 windows, groups of 8, and a
-    # last group that overlaps the one before it; odd sizes leave a row or a column out.
+    # last group that overlaps the one before it; odd sizes leave a row or a column out. With
+    # `relu`, the ReLU after the pool is done in the same pass; values in -1..1 reach its kink.
     maxpool = _compiled_pool()
     gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 3, (3, 4, height, width), generator=gen).float()
+    x = torch.randint(-1, 2, (3, 4, height, width), generator=gen).float()
     x[0, 1, 2, 3] = x[2, 3, height - 1, 0] = float("nan")
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     out_grad = torch.randn(3, 4, height // 2, width // 2, generator=gen)
     direction = torch.randn(x.shape, generator=gen)
     results = []
-    for f in (torch.nn.MaxPool2d(2), maxpool.max_pool_2x2):
+    reference = torch.nn.Sequential(torch.nn.MaxPool2d(2), *([torch.nn.ReLU()] if relu else []))
+    for f in (reference, lambda t: maxpool.max_pool_2x2(t, relu=relu)):
         xr = x.clone().requires_grad_(True)
         g = out_grad.clone().requires_grad_(True)
         y = f(xr)
@@ -332,7 +335,7 @@ def test_conv4_maml_uses_the_compiled_pool_and_gets_the_same_meta_gradient(monke
 
     calls = []
     run_pool = maxpool._run_pool
-    monkeypatch.setattr(maxpool, "_run_pool", lambda x: calls.append(tuple(x.shape)) or run_pool(x))
+    monkeypatch.setattr(maxpool, "_run_pool", lambda x, relu: calls.append((x.shape[-1], relu)) or run_pool(x, relu))
     model = Conv4(5)
     learner = MAML(model, inner_lr=0.4, steps=2, strategy="loop")
     episode = ImageClassFamily(torch.rand(12, 4, 28, 28), ways=5, shots=1, queries=3).sample(
@@ -346,9 +349,10 @@ def test_conv4_maml_uses_the_compiled_pool_and_gets_the_same_meta_gradient(monke
         return torch.cat([p.grad.flatten() for p in state["params"].values()])
 
     compiled = meta_gradient()
-    # Widths 28 and 14 pool in the kernel; 7 (too narrow for a group of windows) does not.
-    assert {shape[-1] for shape in calls} == {28, 14}
-    monkeypatch.setattr(mlbook.models, "max_pool_2x2", lambda x: None)
+    # Widths 28 and 14 pool in the kernel, with the ReLU that follows; 7 (too narrow for a group
+    # of windows) does not.
+    assert set(calls) == {(28, True), (14, True)}
+    monkeypatch.setattr(mlbook.models, "max_pool_2x2", lambda x, relu: None)
     calls.clear()
     portable = meta_gradient()
     assert not calls

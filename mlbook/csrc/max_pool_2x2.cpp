@@ -5,11 +5,16 @@
 // The winner of each window is the one PyTorch's CPU kernel picks: the first in row order,
 // unless a later value is larger or NaN. Its place in the window (0-3, row-major) is kept as
 // one byte, from which the backward pass and the backward of the backward need nothing else.
+// With `relu`, a ReLU follows in the same pass (Conv4 pools, then applies ReLU): a winner of
+// zero or less gives zero and the code DEAD, through which no gradient flows, as through
+// PyTorch's ReLU (NaN passes, as there).
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
 namespace {
+
+constexpr uint8_t DEAD = 4;
 
 template <int N> struct Lanes;
 template <> struct Lanes<8> {
@@ -41,7 +46,7 @@ inline void corners(const float* r0, const float* r1, typename Lanes<N>::f* out)
 }
 
 template <int N>
-inline void pool_group(const float* r0, const float* r1, float* out, uint8_t* code) {
+inline void pool_group(const float* r0, const float* r1, float* out, uint8_t* code, bool relu) {
     typedef typename Lanes<N>::f F;
     typedef typename Lanes<N>::i I;
     F c[4];
@@ -52,6 +57,11 @@ inline void pool_group(const float* r0, const float* r1, float* out, uint8_t* co
         const I take = (c[corner] > m) | (c[corner] != c[corner]);
         m = take ? c[corner] : m;
         k = take ? corner : k;
+    }
+    if (relu) {
+        const I dead = m <= 0;
+        m = dead ? 0 : m;
+        k = dead ? DEAD : k;
     }
     const typename Lanes<N>::b bytes = __builtin_convertvector(k, typename Lanes<N>::b);
     std::memcpy(out, &m, sizeof(F));
@@ -85,7 +95,8 @@ inline void select_group(const float* r0, const float* r1, const uint8_t* code, 
     const typename Lanes<N>::i k = load_code<N>(code);
     F c[4];
     corners<N>(r0, r1, c);
-    const F m = k == 0 ? c[0] : k == 1 ? c[1] : k == 2 ? c[2] : c[3];
+    const F zero = {};
+    const F m = k == 0 ? c[0] : k == 1 ? c[1] : k == 2 ? c[2] : k == 3 ? c[3] : zero;
     std::memcpy(out, &m, sizeof(F));
 }
 
@@ -108,7 +119,8 @@ inline void row(int64_t wo, Group8 group8, Group4 group4, Single single) {
 
 }  // namespace
 
-extern "C" void pool_float32(const float* x, float* out, uint8_t* code, int64_t planes, int64_t h, int64_t w) {
+extern "C" void pool_float32(const float* x, float* out, uint8_t* code, int64_t planes, int64_t h, int64_t w,
+                             int relu) {
     const int64_t ho = h / 2, wo = w / 2;
     for (int64_t p = 0; p < planes; ++p)
         for (int64_t i = 0; i < ho; ++i) {
@@ -116,14 +128,15 @@ extern "C" void pool_float32(const float* x, float* out, uint8_t* code, int64_t 
             const float* r1 = r0 + w;
             float* o = out + (p * ho + i) * wo;
             uint8_t* c = code + (p * ho + i) * wo;
-            row(wo, [&](int64_t j) { pool_group<8>(r0 + 2 * j, r1 + 2 * j, o + j, c + j); },
-                [&](int64_t j) { pool_group<4>(r0 + 2 * j, r1 + 2 * j, o + j, c + j); },
+            row(wo, [&](int64_t j) { pool_group<8>(r0 + 2 * j, r1 + 2 * j, o + j, c + j, relu); },
+                [&](int64_t j) { pool_group<4>(r0 + 2 * j, r1 + 2 * j, o + j, c + j, relu); },
                 [&](int64_t j) {
                     const float corner[4] = {r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]};
                     float m = corner[0];
                     uint8_t k = 0;
                     for (uint8_t q = 1; q < 4; ++q)
                         if (corner[q] > m || std::isnan(corner[q])) { m = corner[q]; k = q; }
+                    if (relu && m <= 0) { m = 0; k = DEAD; }
                     o[j] = m;
                     c[j] = k;
                 });
@@ -166,6 +179,6 @@ extern "C" void select_float32(const float* x, const uint8_t* code, float* out, 
             const uint8_t* c = code + (p * ho + i) * wo;
             row(wo, [&](int64_t j) { select_group<8>(r0 + 2 * j, r1 + 2 * j, c + j, o + j); },
                 [&](int64_t j) { select_group<4>(r0 + 2 * j, r1 + 2 * j, c + j, o + j); },
-                [&](int64_t j) { o[j] = (c[j] >> 1 ? r1 : r0)[2 * j + (c[j] & 1)]; });
+                [&](int64_t j) { o[j] = c[j] == DEAD ? 0.0f : (c[j] >> 1 ? r1 : r0)[2 * j + (c[j] & 1)]; });
         }
 }
