@@ -113,7 +113,8 @@ def processor_name() -> str:
 
 def environment() -> dict:
     return dict(torch=torch.__version__, threads=torch.get_num_threads(), cpu=processor_name(),
-                cpus=os.cpu_count(), allocator=allocator_name(), load_average=round(os.getloadavg()[0], 2))
+                cpus=os.cpu_count(), allocator=allocator_name(), load_average=round(os.getloadavg()[0], 2),
+                conv4_cpu_pooling=mlbook.maxpool.native_pool_status())
 
 
 def maybe_reexec_with_jemalloc(args) -> None:
@@ -638,6 +639,8 @@ def main(argv=None):
     print(f"torch {env['torch']}, {env['threads']} threads, device {device}, "
           f"allocator: {env['allocator']}, load average {env['load_average']:.1f} on {env['cpus']} CPUs "
           f"({env['cpu']})")
+    if device.type == "cpu":
+        print(f"Conv4's max-pool and ReLU on this CPU: {env['conv4_cpu_pooling']}")
     for name, why in missing.items():
         print(f"peer {name} is missing ({why}); comparing the rest")
     args.peak_tflops = device_peak_tflops(device) if device.type == "cuda" else None

@@ -169,7 +169,7 @@ def _load() -> ctypes.CDLL | None:
                 # A wrong kernel is a bug to report; a missing compiler is only a slower path.
                 warnings.warn(f"mlbook: {_status}; Conv4 pools the portable way", RuntimeWarning, stacklevel=3)
                 return None
-            _status = f"compiled kernel ({compiler})"
+            _status = f"compiled kernel (built with {Path(compiler).name})"
         except Exception as error:  # noqa: BLE001 - any failure means: pool the portable way
             _library = None
             _status = f"not available ({type(error).__name__}: {error})"
