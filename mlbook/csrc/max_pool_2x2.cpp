@@ -117,68 +117,73 @@ inline void row(int64_t wo, Group8 group8, Group4 group4, Single single) {
     for (int64_t j = 0; j < wo; ++j) single(j);
 }
 
+// Calls body(top, out) for each pair of input rows: `top` is the offset of its upper row in
+// the input, `out` the offset of its row of windows in the output.
+template <typename Body>
+inline void each_row_pair(int64_t planes, int64_t h, int64_t w, Body body) {
+    const int64_t ho = h / 2, wo = w / 2;
+    for (int64_t p = 0; p < planes; ++p)
+        for (int64_t i = 0; i < ho; ++i) body((p * h + 2 * i) * w, (p * ho + i) * wo);
+}
+
 }  // namespace
 
 extern "C" void pool_float32(const float* x, float* out, uint8_t* code, int64_t planes, int64_t h, int64_t w,
                              int relu) {
-    const int64_t ho = h / 2, wo = w / 2;
-    for (int64_t p = 0; p < planes; ++p)
-        for (int64_t i = 0; i < ho; ++i) {
-            const float* r0 = x + (p * h + 2 * i) * w;
-            const float* r1 = r0 + w;
-            float* o = out + (p * ho + i) * wo;
-            uint8_t* c = code + (p * ho + i) * wo;
-            row(wo, [&](int64_t j) { pool_group<8>(r0 + 2 * j, r1 + 2 * j, o + j, c + j, relu); },
-                [&](int64_t j) { pool_group<4>(r0 + 2 * j, r1 + 2 * j, o + j, c + j, relu); },
-                [&](int64_t j) {
-                    const float corner[4] = {r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]};
-                    float m = corner[0];
-                    uint8_t k = 0;
-                    for (uint8_t q = 1; q < 4; ++q)
-                        if (corner[q] > m || std::isnan(corner[q])) { m = corner[q]; k = q; }
-                    if (relu && m <= 0) { m = 0; k = DEAD; }
-                    o[j] = m;
-                    c[j] = k;
-                });
-        }
+    const int64_t wo = w / 2;
+    each_row_pair(planes, h, w, [&](int64_t top, int64_t windows) {
+        const float* r0 = x + top;
+        const float* r1 = r0 + w;
+        float* o = out + windows;
+        uint8_t* c = code + windows;
+        row(wo, [&](int64_t j) { pool_group<8>(r0 + 2 * j, r1 + 2 * j, o + j, c + j, relu); },
+            [&](int64_t j) { pool_group<4>(r0 + 2 * j, r1 + 2 * j, o + j, c + j, relu); },
+            [&](int64_t j) {
+                const float corner[4] = {r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]};
+                float m = corner[0];
+                uint8_t k = 0;
+                for (uint8_t q = 1; q < 4; ++q)
+                    if (corner[q] > m || std::isnan(corner[q])) { m = corner[q]; k = q; }
+                if (relu && m <= 0) { m = 0; k = DEAD; }
+                o[j] = m;
+                c[j] = k;
+            });
+    });
 }
 
 // The input-gradient: each output's gradient at its window's winner, zeros elsewhere (also in
 // a last odd row or column, which no window covers).
 extern "C" void unpool_float32(const float* grad, const uint8_t* code, float* out, int64_t planes, int64_t h,
                                int64_t w) {
-    const int64_t ho = h / 2, wo = w / 2;
-    for (int64_t p = 0; p < planes; ++p) {
-        float* plane = out + p * h * w;
-        for (int64_t i = 0; i < ho; ++i) {
-            float* r0 = plane + 2 * i * w;
-            float* r1 = r0 + w;
-            const float* g = grad + (p * ho + i) * wo;
-            const uint8_t* c = code + (p * ho + i) * wo;
-            row(wo, [&](int64_t j) { unpool_group<8>(g + j, c + j, r0 + 2 * j, r1 + 2 * j); },
-                [&](int64_t j) { unpool_group<4>(g + j, c + j, r0 + 2 * j, r1 + 2 * j); },
-                [&](int64_t j) {
-                    r0[2 * j] = c[j] == 0 ? g[j] : 0.0f; r0[2 * j + 1] = c[j] == 1 ? g[j] : 0.0f;
-                    r1[2 * j] = c[j] == 2 ? g[j] : 0.0f; r1[2 * j + 1] = c[j] == 3 ? g[j] : 0.0f;
-                });
-            if (w % 2) r0[w - 1] = r1[w - 1] = 0.0f;
-        }
-        if (h % 2) std::memset(plane + (h - 1) * w, 0, w * sizeof(float));
-    }
+    const int64_t wo = w / 2;
+    each_row_pair(planes, h, w, [&](int64_t top, int64_t windows) {
+        float* r0 = out + top;
+        float* r1 = r0 + w;
+        const float* g = grad + windows;
+        const uint8_t* c = code + windows;
+        row(wo, [&](int64_t j) { unpool_group<8>(g + j, c + j, r0 + 2 * j, r1 + 2 * j); },
+            [&](int64_t j) { unpool_group<4>(g + j, c + j, r0 + 2 * j, r1 + 2 * j); },
+            [&](int64_t j) {
+                r0[2 * j] = c[j] == 0 ? g[j] : 0.0f; r0[2 * j + 1] = c[j] == 1 ? g[j] : 0.0f;
+                r1[2 * j] = c[j] == 2 ? g[j] : 0.0f; r1[2 * j + 1] = c[j] == 3 ? g[j] : 0.0f;
+            });
+        if (w % 2) r0[w - 1] = r1[w - 1] = 0.0f;
+    });
+    if (h % 2)
+        for (int64_t p = 0; p < planes; ++p) std::memset(out + (p * h + h - 1) * w, 0, w * sizeof(float));
 }
 
 // The values of a full-size tensor at the winners: the derivative of unpool.
 extern "C" void select_float32(const float* x, const uint8_t* code, float* out, int64_t planes, int64_t h,
                                int64_t w) {
-    const int64_t ho = h / 2, wo = w / 2;
-    for (int64_t p = 0; p < planes; ++p)
-        for (int64_t i = 0; i < ho; ++i) {
-            const float* r0 = x + (p * h + 2 * i) * w;
-            const float* r1 = r0 + w;
-            float* o = out + (p * ho + i) * wo;
-            const uint8_t* c = code + (p * ho + i) * wo;
-            row(wo, [&](int64_t j) { select_group<8>(r0 + 2 * j, r1 + 2 * j, c + j, o + j); },
-                [&](int64_t j) { select_group<4>(r0 + 2 * j, r1 + 2 * j, c + j, o + j); },
-                [&](int64_t j) { o[j] = c[j] == DEAD ? 0.0f : (c[j] >> 1 ? r1 : r0)[2 * j + (c[j] & 1)]; });
-        }
+    const int64_t wo = w / 2;
+    each_row_pair(planes, h, w, [&](int64_t top, int64_t windows) {
+        const float* r0 = x + top;
+        const float* r1 = r0 + w;
+        float* o = out + windows;
+        const uint8_t* c = code + windows;
+        row(wo, [&](int64_t j) { select_group<8>(r0 + 2 * j, r1 + 2 * j, c + j, o + j); },
+            [&](int64_t j) { select_group<4>(r0 + 2 * j, r1 + 2 * j, c + j, o + j); },
+            [&](int64_t j) { o[j] = c[j] == DEAD ? 0.0f : (c[j] >> 1 ? r1 : r0)[2 * j + (c[j] & 1)]; });
+    });
 }
