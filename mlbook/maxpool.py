@@ -75,11 +75,14 @@ def _compile(compiler: str, source: bytes) -> Path:
         key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(),
                                          _cpu_signature().encode(), platform.machine().encode()]))
         name = f"max_pool_2x2-{key.hexdigest()[:20]}.so"
-        for folder in (_cache_dir(), Path(tempfile.gettempdir()) / "mlbook"):
-            target = folder / name
-            if target.exists():
-                return target
+        # Where the cache folder cannot be written, a private folder of this process: never a
+        # shared temporary folder, where another user could have left a library to be loaded.
+        for folder in (_cache_dir(), None):
             try:
+                folder = Path(tempfile.mkdtemp(prefix="mlbook-kernels-")) if folder is None else folder
+                target = folder / name
+                if target.exists():
+                    return target
                 folder.mkdir(parents=True, exist_ok=True)
                 # Built beside its final name and renamed into place, so another process
                 # never loads a half-written library.

@@ -5,6 +5,7 @@ References are written here from the definitions, with an explicit Python loop o
 """
 import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -392,6 +393,22 @@ def test_compiled_pool_is_cached_and_can_be_switched_off(monkeypatch, tmp_path):
     monkeypatch.setenv("MLBOOK_NATIVE_POOL", "0")
     assert not maxpool.native_pool_available()
     assert "MLBOOK_NATIVE_POOL=0" in maxpool.native_pool_status()
+
+
+def test_compiled_pool_is_built_in_a_private_folder_when_the_cache_cannot_be_written(monkeypatch, tmp_path):
+    from mlbook import maxpool
+
+    _compiled_pool()
+    not_a_folder = tmp_path / "data"
+    not_a_folder.write_text("a file where the data folder should be")
+    monkeypatch.setenv("MLBOOK_DATA", str(not_a_folder))
+    monkeypatch.setattr(maxpool, "_status", None)
+    monkeypatch.setattr(maxpool, "_library", None)
+    made = []
+    real_mkdtemp = maxpool.tempfile.mkdtemp
+    monkeypatch.setattr(maxpool.tempfile, "mkdtemp", lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1])
+    assert maxpool.native_pool_available(), maxpool.native_pool_status()
+    assert len(made) == 1 and list(Path(made[0]).glob("max_pool_2x2-*.so"))
 
 
 def test_chunked_vmap_matches_full_vmap():
