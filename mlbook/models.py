@@ -185,7 +185,8 @@ def max_pool_by_gather(pool: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:
     layout, so they are found on a channels-last copy and the values gathered from ``x``. The
     gather's backward scatters the gradient to those positions, as max-pool's backward does,
     and its double backward gathers, as max-pool's does: every derivative is the same
-    (Chapter 3's gradient checks).
+    (Chapter 3's gradient checks). Conv4 pools this way where the compiled kernel of
+    :mod:`mlbook.maxpool`, faster still, does not apply (no C++ compiler, other dtypes, narrow maps).
     """
     with torch.no_grad():
         _, winners = F.max_pool2d(x.detach().contiguous(memory_format=torch.channels_last),
