@@ -149,6 +149,8 @@ def _agrees_with_torch() -> bool:
 
 def _load() -> ctypes.CDLL | None:
     global _library, _status
+    if _status is not None:  # settled: every later pool asks without taking the lock
+        return _library
     with _lock:
         if _status is not None:
             return _library
@@ -255,6 +257,8 @@ class _Unpool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (code,) = ctx.saved_tensors
+        if not torch.is_grad_enabled():
+            return _run_select(grad, code), None, None
         return _Select.apply(grad, code), None, None
 
 
@@ -271,6 +275,8 @@ class _Select(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (code,) = ctx.saved_tensors
+        if not torch.is_grad_enabled():
+            return _run_unpool(grad, code, ctx.size), None
         return _Unpool.apply(grad, code, ctx.size), None
 
 

@@ -280,16 +280,20 @@ def _assert_same_pool_derivatives(reference, pool, x, gen):
     """``pool`` has the values, input-gradients and double backward of ``reference``, bit for bit."""
     out_grad = torch.randn(*x.shape[:2], x.shape[2] // 2, x.shape[3] // 2, generator=gen, dtype=x.dtype)
     direction = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    weights = torch.randn(out_grad.shape, generator=gen, dtype=x.dtype)
     results = []
     for f in (reference, pool):
         xr = x.clone().requires_grad_(True)
         g = out_grad.clone().requires_grad_(True)
+        d = direction.clone().requires_grad_(True)
         y = f(xr)
         (gx,) = torch.autograd.grad(y, xr, g, create_graph=True)
         # Max-pool's double backward: the derivative of its input-gradient along `direction`,
-        # with respect to the output gradient (a gather of `direction` at the winners).
-        (ggy,) = torch.autograd.grad((gx * direction).sum(), g)
-        results.append((y, gx, ggy))
+        # with respect to the output gradient (a gather of `direction` at the winners) ...
+        (ggy,) = torch.autograd.grad((gx * d).sum(), g, create_graph=True)
+        # ... and one order more: that gather's derivative scatters back to the winners.
+        (gggd,) = torch.autograd.grad((ggy * weights).sum(), d)
+        results.append((y, gx, ggy, gggd))
     for want, got in zip(*results):
         assert torch.equal(want.isnan(), got.isnan())
         assert torch.equal(want.nan_to_num(), got.nan_to_num())
