@@ -12,7 +12,7 @@ from torch import nn
 from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
-from .maxpool import max_pool_2x2
+from .maxpool import batch_norm_max_pool_2x2, max_pool_2x2
 from .utils import check_choice, check_positive_int
 
 __all__ = ["MLP", "Conv4", "max_pool_by_gather", "BatchStatNorm", "make_norm", "init_params", "NORMS", "POOLS"]
@@ -152,7 +152,17 @@ class Conv4(nn.Module):
             layers = list(self.features)
             i = 0
             while i < len(layers):
-                if isinstance(layers[i], nn.MaxPool2d):
+                fused = None
+                if (isinstance(layers[i], BatchStatNorm) and i + 1 < len(layers)
+                        and isinstance(layers[i + 1], nn.MaxPool2d) and _plain_pool(layers[i + 1])):
+                    # Batch norm, pool and ReLU in one kernel: the normalised map is never stored.
+                    then_relu = i + 2 < len(layers) and isinstance(layers[i + 2], nn.ReLU)
+                    norm = layers[i]
+                    fused = batch_norm_max_pool_2x2(x, norm.weight, norm.bias, norm.eps, relu=then_relu)
+                if fused is not None:
+                    x = fused
+                    i += 3 if then_relu else 2
+                elif isinstance(layers[i], nn.MaxPool2d):
                     then_relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
                     x, relu_done = _max_pool_on_cpu(layers[i], x, then_relu)
                     i += 2 if relu_done else 1
@@ -165,12 +175,16 @@ class Conv4(nn.Module):
         return z if self.head is None else self.head(z)
 
 
+def _plain_pool(pool: nn.MaxPool2d) -> bool:
+    # Conv4's own pools are 2x2 with stride 2: the compiled kernels' case (mlbook.maxpool).
+    return (pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2)) and pool.padding in (0, (0, 0))
+            and pool.dilation in (1, (1, 1)) and not pool.ceil_mode and not pool.return_indices)
+
+
 def _max_pool_on_cpu(pool: nn.MaxPool2d, x: torch.Tensor, then_relu: bool) -> tuple[torch.Tensor, bool]:
-    # Conv4's own pools are 2x2 with stride 2: the compiled kernel's case (mlbook.maxpool), which
-    # also applies the ReLU that follows. Returns the output and whether that ReLU is done.
-    plain = (pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2)) and pool.padding in (0, (0, 0))
-             and pool.dilation in (1, (1, 1)) and not pool.ceil_mode and not pool.return_indices)
-    pooled = max_pool_2x2(x, relu=then_relu) if plain else None
+    # The compiled kernel also applies the ReLU that follows. Returns the output and whether
+    # that ReLU is done.
+    pooled = max_pool_2x2(x, relu=then_relu) if _plain_pool(pool) else None
     if pooled is None:
         return max_pool_by_gather(pool, x), False
     return pooled, then_relu

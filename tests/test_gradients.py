@@ -357,6 +357,85 @@ def test_conv4_maml_uses_the_compiled_pool_and_gets_the_same_meta_gradient(monke
     assert torch.equal(compiled, portable)
 
 
+def _batch_norm_pool_reference(x, weight, bias, relu):
+    pooled = F.max_pool2d(F.batch_norm(x, None, None, weight, bias, training=True), 2)
+    return F.relu(pooled) if relu else pooled
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("height,width", [(8, 8), (9, 17), (28, 28), (15, 30)])
+def test_compiled_batch_norm_pool_matches_pytorch_to_rounding(height, width, relu):
+    # Batch norm's statistics are summed in another order than PyTorch's, so the fused kernel is
+    # checked against a float64 reference to float32 rounding: values, the first-order gradients
+    # (the kernel's own backward) and second-order ones (through PyTorch's batch-norm backward),
+    # by autograd and by torch.func.
+    maxpool = _compiled_pool()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, height, width, generator=gen) * 2 + 0.5
+    weight = torch.rand(4, generator=gen) + 0.5
+    weight[1] = -weight[1]  # a negative scale turns the window's order around
+    bias = torch.randn(4, generator=gen)
+    out_grad = torch.randn(3, 4, height // 2, width // 2, generator=gen)
+    direction = torch.randn(x.shape, generator=gen)
+
+    def derivatives(pool, dtype):
+        leaves = [t.to(dtype).requires_grad_(True) for t in (x, weight, bias)]
+        y = pool(*leaves)
+        first = torch.autograd.grad(y, leaves, out_grad.to(dtype), create_graph=True)
+        second = torch.autograd.grad((first[0] * direction.to(dtype)).sum() + first[1].pow(2).sum(),
+                                     leaves[:2])
+        return [t.detach().double() for t in (y, *first, *second)]
+
+    want = derivatives(lambda *a: _batch_norm_pool_reference(*a, relu), torch.float64)
+    got = derivatives(lambda *a: maxpool.batch_norm_max_pool_2x2(*a, 1e-5, relu=relu), torch.float32)
+    for w, g in zip(want, got):
+        assert (w - g).abs().max() <= 1e-4 * w.abs().max() + 1e-5
+    first_order = [t.requires_grad_(True) for t in (x.clone(), weight.clone(), bias.clone())]
+    grads = torch.autograd.grad(maxpool.batch_norm_max_pool_2x2(*first_order, 1e-5, relu=relu),
+                                first_order, out_grad)
+    for w, g in zip(want[1:4], grads):
+        assert (w - g).abs().max() <= 1e-4 * w.abs().max() + 1e-5
+
+    def loss(w, pool):
+        return (pool(x, w, bias) * out_grad).sum()
+
+    fused = lambda *a: maxpool.batch_norm_max_pool_2x2(*a, 1e-5, relu=relu)
+    reference = lambda *a: _batch_norm_pool_reference(*a, relu)
+    for order in (torch.func.grad, lambda f: torch.func.grad(lambda w, p: torch.func.grad(f)(w, p).pow(2).sum())):
+        w, g = order(loss)(weight, reference), order(loss)(weight, fused)
+        assert (w - g).abs().max() <= 1e-4 * w.abs().max() + 1e-5
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_conv4_batch_norm_maml_uses_the_fused_kernel_and_matches_the_portable_path(monkeypatch, first_order):
+    maxpool = _compiled_pool()
+    import mlbook.models
+
+    widths = []
+    stats = maxpool._batch_norm_stats
+    monkeypatch.setattr(maxpool, "_batch_norm_stats", lambda x, eps: widths.append(x.shape[-1]) or stats(x, eps))
+    model = Conv4(5, norm="batch")
+    learner = (FOMAML if first_order else MAML)(model, inner_lr=0.4, steps=2, strategy="loop")
+    episode = ImageClassFamily(torch.rand(12, 4, 28, 28), ways=5, shots=1, queries=3).sample(
+        2, torch.Generator().manual_seed(0))
+    state = learner.init(0)
+
+    def meta_gradient():
+        for p in state["params"].values():
+            p.grad = None
+        learner.meta_backward(state, episode)
+        return torch.cat([p.grad.flatten() for p in state["params"].values()])
+
+    fused = meta_gradient()
+    # Batch norm on the 28- and 14-wide maps runs fused with the pool; at 7 and 3 it is PyTorch's.
+    assert set(widths) == {28, 14}
+    monkeypatch.setattr(mlbook.models, "batch_norm_max_pool_2x2", lambda *args, **kwargs: None)
+    widths.clear()
+    portable = meta_gradient()
+    assert not widths
+    assert (fused - portable).abs().max() <= 1e-4 * portable.abs().max()
+
+
 def test_conv4_pools_the_portable_way_without_a_compiler(monkeypatch, tmp_path):
     from mlbook import maxpool
 

@@ -45,12 +45,17 @@ inline void corners(const float* r0, const float* r1, typename Lanes<N>::f* out)
     out[3] = __builtin_shuffle(q0, q1, Lanes<N>::odd);
 }
 
-template <int N>
-inline void pool_group(const float* r0, const float* r1, float* out, uint8_t* code, bool relu) {
+// With `Affine`, the window's values are first mapped to x * scale + shift (batch
+// normalisation's per-channel map), so the normalised map need not be written out.
+template <int N, bool Affine = false>
+inline void pool_group(const float* r0, const float* r1, float* out, uint8_t* code, bool relu, float scale = 1,
+                       float shift = 0) {
     typedef typename Lanes<N>::f F;
     typedef typename Lanes<N>::i I;
     F c[4];
     corners<N>(r0, r1, c);
+    if (Affine)
+        for (int corner = 0; corner < 4; ++corner) c[corner] = c[corner] * scale + shift;
     F m = c[0];
     I k = {};
     for (int corner = 1; corner < 4; ++corner) {
@@ -126,20 +131,24 @@ inline void each_row_pair(int64_t planes, int64_t h, int64_t w, Body body) {
         for (int64_t i = 0; i < ho; ++i) body((p * h + 2 * i) * w, (p * ho + i) * wo);
 }
 
-}  // namespace
-
-extern "C" void pool_float32(const float* x, float* out, uint8_t* code, int64_t planes, int64_t h, int64_t w,
-                             int relu) {
+// Pools the planes of x, each after the map v * scale[p] + shift[p] of its plane p when Affine.
+template <bool Affine>
+void pool_planes(const float* x, float* out, uint8_t* code, int64_t planes, int64_t h, int64_t w, bool relu,
+                 const float* scale, const float* shift) {
     const int64_t wo = w / 2;
     each_row_pair(planes, h, w, [&](int64_t top, int64_t windows) {
+        const int64_t plane = top / (h * w);
+        const float a = Affine ? scale[plane] : 1.0f, b = Affine ? shift[plane] : 0.0f;
         const float* r0 = x + top;
         const float* r1 = r0 + w;
         float* o = out + windows;
         uint8_t* c = code + windows;
-        row(wo, [&](int64_t j) { pool_group<8>(r0 + 2 * j, r1 + 2 * j, o + j, c + j, relu); },
-            [&](int64_t j) { pool_group<4>(r0 + 2 * j, r1 + 2 * j, o + j, c + j, relu); },
+        row(wo, [&](int64_t j) { pool_group<8, Affine>(r0 + 2 * j, r1 + 2 * j, o + j, c + j, relu, a, b); },
+            [&](int64_t j) { pool_group<4, Affine>(r0 + 2 * j, r1 + 2 * j, o + j, c + j, relu, a, b); },
             [&](int64_t j) {
-                const float corner[4] = {r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]};
+                float corner[4] = {r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]};
+                if (Affine)
+                    for (float& v : corner) v = v * a + b;
                 float m = corner[0];
                 uint8_t k = 0;
                 for (uint8_t q = 1; q < 4; ++q)
@@ -149,6 +158,13 @@ extern "C" void pool_float32(const float* x, float* out, uint8_t* code, int64_t 
                 c[j] = k;
             });
     });
+}
+
+}  // namespace
+
+extern "C" void pool_float32(const float* x, float* out, uint8_t* code, int64_t planes, int64_t h, int64_t w,
+                             int relu) {
+    pool_planes<false>(x, out, code, planes, h, w, relu, nullptr, nullptr);
 }
 
 // The input-gradient: each output's gradient at its window's winner, zeros elsewhere (also in
@@ -186,4 +202,115 @@ extern "C" void select_float32(const float* x, const uint8_t* code, float* out, 
             [&](int64_t j) { select_group<4>(r0 + 2 * j, r1 + 2 * j, c + j, o + j); },
             [&](int64_t j) { o[j] = c[j] == DEAD ? 0.0f : (c[j] >> 1 ? r1 : r0)[2 * j + (c[j] & 1)]; });
     });
+}
+
+// ---- Batch normalisation with the current batch's statistics (training mode), then the pool ----
+// For an N x C x H x W batch, channel c's statistics pool all N planes of that channel. Sums are
+// taken 16 floats at a time within a plane and added up in double across planes.
+
+namespace {
+
+inline double plane_sum(const float* x, int64_t n, float centre, bool squares) {
+    typedef Lanes<8>::f F;
+    F acc0 = {}, acc1 = {};
+    const F mid = centre - F{};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        F a, b;
+        std::memcpy(&a, x + i, sizeof(F)); std::memcpy(&b, x + i + 8, sizeof(F));
+        a -= mid; b -= mid;
+        if (squares) { a *= a; b *= b; }
+        acc0 += a; acc1 += b;
+    }
+    double total = 0;
+    for (int lane = 0; lane < 8; ++lane) total += double(acc0[lane]) + double(acc1[lane]);
+    for (; i < n; ++i) {
+        const double d = double(x[i]) - centre;
+        total += squares ? d * d : d;
+    }
+    return total;
+}
+
+// sum(g) and sum(g * (x - centre)) over one plane's windows, leaving out those ReLU zeroed;
+// `selected` holds x at each window's winner.
+inline void winner_sums(const float* grad, const uint8_t* code, const float* selected, int64_t n, float centre,
+                        double& sum_g, double& sum_gx) {
+    typedef Lanes<8>::f F;
+    F acc_g = {}, acc_gx = {};
+    const F mid = centre - F{}, zero = {};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        F g, v;
+        std::memcpy(&g, grad + i, sizeof(F)); std::memcpy(&v, selected + i, sizeof(F));
+        g = load_code<8>(code + i) != DEAD ? g : zero;
+        acc_g += g;
+        acc_gx += g * (v - mid);
+    }
+    for (int lane = 0; lane < 8; ++lane) { sum_g += acc_g[lane]; sum_gx += acc_gx[lane]; }
+    for (; i < n; ++i)
+        if (code[i] != DEAD) {
+            sum_g += grad[i];
+            sum_gx += double(grad[i]) * (double(selected[i]) - centre);
+        }
+}
+
+}  // namespace
+
+// Per channel: the batch mean and 1 / sqrt(biased variance + eps), as PyTorch's batch norm saves them.
+extern "C" void bn_stats_float32(const float* x, int64_t batch, int64_t channels, int64_t hw, double eps,
+                                 float* mean, float* invstd) {
+    const double count = double(batch) * double(hw);
+    for (int64_t c = 0; c < channels; ++c) {
+        double sum = 0;
+        for (int64_t n = 0; n < batch; ++n) sum += plane_sum(x + (n * channels + c) * hw, hw, 0.0f, false);
+        const float m = float(sum / count);
+        double squares = 0;
+        for (int64_t n = 0; n < batch; ++n) squares += plane_sum(x + (n * channels + c) * hw, hw, m, true);
+        mean[c] = m;
+        invstd[c] = float(1.0 / std::sqrt(squares / count + eps));
+    }
+}
+
+// The pool (and ReLU) of batch norm's output, from x and the statistics: out and code as pool_float32's.
+extern "C" void bn_pool_float32(const float* x, const float* mean, const float* invstd, const float* weight,
+                                const float* bias, int64_t batch, int64_t channels, int64_t h, int64_t w, int relu,
+                                float* out, uint8_t* code, float* scale, float* shift) {
+    for (int64_t n = 0; n < batch; ++n)
+        for (int64_t c = 0; c < channels; ++c) {
+            const float a = invstd[c] * weight[c];
+            scale[n * channels + c] = a;
+            shift[n * channels + c] = bias[c] - mean[c] * a;
+        }
+    pool_planes<true>(x, out, code, batch * channels, h, w, relu, scale, shift);
+}
+
+// The backward pass of batch norm -> pool (-> ReLU) from the pooled gradient: grad_x is filled with
+// the pooled gradient at the winners (unpool_float32), then batch norm's input gradient,
+//   w * invstd * (g - sum(g) / M) - w * invstd^3 * (x - mean) * sum(g * (x - mean)) / M,
+// is formed in place; sum(g) and sum(g * (x - mean)) need only the winners (`selected`: x there).
+extern "C" void bn_pool_backward_float32(const float* grad, const uint8_t* code, const float* selected,
+                                         const float* x, const float* mean, const float* invstd,
+                                         const float* weight, int64_t batch, int64_t channels, int64_t h,
+                                         int64_t w, float* grad_x, float* grad_weight, float* grad_bias) {
+    const int64_t hw = h * w, windows = (h / 2) * (w / 2);
+    const double count = double(batch) * double(hw);
+    unpool_float32(grad, code, grad_x, batch * channels, h, w);
+    for (int64_t c = 0; c < channels; ++c) {
+        double sum_g = 0, sum_gx = 0;
+        for (int64_t n = 0; n < batch; ++n) {
+            const int64_t at = (n * channels + c) * windows;
+            winner_sums(grad + at, code + at, selected + at, windows, mean[c], sum_g, sum_gx);
+        }
+        grad_bias[c] = float(sum_g);
+        grad_weight[c] = float(sum_gx * invstd[c]);
+        const float k = weight[c] * invstd[c];
+        const float offset = float(k * sum_g / count);
+        const float slope = float(double(k) * invstd[c] * invstd[c] * sum_gx / count);
+        const float m = mean[c];
+        for (int64_t n = 0; n < batch; ++n) {
+            float* g = grad_x + (n * channels + c) * hw;
+            const float* v = x + (n * channels + c) * hw;
+            for (int64_t i = 0; i < hw; ++i) g[i] = k * g[i] - offset - slope * (v[i] - m);
+        }
+    }
 }
