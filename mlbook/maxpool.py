@@ -1,4 +1,4 @@
-"""Conv4's 2x2 max-pool on a CPU from a small compiled kernel (Chapter 3).
+"""Conv4's 2x2 max-pool, and batch norm before it, on a CPU from a small compiled kernel (Chapter 3).
 
 PyTorch's max-pool reads an NCHW tensor with scalar code, and the portable way around it
 (:func:`mlbook.models.max_pool_by_gather`) copies the tensor to find the winners.
@@ -10,6 +10,14 @@ second-order MAML task on Conv4 (Omniglot, 5-way 1-shot, 15 queries), with the R
 pool done in the same pass, 73-79 ms against 88-91 ms. The winners are the ones PyTorch's
 kernel picks, ties and NaNs included, so values and derivatives of every order are the same
 numbers (tests/test_gradients.py).
+
+With batch statistics (``norm="batch"``), batch norm before the pool joins the same pass
+(:func:`batch_norm_max_pool_2x2`): the kernel computes each channel's mean and variance, pools
+the normalised values as it computes them (the normalised map is never written out), and its
+backward pass forms batch norm's input gradient straight from the pooled gradient and the
+winners. On one core, for 75 x 64 x 28 x 28 floats, forward and backward take 6.4 ms against
+14 ms for PyTorch's batch norm followed by the compiled pool. Its statistics are summed in
+another order than PyTorch's, so here values and derivatives agree to rounding, not bit for bit.
 
 The kernel is compiled on first use with the machine's C++ compiler (``CXX``, else ``c++``;
 under half a second) for this CPU's vector instructions, and cached in the ``kernels`` folder of

@@ -34,7 +34,9 @@ class BatchStatNorm(nn.Module):
     ``nn.BatchNorm2d(track_running_stats=False)`` gives a wrong second-order meta-gradient
     under ``vmap`` (Chapter 3 shows the measurement), so under ``vmap`` this layer computes the
     statistics from basic tensor ops; elsewhere it calls the native kernel, which is exact there.
-    It is *transductive*: a query example's output depends on the other query examples.
+    Inside Conv4 on a CPU, where a 2x2 pool follows, it runs fused with the pool in the compiled
+    kernel of :mod:`mlbook.maxpool` when that kernel applies. It is *transductive*: a query
+    example's output depends on the other query examples.
     """
 
     def __init__(self, channels: int, eps: float = 1e-5):
