@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import _disable_current_modes
 
-__all__ = ["max_pool_2x2", "batch_norm_max_pool_2x2", "native_pool_available", "native_pool_status", "MIN_WIDTH"]
+__all__ = ["max_pool_2x2", "batch_norm_max_pool_2x2", "group_norm_max_pool_2x2", "native_pool_available", "native_pool_status", "MIN_WIDTH"]
 
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "max_pool_2x2.cpp"
 # Narrower rows have too few windows for a group of four: there PyTorch's path is faster
@@ -122,10 +122,10 @@ def _bind(library: ctypes.CDLL) -> None:
         relu_flag = [ctypes.c_int] if kind == "pool" else []
         function.argtypes = [pointer, pointer, pointer, size, size, size] + relu_flag
         function.restype = None
-    library.bn_stats_float32.argtypes = [pointer, size, size, size, ctypes.c_double, pointer, pointer]
-    library.bn_pool_float32.argtypes = [pointer] * 5 + [size] * 4 + [ctypes.c_int] + [pointer] * 4
-    library.bn_pool_backward_float32.argtypes = [pointer] * 7 + [size] * 4 + [pointer] * 3
-    for name in ("bn_stats_float32", "bn_pool_float32", "bn_pool_backward_float32"):
+    library.norm_stats_float32.argtypes = [pointer] + [size] * 4 + [ctypes.c_double, pointer, pointer]
+    library.norm_pool_float32.argtypes = [pointer] * 5 + [size] * 5 + [ctypes.c_int] + [pointer] * 4
+    library.norm_pool_backward_float32.argtypes = [pointer] * 7 + [size] * 5 + [pointer] * 3
+    for name in ("norm_stats_float32", "norm_pool_float32", "norm_pool_backward_float32"):
         getattr(library, name).restype = None
 
 
@@ -157,22 +157,24 @@ def _agrees_with_torch() -> bool:
                         and torch.equal(_run_unpool(grad, code, x.shape), want_grad)
                         and torch.equal(_run_select(values, code), torch.where(code == DEAD, 0.0, at_winners))):
                     return False
-    return _batch_norm_pool_agrees(gen)
+    return _norm_pool_agrees(gen)
 
 
-def _batch_norm_pool_agrees(gen: torch.Generator) -> bool:
-    # Batch norm's statistics are summed in another order than PyTorch's, so values and
+def _norm_pool_agrees(gen: torch.Generator) -> bool:
+    # Batch and group norm's statistics are summed in another order than PyTorch's, so values and
     # gradients agree to rounding, not bit for bit.
-    for shape in ((3, 4, 8, 8), (2, 5, 9, 17), (4, 3, 28, 28)):
+    for shape in ((3, 4, 8, 8), (2, 6, 9, 17), (4, 8, 28, 28)):
         x = (torch.randn(shape, generator=gen) * 3 + 1).requires_grad_(True)
         weight = (torch.rand(shape[1], generator=gen) + 0.5).requires_grad_(True)
         bias = torch.randn(shape[1], generator=gen).requires_grad_(True)
         grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=gen)
-        for relu in (False, True):
+        for groups, relu in ((0, False), (0, True), (2, True), (shape[1], False)):
             with torch.enable_grad():  # the check runs under no_grad
-                want = F.max_pool2d(F.batch_norm(x, None, None, weight, bias, training=True), 2)
+                normalised = (F.group_norm(x, groups, weight, bias) if groups else
+                              F.batch_norm(x, None, None, weight, bias, training=True))
+                want = F.max_pool2d(normalised, 2)
                 want = F.relu(want) if relu else want
-                got = _BatchNormPool.apply(x, weight, bias, 1e-5, relu)[0]
+                got = _NormPool.apply(x, weight, bias, groups, 1e-5, relu)[0]
                 pairs = zip(torch.autograd.grad(want, (x, weight, bias), grad),
                             torch.autograd.grad(got, (x, weight, bias), grad))
             if not (torch.allclose(want, got, rtol=1e-4, atol=1e-5)
@@ -314,55 +316,88 @@ class _Select(torch.autograd.Function):
         return _Unpool.apply(grad, code, ctx.size), None
 
 
-def _batch_norm_stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    mean, invstd = x.new_empty(x.shape[1]), x.new_empty(x.shape[1])
-    _library.bn_stats_float32(x.data_ptr(), x.shape[0], x.shape[1], x.shape[2] * x.shape[3], eps,
-                              mean.data_ptr(), invstd.data_ptr())
+def _norm_stats(x: torch.Tensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    count = x.shape[0] * groups if groups else x.shape[1]
+    mean, invstd = x.new_empty(count), x.new_empty(count)
+    _library.norm_stats_float32(x.data_ptr(), x.shape[0], x.shape[1], groups, x.shape[2] * x.shape[3], eps,
+                                mean.data_ptr(), invstd.data_ptr())
     return mean, invstd
 
 
-class _BatchNormPool(torch.autograd.Function):
-    # Batch norm with the batch's statistics, then the pool (and ReLU): the normalised map is
-    # pooled as it is computed, never written out; its backward needs only x, the statistics and
-    # the winners. A backward that will itself be differentiated (MAML's second order) goes
-    # through PyTorch's batch-norm backward, whose derivative PyTorch provides.
+def _differentiable_group_norm_backward(grad_y, x, weight, groups, eps):
+    # PyTorch's group-norm backward kernel has no derivative of its own, so a backward that will be
+    # differentiated is written with tensor ops, the statistics recomputed from x so that their
+    # dependence on x is differentiated too.
+    batch, channels = x.shape[:2]
+    by_group = x.reshape(batch, groups, -1)
+    var, mean = torch.var_mean(by_group, dim=-1, keepdim=True, correction=0)
+    invstd = torch.rsqrt(var + eps)
+    normalised = (by_group - mean) * invstd
+    grad_y = grad_y.reshape(batch, channels, -1)
+    scaled = (grad_y * weight.view(1, -1, 1)).reshape(batch, groups, -1)
+    grad_x = invstd * (scaled - scaled.mean(-1, keepdim=True)
+                       - normalised * (scaled * normalised).mean(-1, keepdim=True))
+    normalised = normalised.reshape(batch, channels, -1)
+    return grad_x.view(x.shape), (grad_y * normalised).sum((0, 2)), grad_y.sum((0, 2))
+
+
+class _NormPool(torch.autograd.Function):
+    # Batch norm (groups=0) or group norm, then the pool (and ReLU): the normalised map is pooled
+    # as it is computed, never written out; the backward needs only x, the statistics and the
+    # winners. A backward that will itself be differentiated (MAML's second order) goes through
+    # PyTorch's own batch- or group-norm backward, whose derivative PyTorch provides.
     @staticmethod
-    def forward(x, weight, bias, eps, relu):
-        x = x.contiguous()
+    def forward(x, weight, bias, groups, eps, relu):
+        x, weight, bias = x.contiguous(), weight.contiguous(), bias.contiguous()
         batch, channels, h, w = x.shape
-        mean, invstd = _batch_norm_stats(x, eps)
+        mean, invstd = _norm_stats(x, groups, eps)
         out = x.new_empty(batch, channels, h // 2, w // 2)
         code = torch.empty(out.shape, dtype=torch.uint8)
         scale, shift = x.new_empty(batch * channels), x.new_empty(batch * channels)
-        weight, bias = weight.contiguous(), bias.contiguous()
-        _library.bn_pool_float32(x.data_ptr(), mean.data_ptr(), invstd.data_ptr(), weight.data_ptr(),
-                                 bias.data_ptr(), batch, channels, h, w, int(relu), out.data_ptr(),
-                                 code.data_ptr(), scale.data_ptr(), shift.data_ptr())
+        _library.norm_pool_float32(x.data_ptr(), mean.data_ptr(), invstd.data_ptr(), weight.data_ptr(),
+                                   bias.data_ptr(), batch, channels, groups, h, w, int(relu), out.data_ptr(),
+                                   code.data_ptr(), scale.data_ptr(), shift.data_ptr())
         return out, code, mean, invstd
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, _, eps, _ = inputs
+        x, weight, _, groups, eps, _ = inputs
         _, code, mean, invstd = output
         ctx.mark_non_differentiable(code, mean, invstd)
         ctx.save_for_backward(x, weight, code, mean, invstd)
-        ctx.eps = eps
+        ctx.groups, ctx.eps = groups, eps
 
     @staticmethod
     def backward(ctx, grad, *_):
         x, weight, code, mean, invstd = ctx.saved_tensors
+        batch, channels, h, w = x.shape
+        groups = ctx.groups
         if torch.is_grad_enabled():
             grad_y = _Unpool.apply(grad, code, x.shape)
-            grads = torch.ops.aten.native_batch_norm_backward(grad_y, x, weight, None, None, mean, invstd, True,
-                                                              ctx.eps, [True, True, True])
-            return *grads, None, None
+            if groups:
+                grads = _differentiable_group_norm_backward(grad_y, x, weight, groups, ctx.eps)
+            else:
+                grads = torch.ops.aten.native_batch_norm_backward(grad_y, x, weight, None, None, mean, invstd,
+                                                                  True, ctx.eps, [True, True, True])
+            return *grads, None, None, None
         x, grad, weight = x.contiguous(), grad.contiguous(), weight.contiguous()
         grad_x, grad_weight, grad_bias = torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
         selected = _run_select(x, code)
-        _library.bn_pool_backward_float32(grad.data_ptr(), code.data_ptr(), selected.data_ptr(), x.data_ptr(),
-                                          mean.data_ptr(), invstd.data_ptr(), weight.data_ptr(), *x.shape,
-                                          grad_x.data_ptr(), grad_weight.data_ptr(), grad_bias.data_ptr())
-        return grad_x, grad_weight, grad_bias, None, None
+        _library.norm_pool_backward_float32(grad.data_ptr(), code.data_ptr(), selected.data_ptr(), x.data_ptr(),
+                                            mean.data_ptr(), invstd.data_ptr(), weight.data_ptr(), batch, channels,
+                                            groups, h, w, grad_x.data_ptr(), grad_weight.data_ptr(),
+                                            grad_bias.data_ptr())
+        return grad_x, grad_weight, grad_bias, None, None, None
+
+
+def _norm_pool(x, weight, bias, groups, eps, relu):
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or x.shape[-1] < MIN_WIDTH
+            or x.shape[-2] < 2 or weight is None or bias is None
+            or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (weight, bias))
+            or (groups and x.shape[1] % groups) or (not groups and x.shape[0] * x.shape[2] * x.shape[3] < 2)
+            or _load() is None):
+        return None
+    return _NormPool.apply(x, weight, bias, int(groups), float(eps), bool(relu))[0]
 
 
 def batch_norm_max_pool_2x2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
@@ -376,12 +411,18 @@ def batch_norm_max_pool_2x2(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     itself differentiated uses PyTorch's batch-norm backward. It applies where
     :func:`max_pool_2x2` does, to a 4-d input with float32 weight and bias.
     """
-    if (x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or x.shape[-1] < MIN_WIDTH
-            or x.shape[-2] < 2 or x.shape[0] * x.shape[2] * x.shape[3] < 2
-            or weight is None or bias is None or weight.dtype != torch.float32 or bias.dtype != torch.float32
-            or weight.device.type != "cpu" or bias.device.type != "cpu" or _load() is None):
-        return None
-    return _BatchNormPool.apply(x, weight, bias, float(eps), bool(relu))[0]
+    return _norm_pool(x, weight, bias, 0, eps, relu)
+
+
+def group_norm_max_pool_2x2(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor,
+                            eps: float, relu: bool = False) -> torch.Tensor | None:
+    """``F.max_pool2d(F.group_norm(x, groups, weight, bias, eps), 2)`` (then ReLU) in one kernel, or None (Chapter 3).
+
+    Conv4's default ``norm="group"``, fused with the pool as :func:`batch_norm_max_pool_2x2` is;
+    each example's groups of channels have their own statistics. It applies where
+    :func:`max_pool_2x2` does, with ``groups`` dividing the channels.
+    """
+    return _norm_pool(x, weight, bias, groups, eps, relu)
 
 
 def max_pool_2x2(x: torch.Tensor, relu: bool = False) -> torch.Tensor | None:

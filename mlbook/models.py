@@ -12,7 +12,7 @@ from torch import nn
 from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
-from .maxpool import batch_norm_max_pool_2x2, max_pool_2x2
+from .maxpool import batch_norm_max_pool_2x2, group_norm_max_pool_2x2, max_pool_2x2
 from .utils import check_choice, check_positive_int
 
 __all__ = ["MLP", "Conv4", "max_pool_by_gather", "BatchStatNorm", "make_norm", "init_params", "NORMS", "POOLS"]
@@ -155,12 +155,15 @@ class Conv4(nn.Module):
             i = 0
             while i < len(layers):
                 fused = None
-                if (isinstance(layers[i], BatchStatNorm) and i + 1 < len(layers)
+                if (isinstance(layers[i], (BatchStatNorm, nn.GroupNorm)) and i + 1 < len(layers)
                         and isinstance(layers[i + 1], nn.MaxPool2d) and _plain_pool(layers[i + 1])):
-                    # Batch norm, pool and ReLU in one kernel: the normalised map is never stored.
+                    # Normalisation, pool and ReLU in one kernel: the normalised map is never stored.
                     then_relu = i + 2 < len(layers) and isinstance(layers[i + 2], nn.ReLU)
                     norm = layers[i]
-                    fused = batch_norm_max_pool_2x2(x, norm.weight, norm.bias, norm.eps, relu=then_relu)
+                    fused = (batch_norm_max_pool_2x2(x, norm.weight, norm.bias, norm.eps, relu=then_relu)
+                             if isinstance(norm, BatchStatNorm) else
+                             group_norm_max_pool_2x2(x, norm.num_groups, norm.weight, norm.bias, norm.eps,
+                                                     relu=then_relu))
                 if fused is not None:
                     x = fused
                     i += 3 if then_relu else 2

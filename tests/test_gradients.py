@@ -334,7 +334,8 @@ def test_conv4_maml_uses_the_compiled_pool_and_gets_the_same_meta_gradient(monke
     calls = []
     run_pool = maxpool._run_pool
     monkeypatch.setattr(maxpool, "_run_pool", lambda x, relu: calls.append((x.shape[-1], relu)) or run_pool(x, relu))
-    model = Conv4(5)
+    # Without a normalisation layer the pool runs on its own (with one, see the fused test below).
+    model = Conv4(5, norm="none")
     learner = MAML(model, inner_lr=0.4, steps=2, strategy="loop")
     episode = ImageClassFamily(torch.rand(12, 4, 28, 28), ways=5, shots=1, queries=3).sample(
         2, torch.Generator().manual_seed(0))
@@ -357,64 +358,74 @@ def test_conv4_maml_uses_the_compiled_pool_and_gets_the_same_meta_gradient(monke
     assert torch.equal(compiled, portable)
 
 
-def _batch_norm_pool_reference(x, weight, bias, relu):
-    pooled = F.max_pool2d(F.batch_norm(x, None, None, weight, bias, training=True), 2)
+def _norm_pool_reference(x, weight, bias, groups, relu):
+    normalised = (F.group_norm(x, groups, weight, bias) if groups else
+                  F.batch_norm(x, None, None, weight, bias, training=True))
+    pooled = F.max_pool2d(normalised, 2)
     return F.relu(pooled) if relu else pooled
 
 
+def _fused_norm_pool(maxpool, groups):
+    if groups:
+        return lambda x, w, b, relu: maxpool.group_norm_max_pool_2x2(x, groups, w, b, 1e-5, relu=relu)
+    return lambda x, w, b, relu: maxpool.batch_norm_max_pool_2x2(x, w, b, 1e-5, relu=relu)
+
+
+@pytest.mark.parametrize("groups", [0, 2, 4], ids=["batch", "group2", "group4"])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("height,width", [(8, 8), (9, 17), (28, 28), (15, 30)])
-def test_compiled_batch_norm_pool_matches_pytorch_to_rounding(height, width, relu):
-    # Batch norm's statistics are summed in another order than PyTorch's, so the fused kernel is
-    # checked against a float64 reference to float32 rounding: values, the first-order gradients
-    # (the kernel's own backward) and second-order ones (through PyTorch's batch-norm backward),
+def test_compiled_norm_pool_matches_pytorch_to_rounding(height, width, relu, groups):
+    # Batch and group norm's statistics are summed in another order than PyTorch's, so the fused
+    # kernel is checked against a float64 reference to float32 rounding: values, first-order
+    # gradients (the kernel's own backward) and second-order ones (through PyTorch's backward),
     # by autograd and by torch.func.
     maxpool = _compiled_pool()
+    fused = _fused_norm_pool(maxpool, groups)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 4, height, width, generator=gen) * 2 + 0.5
+    x[:, 3] += 40  # a mean far from zero, where a variance taken as E[x^2] - E[x]^2 would cancel
     weight = torch.rand(4, generator=gen) + 0.5
     weight[1] = -weight[1]  # a negative scale turns the window's order around
     bias = torch.randn(4, generator=gen)
     out_grad = torch.randn(3, 4, height // 2, width // 2, generator=gen)
     direction = torch.randn(x.shape, generator=gen)
 
+    def close(want, got):
+        return (want - got).abs().max() <= 1e-4 * want.abs().max() + 1e-5
+
     def derivatives(pool, dtype):
         leaves = [t.to(dtype).requires_grad_(True) for t in (x, weight, bias)]
-        y = pool(*leaves)
+        y = pool(*leaves, relu)
         first = torch.autograd.grad(y, leaves, out_grad.to(dtype), create_graph=True)
         second = torch.autograd.grad((first[0] * direction.to(dtype)).sum() + first[1].pow(2).sum(),
                                      leaves[:2])
         return [t.detach().double() for t in (y, *first, *second)]
 
-    want = derivatives(lambda *a: _batch_norm_pool_reference(*a, relu), torch.float64)
-    got = derivatives(lambda *a: maxpool.batch_norm_max_pool_2x2(*a, 1e-5, relu=relu), torch.float32)
-    for w, g in zip(want, got):
-        assert (w - g).abs().max() <= 1e-4 * w.abs().max() + 1e-5
-    first_order = [t.requires_grad_(True) for t in (x.clone(), weight.clone(), bias.clone())]
-    grads = torch.autograd.grad(maxpool.batch_norm_max_pool_2x2(*first_order, 1e-5, relu=relu),
-                                first_order, out_grad)
-    for w, g in zip(want[1:4], grads):
-        assert (w - g).abs().max() <= 1e-4 * w.abs().max() + 1e-5
+    reference = lambda x, w, b, relu: _norm_pool_reference(x, w, b, groups, relu)
+    want, got = derivatives(reference, torch.float64), derivatives(fused, torch.float32)
+    assert all(close(w, g) for w, g in zip(want, got))
+    first_order = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
+    grads = torch.autograd.grad(fused(*first_order, relu), first_order, out_grad)
+    assert all(close(w, g) for w, g in zip(want[1:4], grads))
 
     def loss(w, pool):
-        return (pool(x, w, bias) * out_grad).sum()
+        return (pool(x, w, bias, relu) * out_grad).sum()
 
-    fused = lambda *a: maxpool.batch_norm_max_pool_2x2(*a, 1e-5, relu=relu)
-    reference = lambda *a: _batch_norm_pool_reference(*a, relu)
-    for order in (torch.func.grad, lambda f: torch.func.grad(lambda w, p: torch.func.grad(f)(w, p).pow(2).sum())):
-        w, g = order(loss)(weight, reference), order(loss)(weight, fused)
-        assert (w - g).abs().max() <= 1e-4 * w.abs().max() + 1e-5
+    second = lambda f: torch.func.grad(lambda w, p: torch.func.grad(f)(w, p).pow(2).sum())
+    for order in (torch.func.grad, second):
+        assert close(order(loss)(weight, reference), order(loss)(weight, fused))
 
 
-@pytest.mark.parametrize("first_order", [False, True])
-def test_conv4_batch_norm_maml_uses_the_fused_kernel_and_matches_the_portable_path(monkeypatch, first_order):
+@pytest.mark.parametrize("norm,first_order", [("batch", False), ("batch", True), ("group", False),
+                                              ("group", True)])
+def test_conv4_maml_fuses_norm_and_pool_and_matches_the_portable_path(monkeypatch, norm, first_order):
     maxpool = _compiled_pool()
     import mlbook.models
 
     widths = []
-    stats = maxpool._batch_norm_stats
-    monkeypatch.setattr(maxpool, "_batch_norm_stats", lambda x, eps: widths.append(x.shape[-1]) or stats(x, eps))
-    model = Conv4(5, norm="batch")
+    stats = maxpool._norm_stats
+    monkeypatch.setattr(maxpool, "_norm_stats", lambda x, *args: widths.append(x.shape[-1]) or stats(x, *args))
+    model = Conv4(5, norm=norm)
     learner = (FOMAML if first_order else MAML)(model, inner_lr=0.4, steps=2, strategy="loop")
     episode = ImageClassFamily(torch.rand(12, 4, 28, 28), ways=5, shots=1, queries=3).sample(
         2, torch.Generator().manual_seed(0))
@@ -427,9 +438,10 @@ def test_conv4_batch_norm_maml_uses_the_fused_kernel_and_matches_the_portable_pa
         return torch.cat([p.grad.flatten() for p in state["params"].values()])
 
     fused = meta_gradient()
-    # Batch norm on the 28- and 14-wide maps runs fused with the pool; at 7 and 3 it is PyTorch's.
+    # The norm on the 28- and 14-wide maps runs fused with the pool; at 7 and 3 it is PyTorch's.
     assert set(widths) == {28, 14}
     monkeypatch.setattr(mlbook.models, "batch_norm_max_pool_2x2", lambda *args, **kwargs: None)
+    monkeypatch.setattr(mlbook.models, "group_norm_max_pool_2x2", lambda *args, **kwargs: None)
     widths.clear()
     portable = meta_gradient()
     assert not widths

@@ -9,9 +9,11 @@
 // zero or less gives zero and the code DEAD, through which no gradient flows, as through
 // PyTorch's ReLU (NaN passes, as there). At the end of the file, batch normalisation with the
 // batch's statistics joins the pool: the normalised map is pooled as it is computed.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace {
 
@@ -93,6 +95,27 @@ inline void unpool_group(const float* grad, const uint8_t* code, float* r0, floa
     const F bottom0 = __builtin_shuffle(c, d, Lanes<N>::low), bottom1 = __builtin_shuffle(c, d, Lanes<N>::high);
     std::memcpy(r0, &top0, sizeof(F)); std::memcpy(r0 + N, &top1, sizeof(F));
     std::memcpy(r1, &bottom0, sizeof(F)); std::memcpy(r1 + N, &bottom1, sizeof(F));
+}
+
+// Normalisation's input gradient over the two rows of N windows: scale * (the pooled gradient at
+// each window's winner) + offset + slope * (x - centre) at every value.
+template <int N>
+inline void norm_input_grad_group(const float* grad, const uint8_t* code, const float* x0, const float* x1,
+                                  float* r0, float* r1, float scale, float offset, float slope, float centre) {
+    typedef typename Lanes<N>::f F;
+    F g, v[4];
+    std::memcpy(&g, grad, sizeof(F));
+    const typename Lanes<N>::i k = load_code<N>(code);
+    const F zero = {}, mid = centre - zero;
+    g *= scale;
+    const F a = k == 0 ? g : zero, b = k == 1 ? g : zero, c = k == 2 ? g : zero, d = k == 3 ? g : zero;
+    const F at_winners[4] = {__builtin_shuffle(a, b, Lanes<N>::low), __builtin_shuffle(a, b, Lanes<N>::high),
+                             __builtin_shuffle(c, d, Lanes<N>::low), __builtin_shuffle(c, d, Lanes<N>::high)};
+    std::memcpy(&v[0], x0, sizeof(F)); std::memcpy(&v[1], x0 + N, sizeof(F));
+    std::memcpy(&v[2], x1, sizeof(F)); std::memcpy(&v[3], x1 + N, sizeof(F));
+    for (int q = 0; q < 4; ++q) v[q] = at_winners[q] + offset + slope * (v[q] - mid);
+    std::memcpy(r0, &v[0], sizeof(F)); std::memcpy(r0 + N, &v[1], sizeof(F));
+    std::memcpy(r1, &v[2], sizeof(F)); std::memcpy(r1 + N, &v[3], sizeof(F));
 }
 
 template <int N>
@@ -205,31 +228,36 @@ extern "C" void select_float32(const float* x, const uint8_t* code, float* out, 
     });
 }
 
-// ---- Batch normalisation with the current batch's statistics (training mode), then the pool ----
-// For an N x C x H x W batch, channel c's statistics pool all N planes of that channel. Sums are
-// taken 16 floats at a time within a plane and added up in double across planes.
+// ---- Normalisation, then the pool ----
+// Batch norm with the batch's statistics (`groups` = 0: channel c's statistics pool all N
+// planes of that channel) or group norm (`groups` = G: each example's G groups of C / G
+// channels have their own), each followed by a per-channel scale and shift. Sums are taken 16
+// floats at a time within a plane and added up in double across planes.
 
 namespace {
 
-inline double plane_sum(const float* x, int64_t n, float centre, bool squares) {
+// sum(x - centre) and sum((x - centre)^2) over one plane, added to `sum` and `squares`.
+inline void plane_sums(const float* x, int64_t n, float centre, double& sum, double& squares) {
     typedef Lanes<8>::f F;
-    F acc0 = {}, acc1 = {};
+    F s0 = {}, s1 = {}, q0 = {}, q1 = {};
     const F mid = centre - F{};
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
         F a, b;
         std::memcpy(&a, x + i, sizeof(F)); std::memcpy(&b, x + i + 8, sizeof(F));
         a -= mid; b -= mid;
-        if (squares) { a *= a; b *= b; }
-        acc0 += a; acc1 += b;
+        s0 += a; s1 += b;
+        q0 += a * a; q1 += b * b;
     }
-    double total = 0;
-    for (int lane = 0; lane < 8; ++lane) total += double(acc0[lane]) + double(acc1[lane]);
+    for (int lane = 0; lane < 8; ++lane) {
+        sum += double(s0[lane]) + double(s1[lane]);
+        squares += double(q0[lane]) + double(q1[lane]);
+    }
     for (; i < n; ++i) {
         const double d = double(x[i]) - centre;
-        total += squares ? d * d : d;
+        sum += d;
+        squares += d * d;
     }
-    return total;
 }
 
 // sum(g) and sum(g * (x - centre)) over one plane's windows, leaving out those ReLU zeroed;
@@ -255,63 +283,109 @@ inline void winner_sums(const float* grad, const uint8_t* code, const float* sel
         }
 }
 
+// Which statistic plane p of an N x C batch belongs to.
+inline int64_t statistic_of(int64_t plane, int64_t channels, int64_t groups) {
+    const int64_t c = plane % channels;
+    return groups ? (plane / channels) * groups + c / (channels / groups) : c;
+}
+
 }  // namespace
 
-// Per channel: the batch mean and 1 / sqrt(biased variance + eps), as PyTorch's batch norm saves them.
-extern "C" void bn_stats_float32(const float* x, int64_t batch, int64_t channels, int64_t hw, double eps,
-                                 float* mean, float* invstd) {
-    const double count = double(batch) * double(hw);
-    for (int64_t c = 0; c < channels; ++c) {
-        double sum = 0;
-        for (int64_t n = 0; n < batch; ++n) sum += plane_sum(x + (n * channels + c) * hw, hw, 0.0f, false);
-        const float m = float(sum / count);
-        double squares = 0;
-        for (int64_t n = 0; n < batch; ++n) squares += plane_sum(x + (n * channels + c) * hw, hw, m, true);
-        mean[c] = m;
-        invstd[c] = float(1.0 / std::sqrt(squares / count + eps));
+// The mean and 1 / sqrt(biased variance + eps) of each statistic (C of them for batch norm,
+// N x G for group norm), as PyTorch's kernels save them.
+extern "C" void norm_stats_float32(const float* x, int64_t batch, int64_t channels, int64_t groups, int64_t hw,
+                                   double eps, float* mean, float* invstd) {
+    const int64_t planes = batch * channels, statistics = groups ? batch * groups : channels;
+    const double count = double(planes / statistics) * double(hw);
+    // One pass, each statistic's values taken relative to its first value (a stand-in for its
+    // mean), so that the variance as E[d^2] - E[d]^2 loses no precision to a large mean.
+    std::vector<float> centre(statistics);
+    for (int64_t p = planes - 1; p >= 0; --p) centre[statistic_of(p, channels, groups)] = x[p * hw];
+    std::vector<double> sums(statistics, 0.0), squares(statistics, 0.0);
+    for (int64_t p = 0; p < planes; ++p) {
+        const int64_t s = statistic_of(p, channels, groups);
+        plane_sums(x + p * hw, hw, centre[s], sums[s], squares[s]);
+    }
+    for (int64_t s = 0; s < statistics; ++s) {
+        const double shift = sums[s] / count;
+        mean[s] = float(centre[s] + shift);
+        invstd[s] = float(1.0 / std::sqrt(std::max(squares[s] / count - shift * shift, 0.0) + eps));
     }
 }
 
-// The pool (and ReLU) of batch norm's output, from x and the statistics: out and code as pool_float32's.
-extern "C" void bn_pool_float32(const float* x, const float* mean, const float* invstd, const float* weight,
-                                const float* bias, int64_t batch, int64_t channels, int64_t h, int64_t w, int relu,
-                                float* out, uint8_t* code, float* scale, float* shift) {
-    for (int64_t n = 0; n < batch; ++n)
-        for (int64_t c = 0; c < channels; ++c) {
-            const float a = invstd[c] * weight[c];
-            scale[n * channels + c] = a;
-            shift[n * channels + c] = bias[c] - mean[c] * a;
-        }
+// The pool (and ReLU) of the normalised, scaled and shifted x: out and code as pool_float32's.
+extern "C" void norm_pool_float32(const float* x, const float* mean, const float* invstd, const float* weight,
+                                  const float* bias, int64_t batch, int64_t channels, int64_t groups, int64_t h,
+                                  int64_t w, int relu, float* out, uint8_t* code, float* scale, float* shift) {
+    for (int64_t p = 0; p < batch * channels; ++p) {
+        const int64_t s = statistic_of(p, channels, groups), c = p % channels;
+        scale[p] = invstd[s] * weight[c];
+        shift[p] = bias[c] - mean[s] * scale[p];
+    }
     pool_planes<true>(x, out, code, batch * channels, h, w, relu, scale, shift);
 }
 
-// The backward pass of batch norm -> pool (-> ReLU) from the pooled gradient: grad_x is filled with
-// the pooled gradient at the winners (unpool_float32), then batch norm's input gradient,
-//   w * invstd * (g - sum(g) / M) - w * invstd^3 * (x - mean) * sum(g * (x - mean)) / M,
-// is formed in place; sum(g) and sum(g * (x - mean)) need only the winners (`selected`: x there).
-extern "C" void bn_pool_backward_float32(const float* grad, const uint8_t* code, const float* selected,
-                                         const float* x, const float* mean, const float* invstd,
-                                         const float* weight, int64_t batch, int64_t channels, int64_t h,
-                                         int64_t w, float* grad_x, float* grad_weight, float* grad_bias) {
-    const int64_t hw = h * w, windows = (h / 2) * (w / 2);
-    const double count = double(batch) * double(hw);
-    unpool_float32(grad, code, grad_x, batch * channels, h, w);
-    for (int64_t c = 0; c < channels; ++c) {
+// The backward pass of normalisation -> pool (-> ReLU) from the pooled gradient g. With, per
+// plane, S = sum(g) and T = sum(g * (x - mean)) (only the winners carry a gradient: `selected`
+// holds x there), and per statistic A = sum(w_c S) and B = sum(w_c T) over its M values, the
+// input gradient is  w_c invstd g_full - invstd A / M - invstd^3 B (x - mean) / M,  where
+// g_full is g at each window's winner and zero elsewhere; it is written a pair of rows at a
+// time, g_full formed in registers as unpool_float32 forms it. The weight's gradient is
+// sum(T invstd), the bias's sum(S).
+extern "C" void norm_pool_backward_float32(const float* grad, const uint8_t* code, const float* selected,
+                                           const float* x, const float* mean, const float* invstd,
+                                           const float* weight, int64_t batch, int64_t channels, int64_t groups,
+                                           int64_t h, int64_t w, float* grad_x, float* grad_weight,
+                                           float* grad_bias) {
+    const int64_t hw = h * w, windows = (h / 2) * (w / 2), planes = batch * channels;
+    const int64_t statistics = groups ? batch * groups : channels;
+    const double count = double(planes / statistics) * double(hw);
+    std::vector<double> weight_sum(channels, 0.0), bias_sum(channels, 0.0), a(statistics, 0.0), b(statistics, 0.0);
+    for (int64_t p = 0; p < planes; ++p) {
+        const int64_t s = statistic_of(p, channels, groups), c = p % channels;
         double sum_g = 0, sum_gx = 0;
-        for (int64_t n = 0; n < batch; ++n) {
-            const int64_t at = (n * channels + c) * windows;
-            winner_sums(grad + at, code + at, selected + at, windows, mean[c], sum_g, sum_gx);
-        }
-        grad_bias[c] = float(sum_g);
-        grad_weight[c] = float(sum_gx * invstd[c]);
-        const float k = weight[c] * invstd[c];
-        const float offset = float(k * sum_g / count);
-        const float slope = float(double(k) * invstd[c] * invstd[c] * sum_gx / count);
-        const float m = mean[c];
-        for (int64_t n = 0; n < batch; ++n) {
-            float* g = grad_x + (n * channels + c) * hw;
-            const float* v = x + (n * channels + c) * hw;
-            for (int64_t i = 0; i < hw; ++i) g[i] = k * g[i] - offset - slope * (v[i] - m);
-        }
+        winner_sums(grad + p * windows, code + p * windows, selected + p * windows, windows, mean[s], sum_g, sum_gx);
+        bias_sum[c] += sum_g;
+        weight_sum[c] += sum_gx * invstd[s];
+        a[s] += weight[c] * sum_g;
+        b[s] += weight[c] * sum_gx;
     }
+    for (int64_t c = 0; c < channels; ++c) { grad_weight[c] = float(weight_sum[c]); grad_bias[c] = float(bias_sum[c]); }
+    std::vector<float> scale(planes), offset(planes), slope(planes), centre(planes);
+    for (int64_t p = 0; p < planes; ++p) {
+        const int64_t s = statistic_of(p, channels, groups);
+        const double r = invstd[s];
+        scale[p] = weight[p % channels] * invstd[s];
+        offset[p] = float(-r * a[s] / count);
+        slope[p] = float(-r * r * r * b[s] / count);
+        centre[p] = mean[s];
+    }
+    const int64_t wo = w / 2;
+    each_row_pair(planes, h, w, [&](int64_t top, int64_t windows_at) {
+        const int64_t p = top / hw;
+        const float k = scale[p], o = offset[p], sl = slope[p], m = centre[p];
+        const float* x0 = x + top;
+        const float* x1 = x0 + w;
+        float* r0 = grad_x + top;
+        float* r1 = r0 + w;
+        const float* g = grad + windows_at;
+        const uint8_t* c = code + windows_at;
+        row(wo, [&](int64_t j) { norm_input_grad_group<8>(g + j, c + j, x0 + 2 * j, x1 + 2 * j, r0 + 2 * j, r1 + 2 * j, k, o, sl, m); },
+            [&](int64_t j) { norm_input_grad_group<4>(g + j, c + j, x0 + 2 * j, x1 + 2 * j, r0 + 2 * j, r1 + 2 * j, k, o, sl, m); },
+            [&](int64_t j) {
+                for (int q = 0; q < 4; ++q) {
+                    const int64_t at = (q >> 1) * w + 2 * j + (q & 1);
+                    r0[at] = (c[j] == q ? k * g[j] : 0.0f) + o + sl * (x0[at] - m);
+                }
+            });
+        if (w % 2) {
+            r0[w - 1] = o + sl * (x0[w - 1] - m);
+            r1[w - 1] = o + sl * (x1[w - 1] - m);
+        }
+    });
+    if (h % 2)
+        for (int64_t p = 0; p < planes; ++p) {
+            const int64_t last = (p * h + h - 1) * w;
+            for (int64_t i = 0; i < w; ++i) grad_x[last + i] = offset[p] + slope[p] * (x[last + i] - centre[p]);
+        }
 }
