@@ -640,7 +640,7 @@ def main(argv=None):
           f"allocator: {env['allocator']}, load average {env['load_average']:.1f} on {env['cpus']} CPUs "
           f"({env['cpu']})")
     if device.type == "cpu":
-        print(f"Conv4's max-pool and ReLU on this CPU: {env['conv4_cpu_pooling']}")
+        print(f"Conv4's normalisation, max-pool and ReLU on this CPU: {env['conv4_cpu_pooling']}")
     for name, why in missing.items():
         print(f"peer {name} is missing ({why}); comparing the rest")
     args.peak_tflops = device_peak_tflops(device) if device.type == "cuda" else None

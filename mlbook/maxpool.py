@@ -325,20 +325,10 @@ def _norm_stats(x: torch.Tensor, groups: int, eps: float) -> tuple[torch.Tensor,
 
 
 def _differentiable_group_norm_backward(grad_y, x, weight, groups, eps):
-    # PyTorch's group-norm backward kernel has no derivative of its own, so a backward that will be
-    # differentiated is written with tensor ops, the statistics recomputed from x so that their
-    # dependence on x is differentiated too.
-    batch, channels = x.shape[:2]
-    by_group = x.reshape(batch, groups, -1)
-    var, mean = torch.var_mean(by_group, dim=-1, keepdim=True, correction=0)
-    invstd = torch.rsqrt(var + eps)
-    normalised = (by_group - mean) * invstd
-    grad_y = grad_y.reshape(batch, channels, -1)
-    scaled = (grad_y * weight.view(1, -1, 1)).reshape(batch, groups, -1)
-    grad_x = invstd * (scaled - scaled.mean(-1, keepdim=True)
-                       - normalised * (scaled * normalised).mean(-1, keepdim=True))
-    normalised = normalised.reshape(batch, channels, -1)
-    return grad_x.view(x.shape), (grad_y * normalised).sum((0, 2)), grad_y.sum((0, 2))
+    # PyTorch's group-norm backward kernel has no derivative of its own; the backward of its
+    # group_norm, run with a graph (as torch.func.vjp runs it), has one.
+    _, pullback = torch.func.vjp(lambda x, weight: F.group_norm(x, groups, weight, None, eps), x, weight)
+    return *pullback(grad_y), grad_y.sum((0, 2, 3))
 
 
 class _NormPool(torch.autograd.Function):

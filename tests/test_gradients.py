@@ -427,8 +427,8 @@ def test_conv4_maml_fuses_norm_and_pool_and_matches_the_portable_path(monkeypatc
     monkeypatch.setattr(maxpool, "_norm_stats", lambda x, *args: widths.append(x.shape[-1]) or stats(x, *args))
     model = Conv4(5, norm=norm)
     learner = (FOMAML if first_order else MAML)(model, inner_lr=0.4, steps=2, strategy="loop")
-    episode = ImageClassFamily(torch.rand(12, 4, 28, 28), ways=5, shots=1, queries=3).sample(
-        2, torch.Generator().manual_seed(0))
+    images = torch.rand(12, 4, 28, 28, generator=torch.Generator().manual_seed(0))
+    episode = ImageClassFamily(images, ways=5, shots=1, queries=3).sample(2, torch.Generator().manual_seed(0))
     state = learner.init(0)
 
     def meta_gradient():
