@@ -25,6 +25,7 @@ import torch
 from torch.func import grad
 
 # The mapping over tasks lives in taskmap; these names are re-exported for the chapters.
+from .maxpool import backward_differentiated
 from .taskmap import STRATEGIES, call, choose_strategy, map_tasks, run_tasks
 from .utils import check_positive, check_positive_int
 
@@ -160,7 +161,8 @@ def differentiable_gradient(fn: Callable[[Params], torch.Tensor], params: Params
     # A parameter the outer level does not differentiate still needs a gradient here: it
     # becomes a leaf of its own, and the gradient keeps its dependence on the others.
     leaves = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}
-    value = fn(leaves)
+    with backward_differentiated():
+        value = fn(leaves)
     if not value.requires_grad:
         return {k: torch.zeros_like(v) for k, v in params.items()}
     found = torch.autograd.grad(value, list(leaves.values()), create_graph=True, allow_unused=True,

@@ -30,6 +30,7 @@ portable path from the start.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -380,7 +381,29 @@ class _NormPool(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None, None
 
 
+_twice_differentiated = threading.local()
+
+
+@contextlib.contextmanager
+def backward_differentiated():
+    """Marks forward passes whose backward will itself be differentiated (Chapter 3).
+
+    MAML's second-order inner step (:func:`mlbook.bilevel.differentiable_gradient`) runs its
+    forward pass inside this. There group norm is not fused with the pool: the backward of the
+    fused op would have to re-run PyTorch's group norm to be differentiable, which costs more
+    than fusing saves.
+    """
+    before = getattr(_twice_differentiated, "on", False)
+    _twice_differentiated.on = True
+    try:
+        yield
+    finally:
+        _twice_differentiated.on = before
+
+
 def _norm_pool(x, weight, bias, groups, eps, relu):
+    if groups and getattr(_twice_differentiated, "on", False):
+        return None
     if (x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or x.shape[-1] < MIN_WIDTH
             or x.shape[-2] < 2 or weight is None or bias is None
             or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (weight, bias))

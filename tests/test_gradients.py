@@ -448,6 +448,18 @@ def test_conv4_maml_fuses_norm_and_pool_and_matches_the_portable_path(monkeypatc
     assert (fused - portable).abs().max() <= 1e-4 * portable.abs().max()
 
 
+def test_group_norm_is_not_fused_where_its_backward_will_be_differentiated():
+    # MAML's second-order inner step marks its forward pass: there group norm runs unfused (its
+    # fused backward would re-run PyTorch's group norm), while batch norm stays fused.
+    maxpool = _compiled_pool()
+    x, weight, bias = torch.randn(2, 4, 8, 8), torch.ones(4), torch.zeros(4)
+    assert maxpool.group_norm_max_pool_2x2(x, 2, weight, bias, 1e-5) is not None
+    with maxpool.backward_differentiated():
+        assert maxpool.group_norm_max_pool_2x2(x, 2, weight, bias, 1e-5) is None
+        assert maxpool.batch_norm_max_pool_2x2(x, weight, bias, 1e-5) is not None
+    assert maxpool.group_norm_max_pool_2x2(x, 2, weight, bias, 1e-5) is not None
+
+
 def test_conv4_pools_the_portable_way_without_a_compiler(monkeypatch, tmp_path):
     from mlbook import maxpool
 
