@@ -299,6 +299,15 @@ def _assert_same_pool_derivatives(reference, pool, x, gen):
         assert torch.equal(want.nan_to_num(), got.nan_to_num())
 
 
+@pytest.fixture
+def one_kernel_thread():
+    # As in a task thread of the 'threads' strategy: the fused group norm is used only there.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _compiled_pool():
     from mlbook import maxpool
 
@@ -374,7 +383,7 @@ def _fused_norm_pool(maxpool, groups):
 @pytest.mark.parametrize("groups", [0, 2, 4], ids=["batch", "group2", "group4"])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("height,width", [(8, 8), (9, 17), (28, 28), (15, 30)])
-def test_compiled_norm_pool_matches_pytorch_to_rounding(height, width, relu, groups):
+def test_compiled_norm_pool_matches_pytorch_to_rounding(height, width, relu, groups, one_kernel_thread):
     # Batch and group norm's statistics are summed in another order than PyTorch's, so the fused
     # kernel is checked against a float64 reference to float32 rounding: values, first-order
     # gradients (the kernel's own backward) and second-order ones (through PyTorch's backward),
@@ -418,7 +427,8 @@ def test_compiled_norm_pool_matches_pytorch_to_rounding(height, width, relu, gro
 
 @pytest.mark.parametrize("norm,first_order", [("batch", False), ("batch", True), ("group", False),
                                               ("group", True)])
-def test_conv4_maml_fuses_norm_and_pool_and_matches_the_portable_path(monkeypatch, norm, first_order):
+def test_conv4_maml_fuses_norm_and_pool_and_matches_the_portable_path(monkeypatch, norm, first_order,
+                                                                      one_kernel_thread):
     maxpool = _compiled_pool()
     import mlbook.models
 
@@ -448,16 +458,25 @@ def test_conv4_maml_fuses_norm_and_pool_and_matches_the_portable_path(monkeypatc
     assert (fused - portable).abs().max() <= 1e-4 * portable.abs().max()
 
 
-def test_group_norm_is_not_fused_where_its_backward_will_be_differentiated():
+def test_group_norm_is_fused_only_on_one_kernel_thread_and_a_once_differentiated_backward():
     # MAML's second-order inner step marks its forward pass: there group norm runs unfused (its
-    # fused backward would re-run PyTorch's group norm), while batch norm stays fused.
+    # fused backward would re-run PyTorch's group norm); so it does where PyTorch may use more
+    # than one kernel thread. Batch norm stays fused in both.
     maxpool = _compiled_pool()
     x, weight, bias = torch.randn(2, 4, 8, 8), torch.ones(4), torch.zeros(4)
-    assert maxpool.group_norm_max_pool_2x2(x, 2, weight, bias, 1e-5) is not None
-    with maxpool.backward_differentiated():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert maxpool.group_norm_max_pool_2x2(x, 2, weight, bias, 1e-5) is not None
+        with maxpool.backward_differentiated():
+            assert maxpool.group_norm_max_pool_2x2(x, 2, weight, bias, 1e-5) is None
+            assert maxpool.batch_norm_max_pool_2x2(x, weight, bias, 1e-5) is not None
+        assert maxpool.group_norm_max_pool_2x2(x, 2, weight, bias, 1e-5) is not None
+        torch.set_num_threads(2)
         assert maxpool.group_norm_max_pool_2x2(x, 2, weight, bias, 1e-5) is None
         assert maxpool.batch_norm_max_pool_2x2(x, weight, bias, 1e-5) is not None
-    assert maxpool.group_norm_max_pool_2x2(x, 2, weight, bias, 1e-5) is not None
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_conv4_pools_the_portable_way_without_a_compiler(monkeypatch, tmp_path):
