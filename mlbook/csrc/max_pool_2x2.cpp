@@ -7,8 +7,8 @@
 // one byte, from which the backward pass and the backward of the backward need nothing else.
 // With `relu`, a ReLU follows in the same pass (Conv4 pools, then applies ReLU): a winner of
 // zero or less gives zero and the code DEAD, through which no gradient flows, as through
-// PyTorch's ReLU (NaN passes, as there). At the end of the file, batch normalisation with the
-// batch's statistics joins the pool: the normalised map is pooled as it is computed.
+// PyTorch's ReLU (NaN passes, as there). At the end of the file, batch or group normalisation
+// joins the pool: the normalised map is pooled as it is computed.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
