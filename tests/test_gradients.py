@@ -336,6 +336,21 @@ def test_compiled_max_pool_has_max_pools_values_and_derivatives(height, width, l
     _assert_same_pool_derivatives(reference, lambda t: maxpool.max_pool_2x2(t, relu=relu), x, gen)
 
 
+def _conv4_meta_gradient(learner):
+    """A function that returns ``learner``'s meta-gradient on one fixed 5-way episode batch."""
+    images = torch.rand(12, 4, 28, 28, generator=torch.Generator().manual_seed(0))
+    episode = ImageClassFamily(images, ways=5, shots=1, queries=3).sample(2, torch.Generator().manual_seed(0))
+    state = learner.init(0)
+
+    def meta_gradient():
+        for p in state["params"].values():
+            p.grad = None
+        learner.meta_backward(state, episode)
+        return torch.cat([p.grad.flatten() for p in state["params"].values()])
+
+    return meta_gradient
+
+
 def test_conv4_maml_uses_the_compiled_pool_and_gets_the_same_meta_gradient(monkeypatch):
     maxpool = _compiled_pool()
     import mlbook.models
@@ -345,17 +360,7 @@ def test_conv4_maml_uses_the_compiled_pool_and_gets_the_same_meta_gradient(monke
     monkeypatch.setattr(maxpool, "_run_pool", lambda x, relu: calls.append((x.shape[-1], relu)) or run_pool(x, relu))
     # Without a normalisation layer the pool runs on its own (with one, see the fused test below).
     model = Conv4(5, norm="none")
-    learner = MAML(model, inner_lr=0.4, steps=2, strategy="loop")
-    episode = ImageClassFamily(torch.rand(12, 4, 28, 28), ways=5, shots=1, queries=3).sample(
-        2, torch.Generator().manual_seed(0))
-    state = learner.init(0)
-
-    def meta_gradient():
-        for p in state["params"].values():
-            p.grad = None
-        learner.meta_backward(state, episode)
-        return torch.cat([p.grad.flatten() for p in state["params"].values()])
-
+    meta_gradient = _conv4_meta_gradient(MAML(model, inner_lr=0.4, steps=2, strategy="loop"))
     compiled = meta_gradient()
     # Widths 28 and 14 pool in the kernel, with the ReLU that follows; 7 (too narrow for a group
     # of windows) does not.
@@ -437,16 +442,7 @@ def test_conv4_maml_fuses_norm_and_pool_and_matches_the_portable_path(monkeypatc
     monkeypatch.setattr(maxpool, "_norm_stats", lambda x, *args: widths.append(x.shape[-1]) or stats(x, *args))
     model = Conv4(5, norm=norm)
     learner = (FOMAML if first_order else MAML)(model, inner_lr=0.4, steps=2, strategy="loop")
-    images = torch.rand(12, 4, 28, 28, generator=torch.Generator().manual_seed(0))
-    episode = ImageClassFamily(images, ways=5, shots=1, queries=3).sample(2, torch.Generator().manual_seed(0))
-    state = learner.init(0)
-
-    def meta_gradient():
-        for p in state["params"].values():
-            p.grad = None
-        learner.meta_backward(state, episode)
-        return torch.cat([p.grad.flatten() for p in state["params"].values()])
-
+    meta_gradient = _conv4_meta_gradient(learner)
     fused = meta_gradient()
     # The norm on the 28- and 14-wide maps runs fused with the pool; at 7 and 3 it is PyTorch's.
     assert set(widths) == {28, 14}
