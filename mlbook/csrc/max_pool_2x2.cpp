@@ -316,13 +316,14 @@ extern "C" void norm_stats_float32(const float* x, int64_t batch, int64_t channe
 // The pool (and ReLU) of the normalised, scaled and shifted x: out and code as pool_float32's.
 extern "C" void norm_pool_float32(const float* x, const float* mean, const float* invstd, const float* weight,
                                   const float* bias, int64_t batch, int64_t channels, int64_t groups, int64_t h,
-                                  int64_t w, int relu, float* out, uint8_t* code, float* scale, float* shift) {
+                                  int64_t w, int relu, float* out, uint8_t* code) {
+    std::vector<float> scale(batch * channels), shift(batch * channels);
     for (int64_t p = 0; p < batch * channels; ++p) {
         const int64_t s = statistic_of(p, channels, groups), c = p % channels;
         scale[p] = invstd[s] * weight[c];
         shift[p] = bias[c] - mean[s] * scale[p];
     }
-    pool_planes<true>(x, out, code, batch * channels, h, w, relu, scale, shift);
+    pool_planes<true>(x, out, code, batch * channels, h, w, relu, scale.data(), shift.data());
 }
 
 // The backward pass of normalisation -> pool (-> ReLU) from the pooled gradient g. With, per
@@ -370,8 +371,13 @@ extern "C" void norm_pool_backward_float32(const float* grad, const uint8_t* cod
         float* r1 = r0 + w;
         const float* g = grad + windows_at;
         const uint8_t* c = code + windows_at;
-        row(wo, [&](int64_t j) { norm_input_grad_group<8>(g + j, c + j, x0 + 2 * j, x1 + 2 * j, r0 + 2 * j, r1 + 2 * j, k, o, sl, m); },
-            [&](int64_t j) { norm_input_grad_group<4>(g + j, c + j, x0 + 2 * j, x1 + 2 * j, r0 + 2 * j, r1 + 2 * j, k, o, sl, m); },
+        row(wo,
+            [&](int64_t j) {
+                norm_input_grad_group<8>(g + j, c + j, x0 + 2 * j, x1 + 2 * j, r0 + 2 * j, r1 + 2 * j, k, o, sl, m);
+            },
+            [&](int64_t j) {
+                norm_input_grad_group<4>(g + j, c + j, x0 + 2 * j, x1 + 2 * j, r0 + 2 * j, r1 + 2 * j, k, o, sl, m);
+            },
             [&](int64_t j) {
                 for (int q = 0; q < 4; ++q) {
                     const int64_t at = (q >> 1) * w + 2 * j + (q & 1);
