@@ -24,8 +24,9 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch.func import grad
 
-# The mapping over tasks lives in taskmap; these names are re-exported for the chapters.
 from .maxpool import backward_differentiated
+
+# The mapping over tasks lives in taskmap; these names are re-exported for the chapters.
 from .taskmap import STRATEGIES, call, choose_strategy, map_tasks, run_tasks
 from .utils import check_positive, check_positive_int
 

@@ -48,8 +48,8 @@ inline void corners(const float* r0, const float* r1, typename Lanes<N>::f* out)
     out[3] = __builtin_shuffle(q0, q1, Lanes<N>::odd);
 }
 
-// With `Affine`, the window's values are first mapped to x * scale + shift (batch
-// normalisation's per-channel map), so the normalised map need not be written out.
+// With `Affine`, the window's values are first mapped to x * scale + shift (the normalisation's
+// map for this plane), so the normalised map need not be written out.
 template <int N, bool Affine = false>
 inline void pool_group(const float* r0, const float* r1, float* out, uint8_t* code, bool relu, float scale = 1,
                        float shift = 0) {
@@ -83,18 +83,28 @@ inline typename Lanes<N>::i load_code(const uint8_t* code) {
     return __builtin_convertvector(bytes, typename Lanes<N>::i);
 }
 
+// N windows' gradients g placed at their winners, zeros elsewhere: the two rows' 2N values as
+// four vectors (upper row, then lower row, N values each).
+template <int N>
+inline void at_winners(typename Lanes<N>::f g, const uint8_t* code, typename Lanes<N>::f* rows) {
+    typedef typename Lanes<N>::f F;
+    const typename Lanes<N>::i k = load_code<N>(code);
+    const F zero = {};
+    const F a = k == 0 ? g : zero, b = k == 1 ? g : zero, c = k == 2 ? g : zero, d = k == 3 ? g : zero;
+    rows[0] = __builtin_shuffle(a, b, Lanes<N>::low);
+    rows[1] = __builtin_shuffle(a, b, Lanes<N>::high);
+    rows[2] = __builtin_shuffle(c, d, Lanes<N>::low);
+    rows[3] = __builtin_shuffle(c, d, Lanes<N>::high);
+}
+
 template <int N>
 inline void unpool_group(const float* grad, const uint8_t* code, float* r0, float* r1) {
     typedef typename Lanes<N>::f F;
-    const typename Lanes<N>::i k = load_code<N>(code);
-    F g;
-    const F zero = {};
+    F g, v[4];
     std::memcpy(&g, grad, sizeof(F));
-    F a = k == 0 ? g : zero, b = k == 1 ? g : zero, c = k == 2 ? g : zero, d = k == 3 ? g : zero;
-    const F top0 = __builtin_shuffle(a, b, Lanes<N>::low), top1 = __builtin_shuffle(a, b, Lanes<N>::high);
-    const F bottom0 = __builtin_shuffle(c, d, Lanes<N>::low), bottom1 = __builtin_shuffle(c, d, Lanes<N>::high);
-    std::memcpy(r0, &top0, sizeof(F)); std::memcpy(r0 + N, &top1, sizeof(F));
-    std::memcpy(r1, &bottom0, sizeof(F)); std::memcpy(r1 + N, &bottom1, sizeof(F));
+    at_winners<N>(g, code, v);
+    std::memcpy(r0, &v[0], sizeof(F)); std::memcpy(r0 + N, &v[1], sizeof(F));
+    std::memcpy(r1, &v[2], sizeof(F)); std::memcpy(r1 + N, &v[3], sizeof(F));
 }
 
 // Normalisation's input gradient over the two rows of N windows: scale * (the pooled gradient at
@@ -103,17 +113,13 @@ template <int N>
 inline void norm_input_grad_group(const float* grad, const uint8_t* code, const float* x0, const float* x1,
                                   float* r0, float* r1, float scale, float offset, float slope, float centre) {
     typedef typename Lanes<N>::f F;
-    F g, v[4];
+    F g, v[4], winners[4];
     std::memcpy(&g, grad, sizeof(F));
-    const typename Lanes<N>::i k = load_code<N>(code);
-    const F zero = {}, mid = centre - zero;
-    g *= scale;
-    const F a = k == 0 ? g : zero, b = k == 1 ? g : zero, c = k == 2 ? g : zero, d = k == 3 ? g : zero;
-    const F at_winners[4] = {__builtin_shuffle(a, b, Lanes<N>::low), __builtin_shuffle(a, b, Lanes<N>::high),
-                             __builtin_shuffle(c, d, Lanes<N>::low), __builtin_shuffle(c, d, Lanes<N>::high)};
+    at_winners<N>(g * scale, code, winners);
+    const F mid = centre - F{};
     std::memcpy(&v[0], x0, sizeof(F)); std::memcpy(&v[1], x0 + N, sizeof(F));
     std::memcpy(&v[2], x1, sizeof(F)); std::memcpy(&v[3], x1 + N, sizeof(F));
-    for (int q = 0; q < 4; ++q) v[q] = at_winners[q] + offset + slope * (v[q] - mid);
+    for (int q = 0; q < 4; ++q) v[q] = winners[q] + offset + slope * (v[q] - mid);
     std::memcpy(r0, &v[0], sizeof(F)); std::memcpy(r0 + N, &v[1], sizeof(F));
     std::memcpy(r1, &v[2], sizeof(F)); std::memcpy(r1 + N, &v[3], sizeof(F));
 }
