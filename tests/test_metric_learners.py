@@ -4,7 +4,7 @@ import torch
 
 from mlbook.learners.base import Learner
 from mlbook.learners.matching import MatchingNet, attention_predict
-from mlbook.learners.protonet import ProtoNet, prototypes, squared_distances
+from mlbook.learners.protonet import ProtoNet, local_similarities, prototypes, squared_distances
 from mlbook.models import Conv4
 from mlbook.tasks import Episode, ImageClassFamily
 from mlbook.train import evaluate, meta_train
@@ -53,9 +53,11 @@ def test_attention_predict_is_a_distribution_and_a_nearest_neighbour_when_sharp(
     lambda: ProtoNet(small_conv()),
     lambda: ProtoNet(small_conv(), distance="cosine", scale=5.0),
     lambda: ProtoNet(small_conv(), distance="cosine", scale=5.0, learn_scale=True),
+    lambda: ProtoNet(Conv4(out_features=0, channels=8, image_size=16, pools=2), distance="local", scale=5.0,
+                     learn_scale=True, channels=8),
     lambda: MatchingNet(small_conv()),
     lambda: MatchingNet(small_conv(), fce=True),
-], ids=["protonet", "protonet-cosine", "protonet-cosine-learned", "matching", "matching-fce"])
+], ids=["protonet", "protonet-cosine", "protonet-cosine-learned", "protonet-local", "matching", "matching-fce"])
 def test_batched_paths_equal_the_per_task_interface(make):
     """The fast batched meta-loss and evaluation equal adapt/predict task by task (float64)."""
     learner = make()
@@ -156,3 +158,56 @@ def test_cosine_protonet_learns_its_temperature():
     logits = learner.episode_logits(result.state, episode)
     doubled = {**result.state, "log_scale": result.state["log_scale"] + torch.log(torch.tensor(2.0))}
     assert torch.allclose(learner.episode_logits(doubled, episode), 2 * logits, rtol=1e-5, atol=1e-6)
+
+
+def test_local_similarity_is_the_symmetric_mean_of_best_matches():
+    """Each descriptor's best cosine match, averaged, from both sides (written out with loops)."""
+    g = torch.Generator().manual_seed(0)
+    channels, places = 6, 5
+    query = torch.randn(2, 3, channels * places, generator=g, dtype=torch.float64)
+    support = torch.randn(2, 4, channels * places, generator=g, dtype=torch.float64)
+    got = local_similarities(query, support, channels)
+    assert got.shape == (2, 3, 4)
+    for b in range(2):
+        for m in range(3):
+            for s in range(4):
+                a = torch.nn.functional.normalize(query[b, m].view(channels, places).T, dim=-1)
+                c = torch.nn.functional.normalize(support[b, s].view(channels, places).T, dim=-1)
+                table = a @ c.T
+                expected = 0.5 * (table.max(1).values.mean() + table.max(0).values.mean())
+                assert torch.allclose(got[b, m, s], expected, atol=1e-12)
+    # Without a graph many query rows are compared a block at a time: the same numbers.
+    many = torch.randn(2, 150, channels * places, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        blocked = local_similarities(many, support, channels)
+    assert torch.allclose(blocked, torch.cat([local_similarities(many[:, i:i + 1], support, channels)
+                                              for i in range(150)], dim=1), atol=1e-12)
+
+
+def test_local_similarity_forgives_a_shift_that_the_flattened_distance_does_not():
+    """A map moved by one place still matches itself best; position by position it does not."""
+    g = torch.Generator().manual_seed(3)
+    maps = torch.relu(torch.randn(5, 8, 6, 6, generator=g, dtype=torch.float64))
+    maps[..., :, -1] = 0.0                             # an empty last column, so the shift loses nothing
+    shifted = torch.roll(maps, shifts=1, dims=-1)       # every part one place to the right
+    support, query = maps.flatten(1), shifted.flatten(1)
+    assert local_similarities(query, support, 8).argmax(-1).tolist() == list(range(5))
+    # The empty column's descriptors are zero and match nothing: 30 of 36 places score 1 with themselves.
+    assert torch.allclose(local_similarities(support, support, 8).diagonal(),
+                          torch.full((5,), 30 / 36, dtype=torch.float64))
+    assert squared_distances(query, support).argmin(-1).tolist() != list(range(5))
+
+
+def test_local_protonet_needs_the_channels_and_reads_them_from_the_config():
+    from mlbook.learners.base import LearnerConfig
+
+    with pytest.raises(ValueError, match="channels"):
+        ProtoNet(small_conv(), distance="local")
+    with pytest.raises(ValueError, match="channels"):
+        local_similarities(torch.zeros(2, 10), torch.zeros(3, 10), channels=4)
+    learner = ProtoNet.from_config(LearnerConfig(distance="local", channels=8, image_size=16, pools=2))
+    assert learner.channels == 8 and learner.learn_scale
+    family = ImageClassFamily(easy_images(), ways=5, shots=2, queries=3)
+    result = meta_train(learner, family, 40, meta_batch_size=2, outer_lr=1e-2, seed=0)
+    accuracy = evaluate(learner, result.state, family, episodes=40, seed=5).mean
+    assert accuracy > 0.6, f"the local similarity must learn the easy classes, got {accuracy}"
