@@ -23,6 +23,7 @@ import torch
 
 from . import distributed as dist_utils
 from .learners import LearnerConfig, get_learner, registry
+from .learners.protonet import DISTANCES
 from .models import POOLS
 from .reference import add_reproduce_command
 from .storage import CheckpointError, load_checkpoint, load_state_into
@@ -481,7 +482,8 @@ def _add_learner_options(train) -> None:
                        help="Conv4: fold each FxF patch of pixels into F*F channels first (with --image-size 56 "
                             "and F=2 the first block sees 28x28x4; default 1, no folding)")
     train.add_argument("--norm", default="group", choices=("group", "batch", "none"), help="Conv4 normalisation")
-    train.add_argument("--distance", default="euclidean", choices=("euclidean", "cosine"), help="ProtoNet distance")
+    train.add_argument("--distance", default="euclidean", choices=DISTANCES,
+                       help="ProtoNet distance (local: best matches of the feature maps' local descriptors)")
     train.add_argument("--fce", action="store_true", help="MatchingNet: full-context embeddings")
     train.add_argument("--inner-lr", type=positive_float, default=None, help="inner learning rate (gradient learners)")
     train.add_argument("--inner-steps", type=positive_int, default=1, help="inner steps (gradient learners)")
@@ -556,7 +558,8 @@ def _add_lake_command(commands) -> None:
     lake.add_argument("--test-time-shift", type=non_negative_float, default=0.0, metavar="PIXELS",
                       help="test-time augmentation: also score every image shifted by PIXELS in the 8 "
                            "directions (extra support shots, averaged query predictions); 0 (default) "
-                           "turns it off; 1.5 was chosen on the validation alphabet Balinese")
+                           "turns it off; chosen on the validation alphabet Balinese: 1.5 for 28-pixel "
+                           "images, 4.5 for 84-pixel ones (the README's command)")
     lake.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     lake.set_defaults(run=cmd_lake)
 

@@ -237,7 +237,59 @@ def test_each_lake_ablation_changes_exactly_what_it_names_from_its_base():
             changes.discard("--optimiser")
         if "--space-to-depth" in changes:
             changes.discard("--image-size")
-        # Runs on top of the chosen recipe carry its change too: what they add to it is what counts.
-        if all(change.get(flag) == value for flag, value in reference.LAKE_CHOSEN.items()):
-            changes -= set(reference.LAKE_CHOSEN)
+        # The local similarity is of the map the unpooled blocks keep: one change, two flags.
+        if change.get("--distance") == "local":
+            changes.discard("--pools")
+        # Runs on top of a chosen recipe carry its changes too: what they add to it is what counts.
+        for chosen in (reference.LAKE_CHOSEN, {**reference.LAKE_CHOSEN, **reference.LAKE_DETAIL}):
+            if all(change.get(flag) == value for flag, value in chosen.items()):
+                changes -= set(chosen)
         assert len(changes) <= 2, f"{variant}: an ablation changes one thing, or two to test a combination"
+
+
+def test_rescore_measures_the_numbers_again_and_keeps_what_training_recorded(tmp_path, capsys):
+    name = "sinusoid-metasgd-k10"
+    for suffix in ("json", "pt"):
+        (tmp_path / f"{name}.{suffix}").write_bytes((reference.RUNS_DIR / f"{name}.{suffix}").read_bytes())
+    shipped = reference.load_record(name)
+    wrong = {**shipped, "value": shipped["value"] * 2, "per_episode": {"value": [0.0] * 1000},
+             "steps": shipped["steps"] + 1}
+    (tmp_path / f"{name}.json").write_text(json.dumps(wrong))
+    assert main(["reproduce", name, "--check", "--out", str(tmp_path)]) != 0
+    capsys.readouterr()
+    assert main(["reproduce", name, "--rescore", "--out", str(tmp_path)]) == 0
+    rescored = reference.load_record(name, tmp_path)
+    assert rescored["value"] == pytest.approx(shipped["value"], rel=1e-4)
+    assert rescored["per_episode"]["value"] == pytest.approx(shipped["per_episode"]["value"], rel=1e-4)
+    assert rescored["steps"] == shipped["steps"] + 1, "what training recorded is kept"
+    assert set(rescored["rescored"]) == {"created", "commit"}
+    assert main(["reproduce", name, "--check", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["reproduce", name, "--rescore", "--check"]) != 0
+    assert "--rescore and --check" in capsys.readouterr().err
+    assert main(["reproduce", "omniglot-lake-ensemble", "--rescore"]) != 0
+    assert "ensemble" in capsys.readouterr().err
+
+
+def test_the_readme_lake_command_is_the_shipped_reference_run():
+    """What the README tells a reader to run is what `reproduce` trained and the book reports."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("python -m mlbook train --learner ProtoNet --data omniglot")
+    command = text[start:text.index("\n", text.index("--out", start))].replace("\\\n", " ").split()
+
+    def flags(args):
+        pairs, i = {}, 0
+        while i < len(args):
+            if args[i].startswith("--"):
+                has_value = i + 1 < len(args) and not args[i + 1].startswith("--")
+                pairs[args[i]] = args[i + 1] if has_value else True
+                i += 2 if has_value else 1
+            else:
+                i += 1
+        return pairs
+
+    readme = flags(command[3:])
+    readme.pop("--out")
+    registered = flags(list(reference.get(reference.LAKE_README_RUN).train_args))
+    registered.pop("--no-download")  # the registry reads the local archives; a reader may download
+    assert readme == registered
