@@ -343,19 +343,23 @@ _RUNS.append(ReferenceRun(
         "lake-ablation-lr3e-3+84px-folded+bf16 and its seed 1)"),
     threads=2, test_time_shift=LAKE_DETAIL_TEST_TIME_SHIFT))
 
+
+def _lake_given(run: ReferenceRun, minutes: int, opening: str) -> ReferenceRun:
+    """``run`` with ``minutes`` of training instead of 30 and nothing else changed; its note's
+    ``opening`` says so."""
+    return ReferenceRun(
+        name=f"{run.name}-{minutes}min", learner=run.learner, data=run.data, seed=run.seed,
+        train_args=_with_changes(run.train_args, {"--time-limit": str(60 * minutes)}),
+        metric=run.metric, chapter=run.chapter, protocol=run.protocol, paper_protocol=run.paper_protocol,
+        note=run.note.replace(opening, opening.replace(", on", f" given {minutes} minutes instead of 30, on")).replace(
+            "over the 30 minutes", f"over the {minutes} minutes"),
+        threads=run.threads, test_time_shift=run.test_time_shift)
+
+
 # The second command given 10 and 60 minutes instead of 30 (nothing else changed): with the
 # 30-minute run, the error of that command against training time.
-_LAKE_README_RUN = _RUNS[-1]
-for _minutes in (10, 60):
-    _RUNS.append(ReferenceRun(
-        name=f"{_LAKE_README_RUN.name}-{_minutes}min", learner="ProtoNet", data="omniglot", seed=0,
-        train_args=_with_changes(_LAKE_README_RUN.train_args, {"--time-limit": str(60 * _minutes)}),
-        metric="accuracy", chapter="Chapter 5", protocol=_LAKE_README_RUN.protocol,
-        paper_protocol=_LAKE_README_RUN.paper_protocol,
-        note=_LAKE_README_RUN.note.replace(LAKE_DETAIL_OPENING, LAKE_DETAIL_OPENING.replace(
-            ", on", f" given {_minutes} minutes instead of 30, on")).replace(
-            "over the 30 minutes", f"over the {_minutes} minutes"),
-        threads=2, test_time_shift=LAKE_DETAIL_TEST_TIME_SHIFT))
+_LAKE_SECOND_RUN = _RUNS[-1]
+_RUNS += [_lake_given(_LAKE_SECOND_RUN, minutes, LAKE_DETAIL_OPENING) for minutes in (10, 60)]
 
 # Alignment learned, not required: ProtoNet's squared distance compares two flattened maps position
 # by position; the local similarity (mlbook.learners.protonet.local_similarities) matches each
@@ -367,11 +371,12 @@ LAKE_LOCAL = {"--distance": "local", "--pools": "2", "--queries": "1"}
 # The test-time shift chosen again, on 300 Balinese episodes with the 10-minute ...+1query run:
 # none 42.7%, 1.5 pixels 41.6%, 3 40.1%, 4.5 39.7%, 6 40.3%: 4.5 pixels, as for the second command.
 LAKE_LOCAL_TEST_TIME_SHIFT = 4.5
+LAKE_README_OPENING = "The README's Lake command, on"
 _RUNS.append(ReferenceRun(
     name="omniglot-lake-protonet-local", learner="ProtoNet", data="omniglot", seed=0,
-    train_args=_with_changes(_LAKE_README_RUN.train_args, LAKE_LOCAL), metric="accuracy", chapter="Chapter 5",
-    protocol=_LAKE_README_RUN.protocol, paper_protocol=_LAKE_README_RUN.paper_protocol,
-    note=LAKE_NOTE.replace(LAKE_NOTE_OPENING, "The README's Lake command, on").replace(
+    train_args=_with_changes(_LAKE_SECOND_RUN.train_args, LAKE_LOCAL), metric="accuracy", chapter="Chapter 5",
+    protocol=_LAKE_SECOND_RUN.protocol, paper_protocol=_LAKE_SECOND_RUN.paper_protocol,
+    note=LAKE_NOTE.replace(LAKE_NOTE_OPENING, LAKE_README_OPENING).replace(
         "Its one change from the recipe, the outer learning rate 0.003 instead of 0.001, was chosen",
         "Its changes from the recipe, the outer learning rate 0.003 instead of 0.001, then 84-pixel images "
         "folded into 9 channels of a 28x28 map (--image-size 84 --space-to-depth 3) with the loss and its "
@@ -382,15 +387,7 @@ _RUNS.append(ReferenceRun(
     threads=2, test_time_shift=LAKE_LOCAL_TEST_TIME_SHIFT))
 _LAKE_LOCAL_RUN = _RUNS[-1]
 LAKE_README_RUN = _LAKE_LOCAL_RUN.name  # the run of the README's Lake command
-_RUNS.append(ReferenceRun(
-    name=f"{_LAKE_LOCAL_RUN.name}-10min", learner="ProtoNet", data="omniglot", seed=0,
-    train_args=_with_changes(_LAKE_LOCAL_RUN.train_args, {"--time-limit": "600"}),
-    metric="accuracy", chapter="Chapter 5", protocol=_LAKE_LOCAL_RUN.protocol,
-    paper_protocol=_LAKE_LOCAL_RUN.paper_protocol,
-    note=_LAKE_LOCAL_RUN.note.replace("The README's Lake command, on", "The README's Lake command given "
-                                      "10 minutes instead of 30, on").replace(
-        "over the 30 minutes", "over the 10 minutes"),
-    threads=2, test_time_shift=LAKE_LOCAL_TEST_TIME_SHIFT))
+_RUNS.append(_lake_given(_LAKE_LOCAL_RUN, 10, LAKE_README_OPENING))
 
 # Lake's challenge, what each choice buys: the same recipe for 10 minutes with Balinese held out
 # as the validation alphabet (every choice is read from val_value), one change per run.

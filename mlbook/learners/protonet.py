@@ -52,7 +52,7 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def local_similarities(query: torch.Tensor, support: torch.Tensor, channels: int) -> torch.Tensor:
-    """Symmetric mean-of-best-match similarity of feature maps: ``[..., M, D]``, ``[..., S, D]`` -> ``[..., M, S]`` (Chapter 5).
+    """Best-match similarity of feature maps both ways (Chapter 5): ``[..., M, D]``, ``[..., S, D]`` -> ``[..., M, S]``.
 
     Each embedding is a flattened ``channels x P`` map (``D = channels * P``), read as P local
     descriptors of unit length. Every descriptor of the query is matched with its most similar
