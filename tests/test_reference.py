@@ -44,9 +44,9 @@ def test_every_run_has_a_record_and_a_small_checkpoint():
                or not (reference.get(n).members or (reference.RUNS_DIR / f"{n}.pt").is_file())]
     assert not missing, f"runs without a shipped record or checkpoint: {missing}"
     total = sum(p.stat().st_size for p in reference.RUNS_DIR.iterdir())
-    # 26 MB: besides the papers' runs, thirty-three 10-minute Lake ablations, six ensemble members and
-    # five 10-, 30- and 60-minute Lake runs (0.45 MB each), and every record's per-episode scores (2 MB).
-    assert total < 26 * 2 ** 20, f"the reference runs take {total / 2 ** 20:.1f} MB; keep them under 26 MB"
+    # 30 MB: besides the papers' runs, thirty-eight 10-minute Lake ablations, six ensemble members and
+    # seven 10-, 30- and 60-minute Lake runs (0.45 MB each), and every record's per-episode scores (2 MB).
+    assert total < 30 * 2 ** 20, f"the reference runs take {total / 2 ** 20:.1f} MB; keep them under 30 MB"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
