@@ -94,10 +94,13 @@ class ProtoNet(Learner):
     """Prototypical Networks behind the one learner interface (Chapter 5).
 
     ``model`` maps images to embeddings (default: ``Conv4(out_features=0)``, 64 channels,
-    GroupNorm). ``distance`` is 'euclidean' (squared, as in the paper) or 'cosine';
-    ``scale`` multiplies the negative distances before the softmax (a temperature). With
-    ``learn_scale`` the temperature is meta-learned (its logarithm is ``state["log_scale"]``),
-    which cosine similarity needs: bounded in [-1, 1], it cannot make confident logits alone.
+    GroupNorm). ``distance`` is 'euclidean' (squared, as in the paper), 'cosine', or 'local'
+    (:func:`local_similarities` of the model's feature maps, which have ``channels`` channels;
+    a class scores the mean over its shots, so a task keeps every support embedding instead of
+    prototypes). ``scale`` multiplies the negative distances (or the similarities) before the
+    softmax (a temperature). With ``learn_scale`` the temperature is meta-learned (its logarithm
+    is ``state["log_scale"]``), which cosine and local similarities need: bounded in [-1, 1],
+    they cannot make confident logits alone.
     ``meta_loss`` embeds every image of a meta-batch in one backbone call, which is exact here
     because GroupNorm (or no normalisation) treats each image on its own.
     """
