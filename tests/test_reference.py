@@ -44,9 +44,9 @@ def test_every_run_has_a_record_and_a_small_checkpoint():
                or not (reference.get(n).members or (reference.RUNS_DIR / f"{n}.pt").is_file())]
     assert not missing, f"runs without a shipped record or checkpoint: {missing}"
     total = sum(p.stat().st_size for p in reference.RUNS_DIR.iterdir())
-    # 30 MB: besides the papers' runs, thirty-eight 10-minute Lake ablations, six ensemble members and
-    # seven 10-, 30- and 60-minute Lake runs (0.45 MB each), and every record's per-episode scores (2 MB).
-    assert total < 30 * 2 ** 20, f"the reference runs take {total / 2 ** 20:.1f} MB; keep them under 30 MB"
+    # 32 MB: besides the papers' runs, forty 10-minute Lake ablations, six ensemble members and
+    # eight 10-, 30- and 60-minute Lake runs (0.45 MB each), and every record's per-episode scores (2 MB).
+    assert total < 32 * 2 ** 20, f"the reference runs take {total / 2 ** 20:.1f} MB; keep them under 32 MB"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -173,6 +173,9 @@ def test_reproduce_runs_end_to_end_in_fast_mode_without_touching_the_shipped_fil
     record = json.loads((tmp_path / "sinusoid-metasgd-k10.json").read_text())
     assert record["fast"] is True and record["train_argv"][:4] == ["python", "-m", "mlbook", "train"]
     assert len(record["per_episode"]["value"]) == record["eval_protocol"]["episodes"]
+    # How busy the machine was when training began, printed and kept beside the timing.
+    assert record["load_average_at_start"] >= 0
+    assert f"load average {record['load_average_at_start']} when training starts" in done.stderr
     assert (tmp_path / "sinusoid-metasgd-k10.pt").stat().st_size < 100_000
     from mlbook.train import load_checkpoint
 
@@ -241,7 +244,8 @@ def test_each_lake_ablation_changes_exactly_what_it_names_from_its_base():
         if change.get("--distance") == "local":
             changes.discard("--pools")
         # Runs on top of a chosen recipe carry its changes too: what they add to it is what counts.
-        for chosen in (reference.LAKE_CHOSEN, {**reference.LAKE_CHOSEN, **reference.LAKE_DETAIL}):
+        for chosen in (reference.LAKE_CHOSEN, {**reference.LAKE_CHOSEN, **reference.LAKE_DETAIL},
+                       {**reference.LAKE_CHOSEN, **reference.LAKE_DETAIL, **reference.LAKE_LOCAL}):
             if all(change.get(flag) == value for flag, value in chosen.items()):
                 changes -= set(chosen)
         assert len(changes) <= 2, f"{variant}: an ablation changes one thing, or two to test a combination"
