@@ -584,6 +584,20 @@ def executed_notebook(html_root: Path, source: str) -> Path:
     return html_root.parent / "jupyter_execute" / source
 
 
+def _merged_streams(outputs: list[dict]) -> list[dict]:
+    """``outputs`` with consecutive streams of one name joined, as the page shows them
+    (``nb_merge_streams`` in ``_config.yml``): a kernel may send one print in two pieces."""
+    merged = []
+    for output in outputs:
+        previous = merged[-1] if merged else {}
+        if (output.get("output_type") == "stream" and previous.get("output_type") == "stream"
+                and previous.get("name") == output.get("name")):
+            merged[-1] = {**previous, "text": "".join(previous.get("text", "")) + "".join(output.get("text", ""))}
+        else:
+            merged.append(output)
+    return merged
+
+
 def stored_output_problems(notebook: dict) -> list[tuple[str, str]]:
     """Faults in an executed notebook's stored outputs, as ``(kind, message)``.
 
@@ -595,7 +609,7 @@ def stored_output_problems(notebook: dict) -> list[tuple[str, str]]:
     state = notebook.get("metadata", {}).get("widgets", {}).get(
         "application/vnd.jupyter.widget-state+json", {}).get("state", {})
     for index, cell in enumerate(notebook.get("cells", [])):
-        for output in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+        for output in _merged_streams(cell.get("outputs", [])) if cell.get("cell_type") == "code" else []:
             where = f"cell {index}"
             kind = output.get("output_type")
             if kind == "error":

@@ -376,3 +376,13 @@ def test_planted_stored_faults_are_found():
         notebook = nbformat.v4.new_notebook(cells=[clean, nbformat.v4.new_code_cell("x", outputs=[output])])
         found = {k for k, _ in stored_output_problems(notebook)}
         assert kind in found, (kind, found)
+    # A kernel may send one print in two pieces (the page joins them, nb_merge_streams): the
+    # lone newline is part of the print before it, while a print of nothing but space is not.
+    split_print = nbformat.v4.new_code_cell("print(table)", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text="run  ours\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="\n")])
+    assert stored_output_problems(nbformat.v4.new_notebook(cells=[split_print])) == []
+    blank = nbformat.v4.new_code_cell("print()", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text="\n")])
+    found = {k for k, _ in stored_output_problems(nbformat.v4.new_notebook(cells=[blank]))}
+    assert "empty-output" in found
