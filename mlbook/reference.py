@@ -401,6 +401,10 @@ _RUNS += [_lake_given(_LAKE_LOCAL_RUN, minutes, LAKE_README_OPENING) for minutes
 # as the validation alphabet (every choice is read from val_value), one change per run.
 LAKE_ABLATION_BASE = tuple(a for a in LAKE_RECIPE_ARGS if a not in ("--time-limit", "1800")) + (
     "--val-alphabets", "Balinese", "--time-limit", "600")
+# The README's recipe in the ablations' terms: runs on top of it add one flag or set one back.
+_LOCAL_RECIPE = {**LAKE_CHOSEN, **LAKE_DETAIL, **LAKE_LOCAL}
+_LOCAL_TEXT = ("the 84-pixel bfloat16 recipe scored by the local similarity of 7x7 feature maps, one query per "
+               "class, with {}")
 # variant: ({flag: new value, or None to drop the flag}, what changes)
 def _with_seed1(variant: str, change: dict, text: str) -> dict:
     """An ablation ``variant`` and its repeat from seed 1, as entries of LAKE_ABLATIONS."""
@@ -521,42 +525,26 @@ LAKE_ABLATIONS = {
                   "the first block pools), one query per class"),
     # The local command's training loss ends near zero (0.002 after its hour): does twice the affine
     # jitter (up to 10 degrees, 10% scale, shear and shift) make what it learns carry over better?
-    **_with_seed1("lr3e-3+84px-folded+bf16+local2pools+1query+jitter1",
-                  {"--lr": "3e-3", "--image-size": "84", "--space-to-depth": "3", "--precision": "bfloat16",
-                   "--distance": "local", "--pools": "2", "--queries": "1", "--jitter": "1.0"},
-                  "the 84-pixel bfloat16 recipe scored by the local similarity of 7x7 feature maps, one "
-                  "query per class, with affine jitter 1.0 instead of 0.5"),
+    **_with_seed1("lr3e-3+84px-folded+bf16+local2pools+1query+jitter1", {**_LOCAL_RECIPE, "--jitter": "1.0"},
+                  _LOCAL_TEXT.format("affine jitter 1.0 instead of 0.5")),
     # Harder episodes for a loss near zero: twice the classes to tell apart in each episode, or
     # every episode within one alphabet (whose characters look alike) instead of half of them.
     "lr3e-3+84px-folded+bf16+local2pools+1query+40way": (
-        {"--lr": "3e-3", "--image-size": "84", "--space-to-depth": "3", "--precision": "bfloat16",
-         "--distance": "local", "--pools": "2", "--queries": "1", "--ways": "40"},
-        "the 84-pixel bfloat16 recipe scored by the local similarity of 7x7 feature maps, one query per "
-        "class, with 40-way training episodes instead of 20-way"),
+        {**_LOCAL_RECIPE, "--ways": "40"}, _LOCAL_TEXT.format("40-way training episodes instead of 20-way")),
     "lr3e-3+84px-folded+bf16+local2pools+1query+within1": (
-        {"--lr": "3e-3", "--image-size": "84", "--space-to-depth": "3", "--precision": "bfloat16",
-         "--distance": "local", "--pools": "2", "--queries": "1", "--within-alphabet": "1.0"},
-        "the 84-pixel bfloat16 recipe scored by the local similarity of 7x7 feature maps, one query per "
-        "class, with every training episode within one alphabet instead of half"),
+        {**_LOCAL_RECIPE, "--within-alphabet": "1.0"},
+        _LOCAL_TEXT.format("every training episode within one alphabet instead of half")),
     # Ten minutes already train the local command as far as an hour does: is the embedding now too
     # narrow, or does it need variation the affine jitter cannot make (strokes that bend)?
-    **_with_seed1("lr3e-3+84px-folded+bf16+local2pools+1query+96ch",
-                  {"--lr": "3e-3", "--image-size": "84", "--space-to-depth": "3", "--precision": "bfloat16",
-                   "--distance": "local", "--pools": "2", "--queries": "1", "--channels": "96"},
-                  "the 84-pixel bfloat16 recipe scored by the local similarity of 7x7 feature maps, one "
-                  "query per class, with 96 channels instead of 64"),
+    **_with_seed1("lr3e-3+84px-folded+bf16+local2pools+1query+96ch", {**_LOCAL_RECIPE, "--channels": "96"},
+                  _LOCAL_TEXT.format("96 channels instead of 64")),
     "lr3e-3+84px-folded+bf16+local2pools+1query+elastic3": (
-        {"--lr": "3e-3", "--image-size": "84", "--space-to-depth": "3", "--precision": "bfloat16",
-         "--distance": "local", "--pools": "2", "--queries": "1", "--elastic": "3"},
-        "the 84-pixel bfloat16 recipe scored by the local similarity of 7x7 feature maps, one query per "
-        "class, with elastic warps of up to 3 pixels (of 84)"),
+        {**_LOCAL_RECIPE, "--elastic": "3"}, _LOCAL_TEXT.format("elastic warps of up to 3 pixels (of 84)")),
     # The outer learning rate was chosen for the squared distance of 28-pixel embeddings: the local
     # command with the base's 0.001 instead (no --lr of its own).
     "lr3e-3+84px-folded+bf16+local2pools+1query+lr1e-3": (
-        {"--image-size": "84", "--space-to-depth": "3", "--precision": "bfloat16",
-         "--distance": "local", "--pools": "2", "--queries": "1"},
-        "the 84-pixel bfloat16 recipe scored by the local similarity of 7x7 feature maps, one query per "
-        "class, with the outer learning rate 0.001 instead of 0.003"),
+        {flag: value for flag, value in _LOCAL_RECIPE.items() if flag != "--lr"},
+        _LOCAL_TEXT.format("the outer learning rate 0.001 instead of 0.003")),
 }
 LAKE_ABLATION_NOTE = (
     "An ablation of the Lake recipe: 10 minutes of training on one thread, with Balinese held out of "
