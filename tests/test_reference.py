@@ -230,27 +230,27 @@ def test_each_lake_ablation_changes_exactly_what_it_names_from_its_base():
     base = reference.get("lake-ablation-base").train_args
     pairs = lambda a: {(x, y if not y.startswith("--") else None)  # noqa: E731
                        for x, y in zip(a, (*a[1:], "--end")) if x.startswith("--")}
+
+    def changes_between(args, recipe_args):
+        # A repeat from another seed is the same ablation, not another change; AdamW and its
+        # weight decay are one change named by two flags, and so are a larger image and its
+        # folding, and the local similarity and the map the unpooled blocks keep for it.
+        flags = {flag for flag, _ in pairs(args) ^ pairs(recipe_args)} - {"--seed"}
+        for named, implied in (("--weight-decay", "--optimiser"), ("--space-to-depth", "--image-size"),
+                               ("--distance", "--pools")):
+            if named in flags:
+                flags.discard(implied)
+        return flags
+    # Runs on top of a chosen recipe are measured from it: what they add to it, or set back or
+    # to another value, is what counts.
+    recipes = [base] + [reference._with_changes(base, chosen) for chosen in (
+        reference.LAKE_CHOSEN, {**reference.LAKE_CHOSEN, **reference.LAKE_DETAIL},
+        {**reference.LAKE_CHOSEN, **reference.LAKE_DETAIL, **reference.LAKE_LOCAL})]
     for variant, (change, _) in reference.LAKE_ABLATIONS.items():
         args = reference.get(f"lake-ablation-{variant}").train_args
         changed = {flag for flag, _ in pairs(args) ^ pairs(base)}
         assert changed == set(change), (variant, pairs(args) ^ pairs(base))
-
-        def distance(recipe_args):
-            # A repeat from another seed is the same ablation, not another change; AdamW and its
-            # weight decay are one change named by two flags, and so are a larger image and its
-            # folding, and the local similarity and the map the unpooled blocks keep for it.
-            flags = {flag for flag, _ in pairs(args) ^ pairs(recipe_args)} - {"--seed"}
-            for named, implied in (("--weight-decay", "--optimiser"), ("--space-to-depth", "--image-size"),
-                                   ("--distance", "--pools")):
-                if named in flags:
-                    flags.discard(implied)
-            return flags
-        # Runs on top of a chosen recipe are measured from it: what they add to it, or set back or
-        # to another value, is what counts.
-        recipes = [base] + [reference._with_changes(base, chosen) for chosen in (
-            reference.LAKE_CHOSEN, {**reference.LAKE_CHOSEN, **reference.LAKE_DETAIL},
-            {**reference.LAKE_CHOSEN, **reference.LAKE_DETAIL, **reference.LAKE_LOCAL})]
-        changes = min((distance(recipe) for recipe in recipes), key=len)
+        changes = min((changes_between(args, recipe) for recipe in recipes), key=len)
         assert len(changes) <= 2, f"{variant}: an ablation changes one thing, or two to test a combination"
 
 
