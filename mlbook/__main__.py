@@ -82,7 +82,8 @@ def build_data(config: dict) -> dict:
 
     Omniglot: the named background archives, alphabets in ``holdout_alphabets`` held out for
     testing and ``val_alphabets`` for validation. Glyphs: procedural classes split by
-    pseudo-alphabet (70% train, 10% validation, 20% test).
+    pseudo-alphabet (70% train, 10% validation, 20% test). With ``unions`` (``--unions``), the
+    training split also holds overlaid pairs of its characters (:func:`mlbook.tasks.union_characters`).
     """
     kind = check_choice("data", config["data"], DATA)
     if kind == "sinusoid":
@@ -109,7 +110,13 @@ def build_data(config: dict) -> dict:
             split["test"] = split["train"]                 # no held-out alphabets: say so when scoring
     else:
         split = _usage(alphabet_split, data.alphabets, (0.7, 0.1, 0.2), config.get("data_seed", 0))
-    return {"kind": kind, "images": data.images, "alphabets": list(data.alphabets), "train": split["train"],
+    images, alphabets, train = data.images, list(data.alphabets), split["train"]
+    if config.get("unions", 0) > 0:
+        from .tasks import union_characters
+
+        images, alphabets, train = union_characters(images, alphabets, train, config["unions"],
+                                                    seed=config.get("data_seed", 0))
+    return {"kind": kind, "images": images, "alphabets": alphabets, "train": train,
             "val": split["val"], "test": split["test"]}
 
 
@@ -174,7 +181,7 @@ def _run_config(args) -> dict:
     }
     # Stored only when used, so checkpoints written before these options existed still resume.
     config.update({key: value for key, value in (("elastic", args.elastic), ("thicken", args.thicken),
-                                                 ("reflect", args.reflect)) if value})
+                                                 ("reflect", args.reflect), ("unions", args.unions)) if value})
     if args.pools != LearnerConfig.pools:
         config["pools"] = args.pools
     if args.space_to_depth != LearnerConfig.space_to_depth:
@@ -184,9 +191,9 @@ def _run_config(args) -> dict:
             raise UsageError("--holdout-alphabets and --val-alphabets apply to --data omniglot only")
         config["holdout_alphabets"] = []
     if args.data == "sinusoid" and (args.within_alphabet > 0 or args.jitter > 0 or args.rotate or args.reflect
-                                    or args.elastic > 0 or args.thicken > 0):
-        raise UsageError("--within-alphabet, --jitter, --elastic, --thicken, --rotate and --reflect apply to image data "
-                         "(omniglot or glyphs) only")
+                                    or args.elastic > 0 or args.thicken > 0 or args.unions > 0):
+        raise UsageError("--within-alphabet, --jitter, --elastic, --thicken, --rotate, --reflect and --unions apply to "
+                         "image data (omniglot or glyphs) only")
     return config
 
 
@@ -461,6 +468,9 @@ def _add_data_options(train) -> None:
     train.add_argument("--rotate", action="store_true", help="rotated characters (x90 degrees) as new classes")
     train.add_argument("--reflect", action="store_true",
                        help="mirror images of characters (left-right) as new classes, with --rotate in all four turns")
+    train.add_argument("--unions", type=non_negative_float, default=0.0, metavar="PER_CHARACTER",
+                       help="new training classes, each two characters of one alphabet drawn over each other "
+                            "(drawer by drawer), this many per training character (0: none)")
     train.add_argument("--within-alphabet", type=fraction, default=0.0,
                        help="fraction of training episodes whose classes share one alphabet")
     train.add_argument("--elastic", type=non_negative_float, default=0.0,

@@ -19,7 +19,7 @@ from .utils import check_positive, check_positive_int
 __all__ = [
     "Episode", "TaskFamily", "SinusoidFamily", "LineFamily", "ImageClassFamily",
     "PolynomialFamily", "ScrambledFamily", "SwappedSupportFamily", "RandomNetworkFamily", "AlphabetFamily", "LinearGaussianFamily",
-    "VariableShotsFamily", "sample_nway_kshot", "copies_per_class", "copies_description", "alphabet_split", "SPLITS",
+    "VariableShotsFamily", "sample_nway_kshot", "union_characters", "copies_per_class", "copies_description", "alphabet_split", "SPLITS",
 ]
 
 
@@ -375,6 +375,46 @@ def sample_nway_kshot(images: torch.Tensor, ways: int, shots: int, queries: int,
     support_y = labels.repeat_interleave(shots, dim=1)
     query_y = labels.repeat_interleave(queries, dim=1)
     return Episode(support_x, support_y, query_x, query_y)
+
+
+def union_characters(images: torch.Tensor, alphabets: Sequence[str], classes: torch.Tensor,
+                     per_character: float, seed: int = 0):
+    """New classes made of two characters drawn over each other (Chapter 5, Lake's challenge).
+
+    For every alphabet among ``classes``, ``round(per_character * n)`` new classes (``n`` its
+    characters there), each the pixel-wise maximum of two distinct characters of that alphabet,
+    drawer by drawer: example ``d`` of the new class overlays drawer ``d``'s drawings of both, so
+    every new class keeps the 20 drawers' styles. Strokes must be bright on dark (as loaded).
+    Returns ``(images, alphabets, classes)`` with the new classes appended after the old ones
+    (whose indices do not change), in the new classes' own alphabets, deterministically for a
+    ``seed``. Used on the training split only: the test never sees an overlaid character.
+    """
+    _check_images(images)
+    if not math.isfinite(per_character) or per_character < 0:
+        raise ValueError(f"per_character must be a finite number >= 0, got {per_character!r}")
+    if len(alphabets) != images.shape[0]:
+        raise ValueError(f"alphabets must name one alphabet per class: {len(alphabets)} names for "
+                         f"{images.shape[0]} classes")
+    pool = _class_pool(images, classes)
+    members = defaultdict(list)
+    for c in pool.tolist():
+        members[alphabets[c]].append(c)
+    generator = torch.Generator().manual_seed(seed)
+    firsts, seconds, names = [], [], []
+    for alphabet in sorted(members):
+        chars = members[alphabet]
+        count = round(per_character * len(chars)) if len(chars) >= 2 else 0
+        for _ in range(count):
+            first, second = torch.randperm(len(chars), generator=generator)[:2].tolist()
+            firsts.append(chars[first])
+            seconds.append(chars[second])
+            names.append(alphabet)
+    if not names:
+        return images, list(alphabets), pool
+    index = torch.tensor(firsts, device=images.device), torch.tensor(seconds, device=images.device)
+    overlaid = torch.maximum(images[index[0]], images[index[1]])
+    added = torch.arange(images.shape[0], images.shape[0] + len(names), device=pool.device)
+    return torch.cat([images, overlaid]), [*alphabets, *names], torch.cat([pool, added])
 
 
 SPLITS = ("train", "val", "test")

@@ -64,11 +64,15 @@ def one_line_error(code, err, pattern):
     (["train", "--data", "sinusoid", "--learner", "MAML", "--elastic", "2", "--out", "x.pt"],
      "apply to image data"),
     (["train", "--data", "sinusoid", "--learner", "MAML", "--reflect", "--out", "x.pt"],
-     "--rotate and --reflect apply to image data"),
+     "--rotate, --reflect and --unions apply to image data"),
+    (["train", "--data", "sinusoid", "--learner", "MAML", "--unions", "1", "--out", "x.pt"],
+     "--reflect and --unions apply to image data"),
+    (["train", *TINY_IMAGES, "--unions", "-1", "--out", "x.pt"], "--unions: must be"),
     (["train", *TINY_IMAGES, "--holdout-alphabets", "none", "--ways", "1700", "--rotate", "--reflect",
       "--out", "x.pt"], "(with rotations and mirror images)"),
 ], ids=["learner", "data", "shots", "ways", "regression", "zero-ways", "missing-eval", "missing-lake",
-        "thicken-share", "elastic-sinusoid", "reflect-sinusoid", "reflect-ways"])
+        "thicken-share", "elastic-sinusoid", "reflect-sinusoid", "unions-sinusoid", "unions-negative",
+        "reflect-ways"])
 def test_mistakes_give_one_line_and_a_nonzero_exit(args, pattern, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = call(capsys, *args)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mlbook.tasks import (Episode, ImageClassFamily, LineFamily, PolynomialFamily, SinusoidFamily,
-                          SwappedSupportFamily, alphabet_split, sample_nway_kshot)
+                          SwappedSupportFamily, alphabet_split, sample_nway_kshot, union_characters)
 
 
 def _labelled_images(classes=12, examples=20, size=8):
@@ -299,3 +299,28 @@ def test_swapped_support_gives_each_query_set_another_tasks_support():
         SwappedSupportFamily(family).sample(1, torch.Generator())
     with pytest.raises(ValueError, match="task family"):
         SwappedSupportFamily(object())
+
+
+def test_union_characters_overlay_two_characters_of_one_alphabet_drawer_by_drawer():
+    images = torch.zeros(6, 3, 4, 4, dtype=torch.uint8)
+    for c in range(6):
+        images[c, :, c // 4, c % 4] = 255            # character c: one stroke pixel of its own
+    images[:, :, 3, 3] = torch.arange(3, dtype=torch.uint8) * 10  # the drawer's mark, shared
+    alphabets = ["A", "A", "A", "B", "B", "C"]
+    train = torch.tensor([0, 1, 2, 3, 4])              # C is held out: it gets no new class
+    grown, names, classes = union_characters(images, alphabets, train, 1.0, seed=0)
+    assert grown.shape == (11, 3, 4, 4) and names[:6] == alphabets and names[6:] == ["A"] * 3 + ["B"] * 2
+    assert torch.equal(grown[:6], images) and classes.tolist() == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
+    for new in range(6, 11):
+        strokes = {c for c in range(6) if grown[new, 0, c // 4, c % 4] == 255}
+        assert len(strokes) == 2 and {alphabets[c] for c in strokes} == {names[new]}
+        first, second = sorted(strokes)
+        assert torch.equal(grown[new], torch.maximum(images[first], images[second]))
+    again = union_characters(images, alphabets, train, 1.0, seed=0)
+    assert torch.equal(again[0], grown) and torch.equal(again[2], classes)
+    assert union_characters(images, alphabets, train, 0.0)[0] is images
+    assert union_characters(images, alphabets, train, 0.5)[0].shape[0] == 6 + 2 + 1  # round(1.5), round(1)
+    with pytest.raises(ValueError, match="per_character must be a finite number >= 0"):
+        union_characters(images, alphabets, train, -1.0)
+    with pytest.raises(ValueError, match="one alphabet per class"):
+        union_characters(images, alphabets[:5], train, 1.0)
