@@ -551,6 +551,11 @@ LAKE_ABLATIONS = {
     **_with_seed1("lr3e-3+84px-folded+bf16+local2pools+1query+unions", {**_LOCAL_RECIPE, "--unions": "1"},
                   _LOCAL_TEXT.format("pairs of characters of one alphabet drawn over each other as new classes, "
                                      "one per training character")),
+    # These runs took a third more steps in their 10 minutes than the command's two seeds had on
+    # an earlier day: the command's recipe again, from both seeds, trained the same day.
+    **_with_seed1("lr3e-3+84px-folded+bf16+local2pools+1query+rerun", _LOCAL_RECIPE,
+                  _LOCAL_TEXT.format("nothing changed: the same recipe trained again on the day of the "
+                                     "unions runs")),
     # One validation alphabet is a sample of one: the command's recipe and the unions again with
     # Greek held out instead (24 characters, as many as Balinese), Balinese training.
     "lr3e-3+84px-folded+bf16+local2pools+1query+valgreek": (
