@@ -248,3 +248,18 @@ def test_a_checkpoint_from_before_precision_existed_resumes_and_a_changed_precis
     capsys.readouterr()
     code, _, err = call(capsys, *args, "--steps", "6", "--precision", "bfloat16", "--out", str(out), "--resume")
     one_line_error(code, err, "precision")
+
+
+def test_unions_grow_the_training_split_only():
+    """--unions adds overlaid characters to training; validation and test keep their classes."""
+    from mlbook.__main__ import build_data
+
+    config = {"data": "glyphs", "glyph_classes": 200, "image_size": 16}
+    plain, grown = build_data(config), build_data({**config, "unions": 1.0})
+    for split in ("val", "test"):
+        assert torch.equal(plain[split], grown[split])
+    old = plain["images"].shape[0]
+    assert torch.equal(grown["images"][:old], plain["images"])
+    added = grown["train"][grown["train"] >= old]
+    assert added.numel() == plain["train"].numel() == grown["images"].shape[0] - old
+    assert torch.equal(grown["train"][grown["train"] < old], plain["train"])
