@@ -153,7 +153,8 @@ def task_family(data: dict, split: str, ways: int, shots: int, queries: int, wit
 
 # -- commands --------------------------------------------------------------------------------
 _LEARNER_FLAGS = {"inner_lr": "--inner-lr", "inner_steps": "--inner-steps", "first_order": "--first-order",
-                  "distance": "--distance", "fce": "--fce", "lam": "--lam", "cg_steps": "--cg-steps"}
+                  "distance": "--distance", "local_window": "--local-window", "fce": "--fce", "lam": "--lam",
+                  "cg_steps": "--cg-steps"}
 # What a resumed run may change; everything else defines the run and must stay as it was.
 _RESUMABLE_SETTINGS = {"steps", "time_limit", "checkpoint_every", "stop_after", "val_every", "val_episodes",
                        "patience", "cuda_graph"}
@@ -182,6 +183,10 @@ def _run_config(args) -> dict:
     # Stored only when used, so checkpoints written before these options existed still resume.
     config.update({key: value for key, value in (("elastic", args.elastic), ("thicken", args.thicken),
                                                  ("reflect", args.reflect), ("unions", args.unions)) if value})
+    if args.local_window is not None:
+        if args.distance != "local":
+            raise UsageError(f"--local-window applies to --distance local only, got --distance {args.distance}")
+        config["local_window"] = args.local_window
     if args.pools != LearnerConfig.pools:
         config["pools"] = args.pools
     if args.space_to_depth != LearnerConfig.space_to_depth:
@@ -494,6 +499,9 @@ def _add_learner_options(train) -> None:
     train.add_argument("--norm", default="group", choices=("group", "batch", "none"), help="Conv4 normalisation")
     train.add_argument("--distance", default="euclidean", choices=DISTANCES,
                        help="ProtoNet distance (local: best matches of the feature maps' local descriptors)")
+    train.add_argument("--local-window", type=non_negative_int, default=None, metavar="R",
+                       help="with --distance local: a descriptor matches only those at most R cells of the "
+                            "feature map away (default: anywhere)")
     train.add_argument("--fce", action="store_true", help="MatchingNet: full-context embeddings")
     train.add_argument("--inner-lr", type=positive_float, default=None, help="inner learning rate (gradient learners)")
     train.add_argument("--inner-steps", type=positive_int, default=1, help="inner steps (gradient learners)")

@@ -569,6 +569,25 @@ LAKE_ABLATIONS = {
         {**_LOCAL_RECIPE, "--unions": "1", "--val-alphabets": "Greek"},
         _LOCAL_TEXT.format("pairs of characters drawn over each other as new classes (one per training "
                            "character) and Greek as the validation alphabet instead of Balinese")),
+    # Mirror images as classes of their own, on top of the command's recipe, judged on both
+    # validation alphabets from two seeds each (Greek's plain recipe from seed 1 too).
+    **_with_seed1("lr3e-3+84px-folded+bf16+local2pools+1query+reflect", {**_LOCAL_RECIPE, "--reflect": True},
+                  _LOCAL_TEXT.format("mirror images of the characters as new classes")),
+    **_with_seed1("lr3e-3+84px-folded+bf16+local2pools+1query+reflect+valgreek",
+                  {**_LOCAL_RECIPE, "--reflect": True, "--val-alphabets": "Greek"},
+                  _LOCAL_TEXT.format("mirror images of the characters as new classes and Greek as the "
+                                     "validation alphabet instead of Balinese")),
+    # Matching anywhere ignores where a part is; a window lets each descriptor look for its match
+    # only within 1 or 2 cells of its own place on the 7x7 map (12 or 24 of the 84 pixels).
+    "lr3e-3+84px-folded+bf16+local2pools+1query+window1": (
+        {**_LOCAL_RECIPE, "--local-window": "1"},
+        _LOCAL_TEXT.format("each descriptor matched within 1 cell of its place instead of anywhere")),
+    "lr3e-3+84px-folded+bf16+local2pools+1query+window2": (
+        {**_LOCAL_RECIPE, "--local-window": "2"},
+        _LOCAL_TEXT.format("each descriptor matched within 2 cells of its place instead of anywhere")),
+    "lr3e-3+84px-folded+bf16+local2pools+1query+valgreek-seed1": (
+        {**_LOCAL_RECIPE, "--val-alphabets": "Greek", "--seed": "1"},
+        _LOCAL_TEXT.format("Greek as the validation alphabet instead of Balinese, seed 1 instead of 0")),
 }
 LAKE_ABLATION_NOTE = (
     "An ablation of the Lake recipe: 10 minutes of training on one thread, with Balinese held out of "

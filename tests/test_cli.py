@@ -70,9 +70,13 @@ def one_line_error(code, err, pattern):
     (["train", *TINY_IMAGES, "--unions", "-1", "--out", "x.pt"], "--unions: must be"),
     (["train", *TINY_IMAGES, "--holdout-alphabets", "none", "--ways", "1700", "--rotate", "--reflect",
       "--out", "x.pt"], "(with rotations and mirror images)"),
+    (["train", *TINY_IMAGES, "--local-window", "1", "--out", "x.pt"],
+     "--local-window applies to --distance local only"),
+    (["train", *TINY_IMAGES, "--distance", "local", "--local-window", "-1", "--out", "x.pt"],
+     "--local-window: must be"),
 ], ids=["learner", "data", "shots", "ways", "regression", "zero-ways", "missing-eval", "missing-lake",
         "thicken-share", "elastic-sinusoid", "reflect-sinusoid", "unions-sinusoid", "unions-negative",
-        "reflect-ways"])
+        "reflect-ways", "window-euclidean", "window-negative"])
 def test_mistakes_give_one_line_and_a_nonzero_exit(args, pattern, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = call(capsys, *args)
@@ -248,6 +252,18 @@ def test_a_checkpoint_from_before_precision_existed_resumes_and_a_changed_precis
     capsys.readouterr()
     code, _, err = call(capsys, *args, "--steps", "6", "--precision", "bfloat16", "--out", str(out), "--resume")
     one_line_error(code, err, "precision")
+
+
+def test_local_window_is_stored_and_read_back(tmp_path):
+    """A run trained with --local-window evaluates with the same window."""
+    out = tmp_path / "window.pt"
+    assert main(["train", "--learner", "ProtoNet", *TINY_IMAGES, "--ways", "5", "--queries", "1",
+                 "--steps", "2", "--distance", "local", "--pools", "2", "--local-window", "1",
+                 "--out", str(out)]) == 0
+    assert load_checkpoint(out)["metadata"]["config"]["local_window"] == 1
+    from mlbook.__main__ import load_trained
+
+    assert load_trained(out, torch.device("cpu"))[2].local_window == 1
 
 
 def test_unions_grow_the_training_split_only():

@@ -198,6 +198,58 @@ def test_local_similarity_forgives_a_shift_that_the_flattened_distance_does_not(
     assert squared_distances(query, support).argmin(-1).tolist() != list(range(5))
 
 
+def test_local_window_limits_how_far_a_descriptor_may_look_for_its_match():
+    """Window r: best matches among places at most r cells away (written out with loops)."""
+    g = torch.Generator().manual_seed(1)
+    channels, side = 4, 4
+    query = torch.randn(3, channels * side * side, generator=g, dtype=torch.float64)
+    support = torch.randn(2, channels * side * side, generator=g, dtype=torch.float64)
+    for window in (0, 1, 2):
+        got = local_similarities(query, support, channels, window=window)
+        for m in range(3):
+            for s in range(2):
+                a = torch.nn.functional.normalize(query[m].view(channels, -1).T, dim=-1)
+                c = torch.nn.functional.normalize(support[s].view(channels, -1).T, dim=-1)
+                table = a @ c.T
+                for p in range(side * side):
+                    for r in range(side * side):
+                        if max(abs(p // side - r // side), abs(p % side - r % side)) > window:
+                            table[p, r] = -2.0
+                expected = 0.5 * (table.max(1).values.mean() + table.max(0).values.mean())
+                assert torch.allclose(got[m, s], expected, atol=1e-12)
+    # A window as wide as the map is no window at all.
+    assert torch.allclose(local_similarities(query, support, channels, window=side - 1),
+                          local_similarities(query, support, channels), atol=1e-12)
+
+
+def test_local_window_forgives_a_small_shift_but_not_a_part_moved_across_the_character():
+    g = torch.Generator().manual_seed(3)
+    maps = torch.relu(torch.randn(5, 8, 6, 6, generator=g, dtype=torch.float64))
+    maps[..., :, -3:] = 0.0                            # three empty columns: shifts lose nothing
+    near, far = torch.roll(maps, shifts=1, dims=-1), torch.roll(maps, shifts=3, dims=-1)
+    support = maps.flatten(1)
+    unlimited = local_similarities(far.flatten(1), support, 8).diagonal()
+    # One place over is within a window of 1, as close a match as without a window ...
+    assert torch.allclose(local_similarities(near.flatten(1), support, 8, window=1).diagonal(),
+                          local_similarities(near.flatten(1), support, 8).diagonal(), atol=1e-12)
+    # ... three places over is out of its reach and scores lower than without one.
+    assert (local_similarities(far.flatten(1), support, 8, window=1).diagonal() < unlimited - 0.1).all()
+
+
+def test_local_window_is_checked_and_read_from_the_config():
+    from mlbook.learners.base import LearnerConfig
+
+    with pytest.raises(ValueError, match="local_window applies to distance='local'"):
+        ProtoNet(small_conv(), distance="euclidean", local_window=1)
+    with pytest.raises(ValueError, match="local_window must be"):
+        ProtoNet(small_conv(), distance="local", channels=8, local_window=-1)
+    with pytest.raises(ValueError, match="square"):
+        local_similarities(torch.zeros(2, 4 * 6), torch.zeros(3, 4 * 6), channels=4, window=1)
+    learner = ProtoNet.from_config(LearnerConfig(distance="local", channels=8, image_size=16, pools=2,
+                                                 local_window=1))
+    assert learner.local_window == 1 and "local_window=1" in repr(learner)
+
+
 def test_local_protonet_needs_the_channels_and_reads_them_from_the_config():
     from mlbook.learners.base import LearnerConfig
 

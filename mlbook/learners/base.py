@@ -93,6 +93,7 @@ class LearnerConfig:
     inner_steps: int = 1
     first_order: bool = False
     distance: str = "euclidean"
+    local_window: int | None = None
     fce: bool = False
     lam: float = 1.0
     cg_steps: int = 5

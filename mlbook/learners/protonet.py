@@ -9,6 +9,8 @@ differentiated twice, so a meta-step costs one forward and one backward pass of 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,7 +53,8 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             - 2 * a @ b.transpose(-1, -2)).clamp_min(0.0)
 
 
-def local_similarities(query: torch.Tensor, support: torch.Tensor, channels: int) -> torch.Tensor:
+def local_similarities(query: torch.Tensor, support: torch.Tensor, channels: int,
+                       window: int | None = None) -> torch.Tensor:
     """Best-match similarity of feature maps both ways (Chapter 5): ``[..., M, D]``, ``[..., S, D]`` -> ``[..., M, S]``.
 
     Each embedding is a flattened ``channels x P`` map (``D = channels * P``), read as P local
@@ -63,6 +66,10 @@ def local_similarities(query: torch.Tensor, support: torch.Tensor, channels: int
     query with those of a class. A part of a character drawn a little elsewhere still finds its
     match, which two flattened maps compared position by position do not allow. A descriptor
     that is all zeros (nothing drawn near it) matches nothing and adds 0 to either mean.
+    With ``window`` = r the map is read as a square and a descriptor may only match one at most
+    r cells away in either direction (r = 0: the same position), as the image distortion model of
+    Keysers et al. (2007) lets each pixel move within a small neighbourhood: a part may move a
+    little but not to the other side of the character. None: anywhere.
     """
     if query.shape[-1] != support.shape[-1] or query.shape[-1] % channels:
         raise ValueError(f"query and support must end in the same multiple of channels={channels}, got "
@@ -72,16 +79,33 @@ def local_similarities(query: torch.Tensor, support: torch.Tensor, channels: int
         return F.normalize(z.unflatten(-1, (channels, -1)).transpose(-1, -2), dim=-1)  # [..., n, P, C]
 
     q, s = descriptors(query), descriptors(support)
+    too_far = None if window is None else _beyond_window(q.shape[-2], window, q.device)
 
     def block(rows):
         # One matrix product whose [m*P, S*P] result is read in place as [m, P, S, P]: no copy
         # of the table, the largest tensor here.
         table = (rows.flatten(-3, -2) @ s.flatten(-3, -2).transpose(-1, -2)).unflatten(
             -1, s.shape[-3:-1]).unflatten(-3, rows.shape[-3:-1])                     # [..., m, P, S, P]
+        if too_far is not None:
+            # Below any cosine similarity, so a match out of reach is never the best one.
+            table = table.masked_fill(too_far, -2.0)
         return 0.5 * (table.amax(-1).mean(-2) + table.amax(-3).mean(-1))
     if torch.is_grad_enabled() or q.shape[-3] <= LOCAL_ROWS_PER_CALL:
         return block(q)
     return torch.cat([block(rows) for rows in q.split(LOCAL_ROWS_PER_CALL, dim=-3)], dim=-2)
+
+
+def _beyond_window(positions: int, window: int, device) -> torch.Tensor:
+    """``[P, 1, P]`` mask of position pairs of a square map more than ``window`` cells apart."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+        raise ValueError(f"window must be None or a non-negative integer, got {window!r}")
+    side = math.isqrt(positions)
+    if side * side != positions:
+        raise ValueError(f"window needs a square feature map; got {positions} positions")
+    cells = torch.arange(side, device=device)
+    rows, cols = cells.repeat_interleave(side), cells.repeat(side)
+    apart = torch.maximum((rows[:, None] - rows).abs(), (cols[:, None] - cols).abs())
+    return (apart > window)[:, None, :]
 
 
 def embedding_for(config: LearnerConfig) -> nn.Module:
@@ -108,12 +132,12 @@ class ProtoNet(Learner):
     name = "ProtoNet"
     kind = "metric"
     tasks = frozenset({"classification"})
-    options = ("distance",)
+    options = ("distance", "local_window")
     any_ways = True
 
     def __init__(self, model: nn.Module | None = None, distance: str = "euclidean", scale: float = 1.0,
-                 learn_scale: bool = False, channels: int | None = None, strategy: str = "auto",
-                 chunk_size: int | None = None):
+                 learn_scale: bool = False, channels: int | None = None, local_window: int | None = None,
+                 strategy: str = "auto", chunk_size: int | None = None):
         super().__init__(loss="cross_entropy", strategy=strategy, chunk_size=chunk_size)
         self.model = Conv4(out_features=0) if model is None else model
         if not isinstance(self.model, nn.Module):
@@ -125,7 +149,13 @@ class ProtoNet(Learner):
             if channels is None:
                 raise ValueError("channels (the feature map's channels) is required with distance='local'")
             channels = check_positive_int("channels", channels)
+        if local_window is not None:
+            if self.distance != "local":
+                raise ValueError(f"local_window applies to distance='local' only, got distance={distance!r}")
+            if isinstance(local_window, bool) or not isinstance(local_window, int) or local_window < 0:
+                raise ValueError(f"local_window must be None or a non-negative integer, got {local_window!r}")
         self.channels = channels
+        self.local_window = local_window
         # Batch statistics tie each image's embedding to the others in its call, so such a model
         # must see an evaluation batch whole.
         self._embeds_each_image_alone = not any(isinstance(m, (BatchStatNorm, nn.modules.batchnorm._BatchNorm))
@@ -142,7 +172,7 @@ class ProtoNet(Learner):
             return cls(embedding_for(config), distance="cosine", scale=10.0, learn_scale=True)
         if config.distance == "local":
             return cls(embedding_for(config), distance="local", scale=10.0, learn_scale=True,
-                       channels=config.channels)
+                       channels=config.channels, local_window=config.local_window)
         return cls(embedding_for(config), distance=config.distance)
 
     def init(self, seed: int, *, dtype=None, device=None) -> dict:
@@ -180,7 +210,8 @@ class ProtoNet(Learner):
         scale = self._temperature(state)
         if self.distance == "local":
             # Each support image is matched on its own; a class scores the mean over its shots.
-            per_image = local_similarities(query, summary["support"], self.channels)   # [..., M, S]
+            per_image = local_similarities(query, summary["support"], self.channels,
+                                           self.local_window)                          # [..., M, S]
             return scale * per_image @ summary["class_weights"]
         protos = summary["prototypes"]
         if self.distance == "cosine":
@@ -214,4 +245,5 @@ class ProtoNet(Learner):
 
     def __repr__(self) -> str:
         learned = ", learned" if self.learn_scale else ""
-        return f"ProtoNet(distance={self.distance!r}, scale={self.scale}{learned})"
+        window = "" if self.local_window is None else f", local_window={self.local_window}"
+        return f"ProtoNet(distance={self.distance!r}{window}, scale={self.scale}{learned})"
