@@ -14,7 +14,7 @@ import torch
 
 __all__ = [
     "seed_everything", "get_device", "is_fast", "budget", "progress", "make_generator",
-    "check_positive_int", "check_positive", "check_choice",
+    "check_positive_int", "check_non_negative_int", "check_positive", "check_choice",
 ]
 
 _DEVICE_ORDER = ("cuda", "mps", "cpu")
@@ -32,6 +32,13 @@ def check_positive_int(name: str, value: Any) -> int:
     """Validate that argument ``name`` is a positive integer and return it (all chapters)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_non_negative_int(name: str, value: Any) -> int:
+    """Validate that argument ``name`` is an integer of at least 0 and return it (all chapters)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)
 
 

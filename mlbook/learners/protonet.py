@@ -19,7 +19,7 @@ from ..metrics import query_metrics
 from ..models import BatchStatNorm, Conv4
 from ..taskmap import call
 from ..tasks import Episode
-from ..utils import check_choice, check_positive, check_positive_int
+from ..utils import check_choice, check_non_negative_int, check_positive, check_positive_int
 from .base import Learner, LearnerConfig, check_labelled_support
 
 __all__ = ["ProtoNet", "prototypes", "squared_distances", "local_similarities", "embedding_for", "DISTANCES"]
@@ -97,8 +97,7 @@ def local_similarities(query: torch.Tensor, support: torch.Tensor, channels: int
 
 def _beyond_window(positions: int, window: int, device) -> torch.Tensor:
     """``[P, 1, P]`` mask of position pairs of a square map more than ``window`` cells apart."""
-    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
-        raise ValueError(f"window must be None or a non-negative integer, got {window!r}")
+    window = check_non_negative_int("window", window)
     side = math.isqrt(positions)
     if side * side != positions:
         raise ValueError(f"window needs a square feature map; got {positions} positions")
@@ -152,8 +151,7 @@ class ProtoNet(Learner):
         if local_window is not None:
             if self.distance != "local":
                 raise ValueError(f"local_window applies to distance='local' only, got distance={distance!r}")
-            if isinstance(local_window, bool) or not isinstance(local_window, int) or local_window < 0:
-                raise ValueError(f"local_window must be None or a non-negative integer, got {local_window!r}")
+            local_window = check_non_negative_int("local_window", local_window)
         self.channels = channels
         self.local_window = local_window
         # Batch statistics tie each image's embedding to the others in its call, so such a model
