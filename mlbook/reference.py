@@ -417,6 +417,15 @@ def _with_seeds(variant: str, change: dict, text: str, seeds) -> dict:
             for seed in seeds}
 
 
+# Changes on top of the README's recipe that were trained from several seeds or on both
+# validation alphabets: (change, what changes).
+_GREEK = {"--val-alphabets": "Greek"}
+_GREEK_TEXT = "Greek as the validation alphabet instead of Balinese"
+_MIRRORS = {**_LOCAL_RECIPE, "--reflect": True}
+_MIRRORS_TEXT = "mirror images of the characters as new classes"
+_ON_GREEK = ({**_LOCAL_RECIPE, **_GREEK}, _LOCAL_TEXT.format(_GREEK_TEXT))
+_MIRRORS_ON_GREEK = ({**_MIRRORS, **_GREEK}, _LOCAL_TEXT.format(f"{_MIRRORS_TEXT} and {_GREEK_TEXT}"))
+
 LAKE_ABLATIONS = {
     "base": ({}, "none: the README's recipe of 2026-12-02 (Conv4 with group norm, 28 px, 20-way "
                  "episodes, half within one alphabet, rotations, jitter 0.5)"),
@@ -567,9 +576,7 @@ LAKE_ABLATIONS = {
                                      "unions runs")),
     # One validation alphabet is a sample of one: the command's recipe and the unions again with
     # Greek held out instead (24 characters, as many as Balinese), Balinese training.
-    "lr3e-3+84px-folded+bf16+local2pools+1query+valgreek": (
-        {**_LOCAL_RECIPE, "--val-alphabets": "Greek"},
-        _LOCAL_TEXT.format("Greek as the validation alphabet instead of Balinese")),
+    "lr3e-3+84px-folded+bf16+local2pools+1query+valgreek": _ON_GREEK,
     "lr3e-3+84px-folded+bf16+local2pools+1query+unions+valgreek": (
         {**_LOCAL_RECIPE, "--unions": "1", "--val-alphabets": "Greek"},
         _LOCAL_TEXT.format("pairs of characters drawn over each other as new classes (one per training "
@@ -579,12 +586,8 @@ LAKE_ABLATIONS = {
     # recipe's six runs (40.8% to 43.4%, a mean of 41.7%); 5.2%, 5.1% and 5.4% on Greek against
     # 6.5%, 5.6% and 5.1%. Means lower by half a point on both, less than half what runs of one
     # recipe spread: a tie, not taken (the test alphabets, read afterwards: 8.6% against 8.7%).
-    **_with_seed1("lr3e-3+84px-folded+bf16+local2pools+1query+reflect", {**_LOCAL_RECIPE, "--reflect": True},
-                  _LOCAL_TEXT.format("mirror images of the characters as new classes")),
-    **_with_seed1("lr3e-3+84px-folded+bf16+local2pools+1query+reflect+valgreek",
-                  {**_LOCAL_RECIPE, "--reflect": True, "--val-alphabets": "Greek"},
-                  _LOCAL_TEXT.format("mirror images of the characters as new classes and Greek as the "
-                                     "validation alphabet instead of Balinese")),
+    **_with_seed1("lr3e-3+84px-folded+bf16+local2pools+1query+reflect", _MIRRORS, _LOCAL_TEXT.format(_MIRRORS_TEXT)),
+    **_with_seed1("lr3e-3+84px-folded+bf16+local2pools+1query+reflect+valgreek", *_MIRRORS_ON_GREEK),
     # Matching anywhere ignores where a part is; a window lets each descriptor look for its match
     # only within 1 or 2 cells of its own place on the 7x7 map (12 or 24 of the 84 pixels). One
     # cell made 44.4% errors on Balinese, above all six runs of the recipe; two cells 40.8% and
@@ -596,19 +599,13 @@ LAKE_ABLATIONS = {
                   _LOCAL_TEXT.format("each descriptor matched within 2 cells of its place instead of anywhere")),
     # Mirror images split Balinese's two seeds (one tied, one lower): more seeds of each, with and
     # without, on both validation alphabets.
-    **_with_seeds("lr3e-3+84px-folded+bf16+local2pools+1query+reflect", {**_LOCAL_RECIPE, "--reflect": True},
-                  _LOCAL_TEXT.format("mirror images of the characters as new classes"), (2, 3)),
+    **_with_seeds("lr3e-3+84px-folded+bf16+local2pools+1query+reflect", _MIRRORS,
+                  _LOCAL_TEXT.format(_MIRRORS_TEXT), (2, 3)),
     **_with_seeds("lr3e-3+84px-folded+bf16+local2pools+1query", _LOCAL_RECIPE,
                   _LOCAL_TEXT.format("nothing changed"), (2, 3)),
-    **_with_seeds("lr3e-3+84px-folded+bf16+local2pools+1query+reflect+valgreek",
-                  {**_LOCAL_RECIPE, "--reflect": True, "--val-alphabets": "Greek"},
-                  _LOCAL_TEXT.format("mirror images of the characters as new classes and Greek as the "
-                                     "validation alphabet instead of Balinese"), (2,)),
-    **_with_seeds("lr3e-3+84px-folded+bf16+local2pools+1query+valgreek", {**_LOCAL_RECIPE, "--val-alphabets": "Greek"},
-                  _LOCAL_TEXT.format("Greek as the validation alphabet instead of Balinese"), (2,)),
-    "lr3e-3+84px-folded+bf16+local2pools+1query+valgreek-seed1": (
-        {**_LOCAL_RECIPE, "--val-alphabets": "Greek", "--seed": "1"},
-        _LOCAL_TEXT.format("Greek as the validation alphabet instead of Balinese, seed 1 instead of 0")),
+    **_with_seeds("lr3e-3+84px-folded+bf16+local2pools+1query+reflect+valgreek", *_MIRRORS_ON_GREEK, (2,)),
+    **_with_seeds("lr3e-3+84px-folded+bf16+local2pools+1query+valgreek", *_ON_GREEK, (2,)),
+    **_with_seeds("lr3e-3+84px-folded+bf16+local2pools+1query+valgreek", *_ON_GREEK, (1,)),
 }
 LAKE_ABLATION_NOTE = (
     "An ablation of the Lake recipe: 10 minutes of training on one thread, with Balinese held out of "
