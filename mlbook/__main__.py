@@ -187,6 +187,13 @@ def _run_config(args) -> dict:
         if args.distance != "local":
             raise UsageError(f"--local-window applies to --distance local only, got --distance {args.distance}")
         config["local_window"] = args.local_window
+    if args.pretrain > 0:
+        _check_pretrain(args)
+        config["pretrain"] = args.pretrain
+        if args.pretrain_head != "mean":
+            config["pretrain_head"] = args.pretrain_head
+    elif args.pretrain_head != "mean":
+        raise UsageError("--pretrain-head chooses the head of --pretrain: give --pretrain SECONDS too")
     if args.pools != LearnerConfig.pools:
         config["pools"] = args.pools
     if args.space_to_depth != LearnerConfig.space_to_depth:
@@ -202,12 +209,28 @@ def _run_config(args) -> dict:
     return config
 
 
+def _check_pretrain(args) -> None:
+    if args.learner != "ProtoNet" or args.data == "sinusoid":
+        raise UsageError(f"--pretrain trains ProtoNet's embedding on image data; got --learner {args.learner} "
+                         f"--data {args.data}")
+    if args.reflect:
+        raise UsageError("--pretrain classifies characters and their turns; it cannot be combined with --reflect")
+    if args.pretrain_head == "dense" and args.distance != "local":
+        raise UsageError(f"--pretrain-head dense classifies each place of a feature map: it needs --distance local, "
+                         f"got --distance {args.distance}")
+    if args.time_limit is not None and args.time_limit <= args.pretrain:
+        raise UsageError(f"--pretrain {args.pretrain:g} seconds is part of --time-limit {args.time_limit:g}: "
+                         f"it must be shorter, to leave time for meta-training")
+
+
 def _train_config(args) -> TrainConfig:
+    # Pre-training spends the first --pretrain seconds of --time-limit; meta-training the rest.
+    time_limit = None if args.time_limit is None else args.time_limit - args.pretrain
     return TrainConfig(steps=args.steps, meta_batch_size=args.meta_batch_size, outer_lr=args.lr,
                        optimiser=args.optimiser, weight_decay=args.weight_decay, seed=args.seed,
                        schedule=args.schedule, warmup=args.warmup,
                        val_every=args.val_every, val_episodes=args.val_episodes, patience=args.patience,
-                       checkpoint_every=args.checkpoint_every, time_limit=args.time_limit,
+                       checkpoint_every=args.checkpoint_every, time_limit=time_limit,
                        precision=args.precision, cuda_graph=args.cuda_graph)
 
 
@@ -255,6 +278,23 @@ def _augmentation(args):
     return chosen[0]() if len(chosen) == 1 else Chain(*(make() for make in chosen))
 
 
+def _pretrained_state(learner, data: dict, args, device, log) -> dict:
+    """The learner's initial state with its embedding pre-trained as a classifier of every training
+    class for ``--pretrain`` seconds (Chapter 5)."""
+    from .pretrain import pretrain
+
+    result = pretrain(learner.model, data["images"].to(device), time_limit=args.pretrain, lr=args.lr,
+                      seed=args.seed, classes=data["train"].to(device), rotate=args.rotate,
+                      precision=args.precision, augment=_augmentation(args),
+                      channels=learner.channels if learner.distance == "local" else None,
+                      dense=args.pretrain_head == "dense")
+    if log:
+        log(f"pre-trained the embedding for {result.seconds:.0f} s: {len(result.losses)} steps of "
+            f"{result.images_seen // max(1, len(result.losses))} images over {result.num_classes} classes, "
+            f"last loss {result.losses[-1]:.3f}")
+    return {**learner.init(args.seed, device=device), "params": result.state["params"]}
+
+
 def cmd_train(args) -> int:
     """``train``: meta-train a learner and write a checkpoint (Chapter 5)."""
     config, train_config = _run_config(args), _usage(_train_config, args)
@@ -283,8 +323,12 @@ def cmd_train(args) -> int:
             f"{args.shots}-shot, {args.queries} queries per class), {args.steps} steps, device {device}, "
             f"{world.size} process(es)")
     started = time.perf_counter()
+    state = None
+    if args.pretrain > 0 and not (args.resume and out.exists()):
+        state = _pretrained_state(learner, data, args, device, log)
     with stop_on_signals():
-        result = meta_train(learner, family, config=train_config, val_family=val_family, checkpoint=out,
+        result = meta_train(learner, family, state=state, config=train_config, val_family=val_family,
+                            checkpoint=out,
                             resume=args.resume, metadata={"config": config, "argv": sys.argv[1:]}, log=log,
                             augment=_augmentation(args))
     if world.is_main:
@@ -533,6 +577,12 @@ def _add_training_options(train) -> None:
     train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out with a new run")
     train.add_argument("--time-limit", type=positive_float, default=None, help="stop after this many seconds")
+    train.add_argument("--pretrain", type=non_negative_float, default=0.0, metavar="SECONDS",
+                       help="ProtoNet: first train the embedding for this many seconds as a classifier of every "
+                            "training class (and its turns), then meta-train from it; part of --time-limit")
+    train.add_argument("--pretrain-head", choices=("mean", "dense"), default="mean",
+                       help="with --distance local, what the pre-training classifier reads: the mean of the "
+                            "feature map's descriptors, or each descriptor on its own (dense; default mean)")
     train.add_argument("--precision", default="float32", choices=PRECISIONS,
                        help="bfloat16: meta-loss and gradients under autocast, faster on CPUs with AMX and on "
                             "GPUs (default float32)")

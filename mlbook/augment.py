@@ -148,6 +148,14 @@ class Chain:
             episode = augmentation(episode, generator)
         return episode
 
+    def images(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Apply each augmentation's ``images`` in turn to a stack of images ``[..., C, H, W]``."""
+        for augmentation in self.augmentations:
+            if not callable(getattr(augmentation, "images", None)):
+                raise ValueError(f"{augmentation!r} transforms episodes only: it has no images(x, generator)")
+            x = augmentation.images(x, generator)
+        return x
+
     def __repr__(self) -> str:
         return f"Chain({', '.join(map(repr, self.augmentations))})"
 

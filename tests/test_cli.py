@@ -74,9 +74,19 @@ def one_line_error(code, err, pattern):
      "--local-window applies to --distance local only"),
     (["train", *TINY_IMAGES, "--distance", "local", "--local-window", "-1", "--out", "x.pt"],
      "--local-window: must be"),
+    (["train", *TINY_IMAGES, "--learner", "MAML", "--pretrain", "5", "--out", "x.pt"],
+     "--pretrain trains ProtoNet's embedding on image data"),
+    (["train", *TINY_IMAGES, "--pretrain", "5", "--reflect", "--out", "x.pt"], "cannot be combined with --reflect"),
+    (["train", *TINY_IMAGES, "--pretrain", "5", "--time-limit", "5", "--out", "x.pt"], "must be shorter"),
+    (["train", *TINY_IMAGES, "--pretrain", "-1", "--out", "x.pt"], "--pretrain: must be"),
+    (["train", *TINY_IMAGES, "--pretrain", "5", "--pretrain-head", "dense", "--out", "x.pt"],
+     "needs --distance local"),
+    (["train", *TINY_IMAGES, "--distance", "local", "--pretrain-head", "dense", "--out", "x.pt"],
+     "give --pretrain SECONDS too"),
 ], ids=["learner", "data", "shots", "ways", "regression", "zero-ways", "missing-eval", "missing-lake",
         "thicken-share", "elastic-sinusoid", "reflect-sinusoid", "unions-sinusoid", "unions-negative",
-        "reflect-ways", "window-euclidean", "window-negative"])
+        "reflect-ways", "window-euclidean", "window-negative", "pretrain-maml", "pretrain-reflect",
+        "pretrain-too-long", "pretrain-negative", "dense-euclidean", "dense-alone"])
 def test_mistakes_give_one_line_and_a_nonzero_exit(args, pattern, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = call(capsys, *args)
@@ -264,6 +274,47 @@ def test_local_window_is_stored_and_read_back(tmp_path):
     from mlbook.__main__ import load_trained
 
     assert load_trained(out, torch.device("cpu"))[2].local_window == 1
+
+
+def test_pretrain_spends_part_of_the_time_limit_then_meta_trains(tmp_path, capsys):
+    """--pretrain trains the embedding as a classifier first; meta-training gets the rest of the time."""
+    out = tmp_path / "pre.pt"
+    assert main(["train", "--learner", "ProtoNet", *TINY_IMAGES, "--ways", "5", "--queries", "1",
+                 "--steps", "100000", "--distance", "local", "--pools", "2", "--pretrain", "1",
+                 "--time-limit", "3", "--rotate", "--jitter", "0.5", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "pre-trained the embedding for 1 s" in err
+    saved = load_checkpoint(out)
+    assert saved["metadata"]["config"]["pretrain"] == 1.0
+    assert saved["train_config"]["time_limit"] == 2.0
+    # Resuming a finished run neither pre-trains again nor changes what it continues.
+    assert main(["train", "--learner", "ProtoNet", *TINY_IMAGES, "--ways", "5", "--queries", "1",
+                 "--steps", "100000", "--distance", "local", "--pools", "2", "--pretrain", "1",
+                 "--time-limit", "3", "--rotate", "--jitter", "0.5", "--out", str(out), "--resume"]) == 0
+    assert "pre-trained" not in capsys.readouterr().err
+
+
+def test_pretrained_state_starts_meta_training(tmp_path, monkeypatch):
+    """The state meta-training starts from is the pre-trained embedding, with the learner's scale."""
+    import mlbook.__main__ as cli
+
+    started_from = {}
+
+    def record(learner, family, state=None, **kwargs):
+        started_from.update(state=state)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "meta_train", record)
+    with pytest.raises(SystemExit):
+        main(["train", "--learner", "ProtoNet", *TINY_IMAGES, "--ways", "5", "--queries", "1",
+              "--distance", "local", "--pools", "2", "--pretrain", "0.5", "--out", str(tmp_path / "x.pt")])
+    state = started_from["state"]
+    assert set(state) == {"params", "log_scale"} and float(state["log_scale"].detach()) == 0.0
+    fresh = cli.build_learner({**cli._run_config(cli.make_parser().parse_args(
+        ["train", "--learner", "ProtoNet", *TINY_IMAGES, "--distance", "local", "--pools", "2", "--out", "x.pt"]))})
+    initial = fresh.init(0)["params"]
+    assert set(state["params"]) == set(initial)
+    assert any(not torch.equal(state["params"][k], initial[k]) for k in initial)
 
 
 def test_unions_grow_the_training_split_only():

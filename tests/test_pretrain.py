@@ -53,10 +53,72 @@ def test_pretrained_embedding_beats_a_random_one_on_new_classes():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(steps=0), "steps"), (dict(batch_size=0), "batch_size"), (dict(lr=-1.0), "lr"),
-    (dict(model="conv"), "torch.nn.Module"),
+    (dict(model="conv"), "torch.nn.Module"), (dict(steps=None), "steps or time_limit"),
+    (dict(time_limit=0.0), "time_limit"), (dict(precision="half"), "precision"),
+    (dict(augment=lambda episode, generator: episode), "images\\(x, generator\\)"),
+    (dict(dense=True), "needs channels"),
 ])
 def test_pretrain_bad_input(kwargs, match):
     args = dict(model=Conv4(out_features=0, channels=4, image_size=16), images=_bars(), steps=1)
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         pretrain(**args)
+
+
+def test_pretrain_stops_at_its_time_limit():
+    model = Conv4(out_features=0, channels=4, image_size=16)
+    result = pretrain(model, _bars(), batch_size=8, time_limit=0.3)
+    assert result.seconds >= 0.3 and len(result.losses) >= 1
+    assert result.images_seen == 8 * len(result.losses)
+    assert len(pretrain(model, _bars(), steps=3, batch_size=8, time_limit=60.0).losses) == 3
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["mean", "dense"])
+def test_pretrain_of_a_local_feature_map(dense):
+    """With ``channels``, the head reads the map's descriptors: their mean, or each one (dense)."""
+    from mlbook.learners import LearnerConfig
+    from mlbook.learners.protonet import embedding_for
+
+    config = LearnerConfig(channels=8, image_size=16, pools=2, distance="local")
+    model = embedding_for(config)
+    result = pretrain(model, _bars(), steps=40, batch_size=32, lr=1e-2, seed=0, channels=8,
+                      precision="bfloat16", dense=dense)
+    assert result.head["weight"].shape == (12, 8)
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert sum(result.losses[-5:]) < sum(result.losses[:5])
+    again = pretrain(model, _bars(), steps=40, batch_size=32, lr=1e-2, seed=0, channels=8,
+                     precision="bfloat16", dense=dense)
+    assert again.losses == result.losses
+
+
+def test_pretrain_augments_each_batch():
+    from mlbook.augment import AffineJitter, Chain
+
+    model = Conv4(out_features=0, channels=4, image_size=16)
+    plain = pretrain(model, _bars(), steps=3, batch_size=8, seed=0)
+    jitter = AffineJitter(degrees=20, scale=0.2, shear=0.2, shift=0.2)
+    jittered = pretrain(model, _bars(), steps=3, batch_size=8, seed=0, augment=Chain(jitter))
+    assert jittered.losses != plain.losses
+    x = torch.rand(4, 1, 16, 16)
+    chained = Chain(jitter, jitter).images(x, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    assert torch.equal(chained, jitter.images(jitter.images(x, g), g))
+
+
+def test_dense_pretraining_classifies_every_place():
+    """Dense classification's loss is the mean of one cross-entropy per place of the map."""
+    from mlbook.learners import LearnerConfig
+    from mlbook.learners.protonet import embedding_for
+
+    model = embedding_for(LearnerConfig(channels=8, image_size=16, pools=2, distance="local"))
+    # One step at a learning rate too small to matter: the first loss is the untrained one.
+    result = pretrain(model, _bars(), steps=1, batch_size=4, lr=1e-12, seed=3, channels=8, dense=True)
+    from mlbook.models import init_params
+    from mlbook.taskmap import call
+
+    params = init_params(model, 3)
+    x, y = sample_labelled_images(_bars(), 4, torch.Generator().manual_seed(3))
+    places = call(model, params, x).unflatten(-1, (8, -1)).transpose(-1, -2)      # [4, P, 8]
+    logits = places @ result.head["weight"].T + result.head["bias"]
+    expected = torch.stack([torch.nn.functional.cross_entropy(logits[:, p], y) for p in range(places.shape[1])])
+    assert result.losses[0] == pytest.approx(expected.mean().item(), rel=1e-4)
