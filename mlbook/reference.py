@@ -611,7 +611,9 @@ LAKE_ABLATIONS = {
     # and a linear head over the 624 training classes (156 characters in four turns), reading the
     # mean of the 7x7 map's descriptors or, dense (Lifchitz et al., 2019), each one on its own.
     # Tried first outside the registry on Balinese: 44.3% and 44.1% (mean head, 2 and 4 minutes),
-    # 42.6% and 43.9% (dense): above the recipe's mean (41.7%) every time, more so the longer.
+    # 42.6% and 43.9% (dense). The two registered runs: 42.1% and 41.7%, both inside the recipe's
+    # six runs (40.8% to 43.4%, mean 41.7%), in 9,488 and 9,648 episodic steps: a tie at best, so
+    # not tried on Greek and not taken (the test alphabets, read afterwards: 8.7% and 9.2%).
     "lr3e-3+84px-folded+bf16+local2pools+1query+pretrain120": (
         {**_LOCAL_RECIPE, "--pretrain": "120"},
         _LOCAL_TEXT.format("the first 2 of the 10 minutes spent training the embedding as a classifier of "
