@@ -672,12 +672,18 @@ LAKE_MEMBER_NOTE = (
     "{seed} and 10 minutes of training on one thread instead of 30 minutes on two; two members train "
     "at once on a 2-core machine. Trained on the six non-test alphabets; value is the single member's "
     "20-way within-alphabet one-shot accuracy on the held-out Early_Aramaic and Korean.")
-_RUNS += [ReferenceRun(
-    name=f"lake-member-{seed}", learner="ProtoNet", data="omniglot", seed=seed,
-    train_args=_with_changes(LAKE_ARGS, {"--time-limit": str(60 * LAKE_MEMBER_MINUTES), "--seed": str(seed)}),
-    metric="accuracy", chapter="Chapter 5", protocol=_RUNS[-1].protocol,
-    paper_protocol=_RUNS[-1].paper_protocol, note=LAKE_MEMBER_NOTE.format(seed=seed))
-    for seed in LAKE_ENSEMBLE_SEEDS]
+
+
+def _lake_members(prefix: str, train_args, like: ReferenceRun, note: str) -> list[ReferenceRun]:
+    """The members of a Lake ensemble: ``train_args`` cut to 10 minutes, one run per seed."""
+    return [ReferenceRun(
+        name=f"{prefix}-{seed}", learner="ProtoNet", data="omniglot", seed=seed,
+        train_args=_with_changes(train_args, {"--time-limit": str(60 * LAKE_MEMBER_MINUTES), "--seed": str(seed)}),
+        metric="accuracy", chapter="Chapter 5", protocol=like.protocol, paper_protocol=like.paper_protocol,
+        note=note.format(seed=seed)) for seed in LAKE_ENSEMBLE_SEEDS]
+
+
+_RUNS += _lake_members("lake-member", LAKE_ARGS, _RUNS[-1], LAKE_MEMBER_NOTE)
 ENSEMBLE_NOTE = (
     "An ensemble: the class log-probabilities of {members} averaged (mlbook.learners.Ensemble), with "
     "and without the test-time shifts; nothing is trained for it. {what}")
@@ -713,13 +719,7 @@ LAKE_LOCAL_MEMBER_NOTE = (
     "7x7 maps) with seed {seed} and 10 minutes of training on one thread instead of 30 minutes on two; "
     "two members train at once on a 2-core machine. Trained on the six non-test alphabets; value is the "
     "single member's 20-way within-alphabet one-shot accuracy on the held-out Early_Aramaic and Korean.")
-_RUNS += [ReferenceRun(
-    name=f"lake-local-member-{seed}", learner="ProtoNet", data="omniglot", seed=seed,
-    train_args=_with_changes(_LAKE_LOCAL_RUN.train_args, {"--time-limit": str(60 * LAKE_MEMBER_MINUTES),
-                                                          "--seed": str(seed)}),
-    metric="accuracy", chapter="Chapter 5", protocol=_LAKE_LOCAL_RUN.protocol,
-    paper_protocol=_LAKE_LOCAL_RUN.paper_protocol, note=LAKE_LOCAL_MEMBER_NOTE.format(seed=seed))
-    for seed in LAKE_ENSEMBLE_SEEDS]
+_RUNS += _lake_members("lake-local-member", _LAKE_LOCAL_RUN.train_args, _LAKE_LOCAL_RUN, LAKE_LOCAL_MEMBER_NOTE)
 _RUNS += [
     ReferenceRun(
         name="lake-local-val-ensemble", learner="ProtoNet", data="omniglot", seed=0, train_args=(),
