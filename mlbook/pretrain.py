@@ -14,7 +14,6 @@ nearest prototype in that embedding with the same code (and the same evaluator) 
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -24,7 +23,7 @@ from torch import nn
 
 from .models import init_params
 from .taskmap import call
-from .train import PRECISIONS
+from .train import PRECISIONS, precision_context
 from .utils import check_choice, check_positive, check_positive_int, make_generator, progress
 
 __all__ = ["PretrainResult", "pretrain", "sample_labelled_images"]
@@ -140,8 +139,6 @@ def pretrain(model: nn.Module, images: torch.Tensor, steps: int | None = None, b
         head_module = nn.Linear(width, num_classes)
     head = {k: v.detach().to(device).requires_grad_(True) for k, v in head_module.named_parameters()}
     optimiser = torch.optim.Adam([*params.values(), *head.values()], lr=lr)
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == "bfloat16"
-                else contextlib.nullcontext())
     losses, accuracies = [], []
     started = time.perf_counter()
     bar = progress(total=steps, desc=desc)
@@ -150,7 +147,7 @@ def pretrain(model: nn.Module, images: torch.Tensor, steps: int | None = None, b
         x, y = sample_labelled_images(images, batch_size, generator, classes, rotate)
         if augment is not None:
             x = augment.images(x, generator)
-        with autocast:
+        with precision_context(precision, device.type):
             logits = F.linear(embed(x), head["weight"], head["bias"])
         if dense:
             logits, y = logits.flatten(0, 1), y.repeat_interleave(logits.shape[1])

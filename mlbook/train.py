@@ -36,11 +36,21 @@ from .tasks import TaskFamily
 from .utils import check_choice, check_positive, check_positive_int, make_generator, progress
 
 __all__ = ["meta_train", "evaluate", "make_optimiser", "stop_on_signals", "Trainer", "TrainConfig",
-           "EvalResult", "TrainResult", "NonFiniteError", "SCHEDULES", "OPTIMISERS", "PRECISIONS"]
+           "EvalResult", "TrainResult", "NonFiniteError", "SCHEDULES", "OPTIMISERS", "PRECISIONS",
+           "precision_context"]
 
 SCHEDULES = ("constant", "cosine", "step", "cosine_time")
 OPTIMISERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("float32", "bfloat16")
+
+
+def precision_context(precision: str, device_type: str):
+    """The context a loss and its gradient are computed in at ``precision`` (Chapter 5): none for
+    'float32'; for 'bfloat16', autocast on ``device_type`` ('cpu' or 'cuda'), which runs
+    convolutions and matrix products in bfloat16 and keeps parameters in float32."""
+    if check_choice("precision", precision, PRECISIONS) == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
 
 class NonFiniteError(FloatingPointError):
@@ -343,11 +353,6 @@ class Trainer:
         })
 
     # -- one outer step ----------------------------------------------------------------------
-    def _autocast(self):
-        if self.config.precision == "float32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.parameters[0].device.type, dtype=torch.bfloat16)
-
     def train_step(self) -> None:
         """Sample a meta-batch, backpropagate the meta-loss, check it, take the outer step."""
         episode = self.family.sample(self.config.meta_batch_size, self.generator)
@@ -355,7 +360,7 @@ class Trainer:
             episode = self.augment(episode, self.generator)
         shard, weight = dist_utils.shard_episode(episode, self.world)
         self.optimiser.zero_grad(set_to_none=True)
-        with self._autocast():
+        with precision_context(self.config.precision, self.parameters[0].device.type):
             if self.config.cuda_graph:
                 loss, accuracy = self._graph_for(shard).step(shard, weight)
             else:

@@ -12,7 +12,7 @@ from mlbook.models import MLP, Conv4
 from mlbook.tasks import ImageClassFamily, SinusoidFamily
 from mlbook.metrics import confidence_interval
 from mlbook.storage import CheckpointError, load_checkpoint, save_checkpoint
-from mlbook.train import NonFiniteError, evaluate, meta_train
+from mlbook.train import NonFiniteError, evaluate, meta_train, precision_context
 
 
 def sinusoid_maml():
@@ -249,6 +249,17 @@ def test_bfloat16_reaches_the_task_threads():
 def test_an_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision.*float32.*bfloat16"):
         meta_train(sinusoid_maml(), SinusoidFamily(), 2, precision="float16")
+    with pytest.raises(ValueError, match="precision.*float32.*bfloat16"):
+        precision_context("half", "cpu")
+
+
+def test_precision_context_computes_products_in_bfloat16_only_when_asked():
+    a, b = torch.randn(3, 4), torch.randn(4, 2)
+    with precision_context("float32", "cpu"):
+        assert (a @ b).dtype == torch.float32
+    with precision_context("bfloat16", "cpu"):
+        assert (a @ b).dtype == torch.bfloat16
+    assert (a @ b).dtype == torch.float32
 
 
 def test_train_config_is_stored_as_plain_values_and_sgd_is_available(tmp_path):
