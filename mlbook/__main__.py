@@ -198,6 +198,8 @@ def _run_config(args) -> dict:
         config["pools"] = args.pools
     if args.space_to_depth != LearnerConfig.space_to_depth:
         config["space_to_depth"] = args.space_to_depth
+    if args.residual_blocks != LearnerConfig.residual_blocks:
+        config["residual_blocks"] = args.residual_blocks
     if args.data != "omniglot" and (config["holdout_alphabets"] or config["val_alphabets"]):
         if args.holdout_alphabets != DEFAULT_HOLDOUT or config["val_alphabets"]:
             raise UsageError("--holdout-alphabets and --val-alphabets apply to --data omniglot only")
@@ -540,6 +542,9 @@ def _add_learner_options(train) -> None:
     train.add_argument("--space-to-depth", type=positive_int, default=LearnerConfig.space_to_depth, metavar="F",
                        help="Conv4: fold each FxF patch of pixels into F*F channels first (with --image-size 56 "
                             "and F=2 the first block sees 28x28x4; default 1, no folding)")
+    train.add_argument("--residual-blocks", type=non_negative_int, default=LearnerConfig.residual_blocks,
+                       metavar="R", help="Conv4: R residual blocks after the four, at the last map's size "
+                                         "(default 0)")
     train.add_argument("--norm", default="group", choices=("group", "batch", "none"), help="Conv4 normalisation")
     train.add_argument("--distance", default="euclidean", choices=DISTANCES,
                        help="ProtoNet distance (local: best matches of the feature maps' local descriptors)")

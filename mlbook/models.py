@@ -97,6 +97,22 @@ class MLP(nn.Module):
         return self.head(self.features(x))
 
 
+class ResidualBlock(nn.Module):
+    """conv3x3 -> normalisation, added to its input, then ReLU; keeps the map's shape (Chapter 5).
+
+    He et al. (2016): the skip connection lets a stack of such blocks start out close to the
+    identity, so a deeper network trains about as easily as a shallow one.
+    """
+
+    def __init__(self, channels: int, norm: str = "group"):
+        super().__init__()
+        self.conv = nn.Conv2d(check_positive_int("channels", channels), channels, 3, padding=1)
+        self.norm = make_norm(norm, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.norm(self.conv(x)))
+
+
 class Conv4(nn.Module):
     """The four-block convolutional backbone of MAML, ProtoNet and Matching Networks (Chapters 3-5).
 
@@ -108,10 +124,13 @@ class Conv4(nn.Module):
     ``space_to_depth`` (f) first folds each f x f patch of pixels into f*f channels, so a
     56-pixel image enters the first block as 28 x 28 x 4: the detail of the larger image at
     almost the cost of the smaller one (the first convolution is the only one that grows).
+    ``residual_blocks`` (R) appends R :class:`ResidualBlock` s after the four blocks, at the
+    last map's size: a deeper network whose extra layers cost little where the map is small.
     """
 
     def __init__(self, out_features: int = 5, in_channels: int = 1, channels: int = 64,
-                 norm: str = "group", image_size: int = 28, pools: int = 4, space_to_depth: int = 1):
+                 norm: str = "group", image_size: int = 28, pools: int = 4, space_to_depth: int = 1,
+                 residual_blocks: int = 0):
         super().__init__()
         check_positive_int("in_channels", in_channels)
         check_positive_int("channels", channels)
@@ -123,6 +142,8 @@ class Conv4(nn.Module):
                              f"{image_size}")
         if isinstance(out_features, bool) or not isinstance(out_features, int) or out_features < 0:
             raise ValueError(f"out_features must be a non-negative integer, got {out_features!r}")
+        if isinstance(residual_blocks, bool) or not isinstance(residual_blocks, int) or residual_blocks < 0:
+            raise ValueError(f"residual_blocks must be a non-negative integer, got {residual_blocks!r}")
         blocks = []
         size = image_size // space_to_depth
         folded_channels = in_channels * space_to_depth ** 2
@@ -139,6 +160,7 @@ class Conv4(nn.Module):
             folding = f" after space_to_depth {space_to_depth}" if space_to_depth > 1 else ""
             raise ValueError(f"image_size must be at least {2 ** pools * space_to_depth} for {pools} 2x2 "
                              f"poolings{folding}, got {image_size}")
+        blocks += [ResidualBlock(channels, norm) for _ in range(residual_blocks)]
         self.features = nn.Sequential(*blocks, nn.Flatten())
         self.embedding_size = channels * size * size
         self.head = nn.Linear(self.embedding_size, out_features) if out_features else None

@@ -89,6 +89,7 @@ class LearnerConfig:
     norm: str = "group"
     pools: int = 4
     space_to_depth: int = 1
+    residual_blocks: int = 0
     inner_lr: float | None = None
     inner_steps: int = 1
     first_order: bool = False

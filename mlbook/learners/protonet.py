@@ -110,7 +110,8 @@ def _beyond_window(positions: int, window: int, device) -> torch.Tensor:
 def embedding_for(config: LearnerConfig) -> nn.Module:
     """The Conv4 embedding network (no output layer) of a metric learner (Chapter 5)."""
     return Conv4(out_features=0, channels=config.channels, norm=config.norm, image_size=config.image_size,
-                 pools=config.pools, space_to_depth=config.space_to_depth)
+                 pools=config.pools, space_to_depth=config.space_to_depth,
+                 residual_blocks=config.residual_blocks)
 
 
 class ProtoNet(Learner):
