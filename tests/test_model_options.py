@@ -95,3 +95,41 @@ def test_space_to_depth_reaches_the_checkpoint_through_the_command_line(tmp_path
     capsys.readouterr()
     assert main(["train", *tiny, "--image-size", "30", "--space-to-depth", "4", "--out", str(tmp_path / "e.pt")]) != 0
     assert "space_to_depth must divide image_size: 4 does not divide 30" in capsys.readouterr().err
+
+
+def test_conv4_residual_blocks_keep_the_map_start_near_identity_and_are_checked():
+    from mlbook.models import Conv4, ResidualBlock
+    torch.manual_seed(0)
+    plain, deeper = Conv4(0, channels=8, pools=2), Conv4(0, channels=8, pools=2, residual_blocks=2)
+    x = torch.rand(3, 1, 28, 28)
+    # Two more blocks at the 7x7 map: the embedding keeps its size, the parameters grow by theirs.
+    assert deeper(x).shape == plain(x).shape == (3, 8 * 7 * 7)
+    assert sum(isinstance(m, ResidualBlock) for m in deeper.modules()) == 2
+    extra = sum(p.numel() for p in deeper.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == 2 * (8 * 8 * 9 + 8 + 2 * 8)
+    # The skip connection: with the block's normalisation scaled to zero, it passes its (non-negative)
+    # input through unchanged.
+    block = ResidualBlock(8)
+    torch.nn.init.zeros_(block.norm.weight)
+    torch.nn.init.zeros_(block.norm.bias)
+    h = torch.rand(2, 8, 7, 7)
+    assert torch.equal(block(h), h)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="residual_blocks must be a non-negative integer"):
+            Conv4(0, residual_blocks=bad)
+
+
+def test_residual_blocks_reach_the_checkpoint_through_the_command_line(tmp_path, capsys):
+    from mlbook.__main__ import main
+    from mlbook.storage import load_checkpoint
+    out = tmp_path / "r.pt"
+    tiny = ["--data", "glyphs", "--glyph-classes", "200", "--image-size", "16", "--channels", "8"]
+    assert main(["train", *tiny, "--pools", "2", "--residual-blocks", "1", "--steps", "2",
+                 "--out", str(out)]) == 0
+    assert load_checkpoint(out)["metadata"]["config"]["residual_blocks"] == 1
+    assert main(["evaluate", str(out), "--episodes", "3"]) == 0
+    assert main(["train", *tiny, "--steps", "1", "--out", str(tmp_path / "d.pt")]) == 0
+    assert "residual_blocks" not in load_checkpoint(tmp_path / "d.pt")["metadata"]["config"]
+    capsys.readouterr()
+    assert main(["train", *tiny, "--residual-blocks", "-1", "--out", str(tmp_path / "e.pt")]) != 0
+    assert "--residual-blocks" in capsys.readouterr().err
