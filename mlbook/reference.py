@@ -679,6 +679,13 @@ LAKE_ABLATIONS = {
         _LOCAL_TEXT.format(f"two residual blocks after the four (--residual-blocks 2) and {_GREEK_TEXT}")),
     # Two residual blocks: 42.7% on Balinese in 8,388 steps and 5.2% on Greek, both inside the
     # recipe's runs (40.8% to 43.4%, 5.1% to 6.5%). A tie; not taken.
+    # Batch size against steps, the other way from one query per class: two episodes a step.
+    "lr3e-3+84px-folded+bf16+local2pools+1query+mb2": (
+        {**_LOCAL_RECIPE, "--meta-batch-size": "2"},
+        _LOCAL_TEXT.format("two episodes per step instead of one (--meta-batch-size 2)")),
+    "lr3e-3+84px-folded+bf16+local2pools+1query+mb2+valgreek": (
+        {**_LOCAL_RECIPE, "--meta-batch-size": "2", **_GREEK},
+        _LOCAL_TEXT.format(f"two episodes per step instead of one (--meta-batch-size 2) and {_GREEK_TEXT}")),
 }
 LAKE_ABLATION_NOTE = (
     "An ablation of the Lake recipe: 10 minutes of training on one thread, with Balinese held out of "
