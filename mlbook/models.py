@@ -124,8 +124,8 @@ class Conv4(nn.Module):
     ``space_to_depth`` (f) first folds each f x f patch of pixels into f*f channels, so a
     56-pixel image enters the first block as 28 x 28 x 4: the detail of the larger image at
     almost the cost of the smaller one (the first convolution is the only one that grows).
-    ``residual_blocks`` (R) appends R :class:`ResidualBlock` s after the four blocks, at the
-    last map's size: a deeper network whose extra layers cost little where the map is small.
+    ``residual_blocks`` (R) appends R residual blocks (:class:`ResidualBlock`) after the four, at
+    the last map's size: a deeper network whose extra layers cost little where the map is small.
     """
 
     def __init__(self, out_features: int = 5, in_channels: int = 1, channels: int = 64,

@@ -434,6 +434,7 @@ def _on_both_alphabets(variant: str, change: dict, text: str) -> dict:
             f"{variant}+valgreek": ({**_LOCAL_RECIPE, **change, **_GREEK},
                                     _LOCAL_TEXT.format(f"{text} and {_GREEK_TEXT}"))}
 
+
 LAKE_ABLATIONS = {
     "base": ({}, "none: the README's recipe of 2026-12-02 (Conv4 with group norm, 28 px, 20-way "
                  "episodes, half within one alphabet, rotations, jitter 0.5)"),
@@ -677,7 +678,7 @@ LAKE_ABLATIONS = {
     **_with_seed1("lr3e-3+84px-folded+bf16+local2pools+1query+lr6e-3+valgreek",
                   {**_LOCAL_RECIPE, "--lr": "6e-3", **_GREEK},
                   _LOCAL_TEXT.format(f"the outer learning rate 0.006 instead of 0.003 and {_GREEK_TEXT}")),
-    # A deeper network (the "residual embeddings"): two residual blocks after the four, on
+    # A deeper network (residual blocks, as in a small ResNet): two after the four blocks, on
     # the 7x7 map, where they cost about a quarter more time per step; on both validation alphabets.
     **_on_both_alphabets("lr3e-3+84px-folded+bf16+local2pools+1query+res2", {"--residual-blocks": "2"},
                          "two residual blocks after the four (--residual-blocks 2)"),
