@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from . import distributed as dist_utils
+from .data.framing import FRAMES
 from .learners import LearnerConfig, get_learner, registry
 from .learners.protonet import DISTANCES
 from .models import POOLS
@@ -95,7 +96,8 @@ def build_data(config: dict) -> dict:
         data = load_image_classes(kind, image_size=config.get("image_size", LearnerConfig.image_size),
                                   archives=config.get("archives") or (), download=config.get("download", True),
                                   glyph_classes=config.get("glyph_classes", GLYPH_CLASSES),
-                                  seed=config.get("data_seed", 0), verbose=False)
+                                  seed=config.get("data_seed", 0), verbose=False,
+                                  frame=config.get("frame", "canvas"))
     except (OSError, ValueError) as error:
         raise UsageError(f"cannot load {kind} images from {config.get('archives')}: {error}") from None
     if kind == "omniglot":
@@ -200,6 +202,10 @@ def _run_config(args) -> dict:
         config["space_to_depth"] = args.space_to_depth
     if args.residual_blocks != LearnerConfig.residual_blocks:
         config["residual_blocks"] = args.residual_blocks
+    if args.frame != "canvas":
+        if args.data == "sinusoid":
+            raise UsageError(f"--frame {args.frame} frames images: it applies to image data (omniglot or glyphs) only")
+        config["frame"] = args.frame
     if args.data != "omniglot" and (config["holdout_alphabets"] or config["val_alphabets"]):
         if args.holdout_alphabets != DEFAULT_HOLDOUT or config["val_alphabets"]:
             raise UsageError("--holdout-alphabets and --val-alphabets apply to --data omniglot only")
@@ -426,7 +432,7 @@ def cmd_lake(args) -> int:
             raise UsageError("Lake's runs are images; this checkpoint was trained on sinusoids")
         try:
             result = lake_runs_result(learner, state, args.runs, image_size=config.get("image_size", LearnerConfig.image_size),
-                                      device=device, views=views)
+                                      device=device, views=views, frame=config.get("frame", "canvas"))
         except FileNotFoundError as error:
             raise UsageError(str(error)) from None
     else:
@@ -546,6 +552,9 @@ def _add_learner_options(train) -> None:
                        metavar="R", help="Conv4: R residual blocks after the four, at the last map's size "
                                          "(default 0)")
     train.add_argument("--norm", default="group", choices=("group", "batch", "none"), help="Conv4 normalisation")
+    train.add_argument("--frame", default="canvas", choices=FRAMES,
+                       help="where each character sits in its image: the drawer's canvas (default), centred on "
+                            "its centre of ink mass, or fitted to its bounding box")
     train.add_argument("--distance", default="euclidean", choices=DISTANCES,
                        help="ProtoNet distance (local: best matches of the feature maps' local descriptors)")
     train.add_argument("--local-window", type=non_negative_int, default=None, metavar="R",

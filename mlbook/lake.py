@@ -35,16 +35,18 @@ def _per_task_error(learner, state, episode: Episode, batch_size: int = 20, view
     return torch.cat(errors)
 
 
-def lake_runs_result(learner, state, runs_path, image_size: int = 28, device="cpu", views=None) -> dict:
+def lake_runs_result(learner, state, runs_path, image_size: int = 28, device="cpu", views=None,
+                     frame: str = "canvas") -> dict:
     """Score a learner on Lake's 20 runs; a JSON-ready dict with the error rates (Chapter 5).
 
     ``runs_path`` is ``all_runs.zip`` or its unpacked folder. Returns ``mean_error_pct``,
     ``per_run_error_pct`` (one number per run), ``runs`` (their names) and the published
     reference error rates. ``views``: optional test-time augmentation (:class:`mlbook.augment.ShiftedViews`).
+    ``frame``: the framing the learner was trained with (:func:`mlbook.data.framing.frame_characters`).
     """
     from .data.omniglot import read_lake_runs
 
-    episode, names = read_lake_runs(runs_path, image_size=image_size)
+    episode, names = read_lake_runs(runs_path, image_size=image_size, frame=frame)
     errors = _per_task_error(learner, state, episode.to(device), views=views)
     return {"benchmark": "lake2015 20-way within-alphabet one-shot", "runs": list(names),
             "mean_error_pct": round(errors.mean().item(), 4),

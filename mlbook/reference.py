@@ -689,6 +689,13 @@ LAKE_ABLATIONS = {
                          "two episodes per step instead of one (--meta-batch-size 2)"),
     # Two episodes a step: 3,767 steps (7,534 episodes, against the recipe's 9,151 to 11,786) and
     # 43.1% on Balinese, 5.9% on Greek, inside the recipe's runs. A tie; not taken.
+    # Framing: where and how large a character is drawn is a nuisance the network must learn to
+    # ignore; centring it on its ink, or fitting a frame to its bounding box, removes that
+    # before training (mlbook.data.framing).
+    **_on_both_alphabets("lr3e-3+84px-folded+bf16+local2pools+1query+centred", {"--frame": "centred"},
+                         "each character centred on its centre of ink mass (--frame centred)"),
+    **_on_both_alphabets("lr3e-3+84px-folded+bf16+local2pools+1query+fitted", {"--frame": "fitted"},
+                         "each character's bounding box fitted to the image (--frame fitted)"),
 }
 LAKE_ABLATION_NOTE = (
     "An ablation of the Lake recipe: 10 minutes of training on one thread, with Balinese held out of "

@@ -16,13 +16,15 @@ import torch
 
 from ..tasks import alphabet_split
 from ..utils import check_choice, check_positive_int
+from .framing import FRAMES, frame_characters
 from .glyphs import glyph_alphabets, make_glyphs
-from .omniglot import (OmniglotData, read_checked_cache, save_checked_cache, default_data_dir, load_omniglot,
-                       read_lake_runs)
+from .omniglot import (OMNIGLOT_SIZE, OmniglotData, read_checked_cache, save_checked_cache, default_data_dir,
+                       load_omniglot, read_lake_runs)
 
 __all__ = [
     "ImageData", "load_image_classes", "load_omniglot", "read_lake_runs", "make_glyphs",
-    "glyph_alphabets", "alphabet_split", "default_data_dir", "OmniglotData", "SOURCES",
+    "glyph_alphabets", "alphabet_split", "default_data_dir", "OmniglotData", "SOURCES", "FRAMES",
+    "frame_characters",
 ]
 
 SOURCES = ("auto", "omniglot", "glyphs")
@@ -85,15 +87,19 @@ def _cached_glyphs(classes: int, image_size: int, seed: int, data_dir) -> torch.
 
 def load_image_classes(source: str = "auto", image_size: int = 28,
                        archives: Sequence[str] = _SMALL, data_dir=None, download: bool | None = None,
-                       glyph_classes: int = 1200, seed: int = 0, verbose: bool = True) -> ImageData:
+                       glyph_classes: int = 1200, seed: int = 0, verbose: bool = True,
+                       frame: str = "canvas") -> ImageData:
     """Omniglot if available, else procedural glyphs, as one class tensor (Chapters 2, 4 and 5).
 
     ``source``: 'omniglot' (fail if the archives cannot be found or fetched), 'glyphs', or
     'auto' (Omniglot when its archives are on disk or downloadable, else glyphs). Downloads
     are tried unless ``download=False`` or the environment sets ``MLBOOK_OFFLINE=1``.
-    Prints which source it used and why, unless ``verbose=False``.
+    Prints which source it used and why, unless ``verbose=False``. ``frame``: where each
+    character sits in its image (:func:`~mlbook.data.framing.frame_characters`); Omniglot is
+    framed from its 105-pixel drawings.
     """
     check_choice("source", source, SOURCES)
+    check_choice("frame", frame, FRAMES)
     image_size = check_positive_int("image_size", image_size)
     glyph_classes = check_positive_int("glyph_classes", glyph_classes)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -103,9 +109,11 @@ def load_image_classes(source: str = "auto", image_size: int = 28,
     reason = ""
     if source in ("auto", "omniglot"):
         try:
-            data = load_omniglot(archives, image_size=image_size, data_dir=data_dir, download=download)
+            data = load_omniglot(archives, image_size=image_size if frame == "canvas" else OMNIGLOT_SIZE,
+                                 data_dir=data_dir, download=download)
             reason = f"Omniglot archives found ({', '.join(os.path.basename(str(a)) for a in archives)})"
-            result = ImageData(data.images, data.alphabets, "omniglot", data.characters, reason)
+            images = data.images if frame == "canvas" else frame_characters(data.images, image_size, frame)
+            result = ImageData(images, data.alphabets, "omniglot", data.characters, reason)
             if verbose:
                 print(f"Image classes: real Omniglot, {result.images.shape[0]} characters from "
                       f"{len(result.alphabet_names)} alphabets; {reason}.")
@@ -115,6 +123,8 @@ def load_image_classes(source: str = "auto", image_size: int = 28,
                 raise
             reason = f"Omniglot is not available here ({error})"
     images = _cached_glyphs(glyph_classes, image_size, seed, data_dir)
+    if frame != "canvas":
+        images = frame_characters(images, image_size, frame)
     if not reason:
         reason = "source='glyphs' was asked for"
     result = ImageData(images, glyph_alphabets(glyph_classes), "glyphs", None, reason)

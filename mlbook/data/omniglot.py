@@ -37,12 +37,12 @@ import torch
 
 from ..storage import atomic_torch_save, atomic_write
 from ..tasks import Episode, alphabet_split
-from ..utils import check_positive_int
+from ..utils import check_choice, check_positive_int
 
 __all__ = [
     "OmniglotData", "load_omniglot", "read_lake_runs", "alphabet_split", "default_data_dir",
     "find_archive", "download_archive", "verify_archive", "extract_archive", "decode_image",
-    "ARCHIVES", "BASE_URL",
+    "ARCHIVES", "BASE_URL", "OMNIGLOT_SIZE",
 ]
 
 #: The release's archives and their MD5 checksums (as the release's users verify them).
@@ -55,6 +55,9 @@ ARCHIVES = {
 
 #: Where the release's archives are downloaded from: ``BASE_URL + name``.
 BASE_URL = "https://github.com/brendenlake/omniglot/raw/master/python/"
+
+#: The side, in pixels, of the release's drawings.
+OMNIGLOT_SIZE = 105
 
 # Bump when the decoded layout changes, so stale caches are never read.
 _CACHE_VERSION = 2
@@ -462,16 +465,22 @@ def load_omniglot(archives: Sequence[str | os.PathLike] | str = ("images_backgro
 _RUN = re.compile(r"(?:^|/)run(\d+)/class_labels\.txt$")
 
 
-def read_lake_runs(path: str | os.PathLike, image_size: int = 28) -> tuple[Episode, list[str]]:
+def read_lake_runs(path: str | os.PathLike, image_size: int = 28,
+                   frame: str = "canvas") -> tuple[Episode, list[str]]:
     """Lake et al.'s one-shot runs as one episode batch: 20 runs of 20-way 1-shot (Chapter 2).
 
     ``path`` is ``all_runs.zip`` or its unpacked folder, holding ``runNN/training/classNN.png``
     (one drawing per class: the support set), ``runNN/test/itemNN.png`` (the queries) and
     ``runNN/class_labels.txt`` (lines ``runNN/test/itemNN.png runNN/training/classNN.png``).
     Support labels are the class numbers minus one; query labels follow class_labels.txt.
-    Images are float in [0, 1], bright strokes on dark, ``[runs, 20, 1, S, S]``.
+    Images are float in [0, 1], bright strokes on dark, ``[runs, 20, 1, S, S]``, framed as
+    ``frame`` says (:func:`~mlbook.data.framing.frame_characters`).
     """
+    from .framing import FRAMES, frame_characters
+
     image_size = check_positive_int("image_size", image_size)
+    frame = check_choice("frame", frame, FRAMES)
+    decoded_size = image_size if frame == "canvas" else OMNIGLOT_SIZE
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"path {str(path)!r} does not exist: give all_runs.zip or its folder")
@@ -499,9 +508,9 @@ def read_lake_runs(path: str | os.PathLike, image_size: int = 28) -> tuple[Episo
             classes = sorted({train for _, train in lines}, key=_number)
             index = {name: i for i, name in enumerate(classes)}
             try:
-                support.append(np.stack([_decode_member(read, path, root + name, image_size)
+                support.append(np.stack([_decode_member(read, path, root + name, decoded_size)
                                          for name in classes]))
-                query.append(np.stack([_decode_member(read, path, root + test, image_size)
+                query.append(np.stack([_decode_member(read, path, root + test, decoded_size)
                                        for test, _ in lines]))
             except KeyError as error:
                 raise FileNotFoundError(f"{labels_name} names a missing image: {error}") from None
@@ -513,7 +522,13 @@ def read_lake_runs(path: str | os.PathLike, image_size: int = 28) -> tuple[Episo
             archive.close()
     if len({len(s) for s in support}) != 1 or len({len(q) for q in query}) != 1:
         raise ValueError("every run must have the same numbers of classes and test items")
-    to_x = lambda arrays: torch.from_numpy(np.stack(arrays)).float().div_(255.0)[:, :, None]  # noqa: E731
+
+    def to_x(arrays):
+        images = torch.from_numpy(np.stack(arrays))
+        if frame != "canvas":
+            images = frame_characters(images, image_size, frame)
+        return images.float().div_(255.0)[:, :, None]
+
     episode = Episode(to_x(support), torch.tensor(support_y), to_x(query), torch.tensor(query_y))
     return episode, run_names
 

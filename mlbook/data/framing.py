@@ -1,0 +1,95 @@
+"""Where a character sits in its image: the drawer's canvas, or a frame around the ink (Chapter 5).
+
+Omniglot's drawers wrote anywhere on a 105x105 canvas, at any size: the same character can sit
+in a corner, small, or fill the canvas. A network must learn to ignore both. Framing removes
+them before the network sees the image, as optical character recognition has long done (the
+MNIST digits, for one, were centred by their centre of ink mass):
+
+* ``canvas``: the whole canvas, resized (what the release's images are);
+* ``centred``: the canvas moved so that the centre of ink mass is in the middle, size kept;
+* ``fitted``: the square around the ink's bounding box, with a margin, scaled to fill the image.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..utils import check_choice, check_positive_int
+
+__all__ = ["FRAMES", "FIT_MARGIN", "frame_characters"]
+
+FRAMES = ("canvas", "centred", "fitted")
+#: In ``fitted`` framing, the frame's side is the bounding box's longer side times 1 + FIT_MARGIN.
+FIT_MARGIN = 0.15
+# A pixel counts as ink for the bounding box at half intensity; fainter pixels are the
+# anti-aliased rims of strokes.
+_INK = 128
+# Resampled at twice the output size, then area-averaged: bilinear sampling alone would drop
+# thin strokes when it shrinks an image.
+_OVERSAMPLE = 2
+_CHUNK = 512
+
+
+def _frames_of(images: torch.Tensor, frame: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Centre (row, column) and side, in pixels, of each image's frame."""
+    count, height, width = images.shape
+    rows = torch.arange(height, dtype=torch.float32)
+    cols = torch.arange(width, dtype=torch.float32)
+    canvas_side = torch.full((count,), float(max(height, width)))
+    if frame == "centred":
+        mass = images.sum((1, 2))
+        blank = mass == 0
+        mass = mass.clamp_min(1e-6)
+        centre_row = (images.sum(2) * rows).sum(1) / mass
+        centre_col = (images.sum(1) * cols).sum(1) / mass
+        centre_row[blank], centre_col[blank] = (height - 1) / 2, (width - 1) / 2
+        return centre_row, centre_col, canvas_side
+    ink = images >= _INK
+    any_row, any_col = ink.any(2), ink.any(1)
+    blank = ~any_row.any(1)
+    first_row = torch.where(any_row, rows, float(height)).amin(1)
+    last_row = torch.where(any_row, rows, -1.0).amax(1)
+    first_col = torch.where(any_col, cols, float(width)).amin(1)
+    last_col = torch.where(any_col, cols, -1.0).amax(1)
+    side = torch.maximum(last_row - first_row + 1, last_col - first_col + 1) * (1 + FIT_MARGIN)
+    centre_row, centre_col = (first_row + last_row) / 2, (first_col + last_col) / 2
+    # An image with no ink keeps its canvas.
+    centre_row[blank], centre_col[blank], side[blank] = (height - 1) / 2, (width - 1) / 2, canvas_side[blank]
+    return centre_row, centre_col, side
+
+
+def frame_characters(images: torch.Tensor, image_size: int, frame: str = "canvas") -> torch.Tensor:
+    """Images of characters (uint8, bright strokes on dark, ``[..., H, W]``) framed and resized
+    to ``[..., image_size, image_size]`` uint8 (Chapter 5).
+
+    ``frame`` is one of :data:`FRAMES`. Frames reaching past the canvas see dark background
+    there. Give the largest images there are (Omniglot's 105 pixels): a frame fitted to a small
+    character enlarges it, and enlarging a resized image blurs what resizing lost.
+    """
+    frame = check_choice("frame", frame, FRAMES)
+    image_size = check_positive_int("image_size", image_size)
+    if images.dtype != torch.uint8 or images.dim() < 2:
+        raise ValueError(f"images must be a uint8 tensor [..., H, W], got {images.dtype} "
+                         f"{list(images.shape)}")
+    *batch, height, width = images.shape
+    flat = images.reshape(-1, height, width)
+    out = torch.empty(flat.shape[0], image_size, image_size, dtype=torch.uint8)
+    fine = image_size * _OVERSAMPLE
+    for start in range(0, flat.shape[0], _CHUNK):
+        chunk = flat[start:start + _CHUNK].float()
+        if frame == "canvas":
+            resized = F.interpolate(chunk[:, None], size=(image_size, image_size), mode="area")
+        else:
+            centre_row, centre_col, side = _frames_of(chunk, frame)
+            # affine_grid maps the output's [-1, 1] square onto the input's normalised coordinates.
+            theta = torch.zeros(chunk.shape[0], 2, 3)
+            theta[:, 0, 0] = side / width
+            theta[:, 1, 1] = side / height
+            theta[:, 0, 2] = (2 * centre_col + 1) / width - 1
+            theta[:, 1, 2] = (2 * centre_row + 1) / height - 1
+            grid = F.affine_grid(theta, [chunk.shape[0], 1, fine, fine], align_corners=False)
+            sampled = F.grid_sample(chunk[:, None], grid, mode="bilinear", padding_mode="zeros",
+                                    align_corners=False)
+            resized = F.avg_pool2d(sampled, _OVERSAMPLE)
+        out[start:start + _CHUNK] = resized[:, 0].round().clamp(0, 255).to(torch.uint8)
+    return out.reshape(*batch, image_size, image_size)
