@@ -1,0 +1,113 @@
+"""Framing characters: centred on their ink or fitted to their bounding box (Chapter 5)."""
+import zipfile
+
+import pytest
+import torch
+
+from mlbook.data.framing import FIT_MARGIN, FRAMES, frame_characters
+
+from omniglot_support import SHARED, SMALL, isolated, needs_shared  # noqa: F401 (isolated: autouse)
+
+
+def _stroke_l(top: int, left: int, length: int, width: int = 3, canvas: int = 105) -> torch.Tensor:
+    """An L of two strokes on a dark canvas: a character whose place and size we choose."""
+    image = torch.zeros(canvas, canvas, dtype=torch.uint8)
+    image[top:top + length, left:left + width] = 255
+    image[top + length - width:top + length, left:left + length] = 255
+    return image
+
+
+def _ink_box(image: torch.Tensor, threshold: int = 128) -> tuple[int, int, int, int]:
+    rows = torch.nonzero((image >= threshold).any(1)).flatten()
+    cols = torch.nonzero((image >= threshold).any(0)).flatten()
+    return rows[0].item(), rows[-1].item(), cols[0].item(), cols[-1].item()
+
+
+def test_canvas_is_a_plain_resize_and_batch_dimensions_are_kept():
+    images = torch.stack([_stroke_l(10, 10, 40), _stroke_l(50, 30, 20)]).reshape(2, 1, 105, 105)
+    framed = frame_characters(images, 21, "canvas")
+    assert framed.shape == (2, 1, 21, 21) and framed.dtype == torch.uint8
+    # 105 -> 21 is an exact 5x5 area average.
+    expected = torch.nn.functional.avg_pool2d(images.float(), 5).round().to(torch.uint8)
+    assert torch.equal(framed, expected)
+
+
+def test_centred_moves_the_ink_to_the_middle_and_keeps_its_size():
+    corner, middle = _stroke_l(5, 5, 30), _stroke_l(37, 37, 30)
+    framed = frame_characters(torch.stack([corner, middle]), 105, "centred")
+    # The same character drawn in a corner and in the middle gives (nearly) the same image.
+    assert (framed[0].float() - framed[1].float()).abs().mean() < 2.0
+    mass = framed[0].float() / framed[0].float().sum()
+    axis = torch.arange(105.0)
+    assert abs((mass.sum(1) * axis).sum().item() - 52) < 1.0
+    assert abs((mass.sum(0) * axis).sum().item() - 52) < 1.0
+    top, bottom, left, right = _ink_box(framed[0])
+    assert abs((bottom - top + 1) - 30) <= 2 and abs((right - left + 1) - 30) <= 2
+
+
+def test_fitted_fills_the_frame_whatever_the_size_drawn():
+    small, large = _stroke_l(60, 10, 20, width=2), _stroke_l(5, 20, 80, width=8)
+    framed = frame_characters(torch.stack([small, large]), 84, "fitted")
+    for image in framed:
+        top, bottom, left, right = _ink_box(image)
+        # The longer side of the box spans the frame less its margin, centred.
+        assert abs((bottom - top + 1) - 84 / (1 + FIT_MARGIN)) <= 2
+        assert abs((top + bottom) / 2 - 41.5) <= 1.5 and abs((left + right) / 2 - 41.5) <= 1.5
+    # The same L drawn four times larger (strokes four times as wide): fitted, the two images differ
+    # by less than a third as much as the two canvases do.
+    canvases = frame_characters(torch.stack([small, large]), 84, "canvas").float()
+    fitted_gap = (framed[0].float() - framed[1].float()).abs().mean()
+    assert fitted_gap < (canvases[0] - canvases[1]).abs().mean() / 3
+
+
+def test_blank_images_stay_blank_and_bad_input_is_refused():
+    blank = torch.zeros(2, 105, 105, dtype=torch.uint8)
+    for frame in FRAMES:
+        assert torch.equal(frame_characters(blank, 28, frame), torch.zeros(2, 28, 28, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="frame must be one of.*canvas.*centred.*fitted"):
+        frame_characters(blank, 28, "cropped")
+    with pytest.raises(ValueError, match="images must be a uint8 tensor"):
+        frame_characters(blank.float(), 28, "fitted")
+    with pytest.raises(ValueError, match="image_size must be a positive integer"):
+        frame_characters(blank, 0, "fitted")
+
+
+def test_the_command_line_stores_the_frame_and_refuses_it_for_sinusoids(tmp_path, capsys):
+    from mlbook.__main__ import main
+    from mlbook.storage import load_checkpoint
+    tiny = ["--data", "glyphs", "--glyph-classes", "200", "--image-size", "16", "--channels", "8", "--pools", "2"]
+    assert main(["train", *tiny, "--frame", "fitted", "--steps", "2", "--out", str(tmp_path / "f.pt")]) == 0
+    assert load_checkpoint(tmp_path / "f.pt")["metadata"]["config"]["frame"] == "fitted"
+    assert main(["evaluate", str(tmp_path / "f.pt"), "--episodes", "3"]) == 0
+    assert main(["train", *tiny, "--steps", "1", "--out", str(tmp_path / "c.pt")]) == 0
+    assert "frame" not in load_checkpoint(tmp_path / "c.pt")["metadata"]["config"]
+    capsys.readouterr()
+    assert main(["train", "--data", "sinusoid", "--frame", "centred", "--steps", "1",
+                 "--out", str(tmp_path / "s.pt")]) != 0
+    assert "--frame centred frames images" in capsys.readouterr().err
+    assert main(["train", *tiny, "--frame", "zoomed", "--out", str(tmp_path / "z.pt")]) != 0
+    assert "--frame" in capsys.readouterr().err
+
+
+@needs_shared
+def test_real_characters_are_framed_from_their_full_size_drawings(tmp_path):
+    from mlbook.data import load_image_classes
+    from mlbook.data.omniglot import read_lake_runs
+    plain = load_image_classes("omniglot", image_size=28, archives=[str(SHARED / SMALL[0])], data_dir=tmp_path,
+                               download=False, verbose=False)
+    fitted = load_image_classes("omniglot", image_size=28, archives=[str(SHARED / SMALL[0])], data_dir=tmp_path,
+                                download=False, verbose=False, frame="fitted")
+    assert fitted.images.shape == plain.images.shape and fitted.alphabets == plain.alphabets
+    # Characters rarely fill the drawer's canvas: fitted, each one covers more of its image.
+    assert (fitted.images > 127).float().mean() > 1.5 * (plain.images > 127).float().mean()
+    # Lake's runs are framed the same way as the training images.
+    with zipfile.ZipFile(SHARED / SMALL[0]) as source:
+        pngs = sorted(n for n in source.namelist() if n.endswith(".png"))[:2]
+        drawings = [source.read(n) for n in pngs]
+    with zipfile.ZipFile(tmp_path / "all_runs.zip", "w") as archive:
+        archive.writestr("run01/class_labels.txt", "run01/test/item01.png run01/training/class01.png\n")
+        archive.writestr("run01/training/class01.png", drawings[0])
+        archive.writestr("run01/test/item01.png", drawings[1])
+    runs, _ = read_lake_runs(tmp_path / "all_runs.zip", image_size=28, frame="fitted")
+    first = fitted.images[0, 0].float() / 255
+    assert torch.allclose(runs.support_x[0, 0, 0], first, atol=1 / 255 + 1e-6)
