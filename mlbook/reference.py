@@ -379,12 +379,13 @@ LAKE_LOCAL = {"--distance": "local", "--pools": "2", "--queries": "1"}
 # The test-time shift chosen again, on 300 Balinese episodes with the 10-minute ...+1query run:
 # none 42.7%, 1.5 pixels 41.6%, 3 40.1%, 4.5 39.7%, 6 40.3%: 4.5 pixels, as for the second command.
 LAKE_LOCAL_TEST_TIME_SHIFT = 4.5
-LAKE_README_OPENING = "The README's Lake command, on"
+LAKE_LOCAL_OPENING = ("The third Lake command (the local similarity; the README's until "
+                      "omniglot-lake-protonet-fitted replaced it), on")
 _RUNS.append(ReferenceRun(
     name="omniglot-lake-protonet-local", learner="ProtoNet", data="omniglot", seed=0,
     train_args=_with_changes(_LAKE_SECOND_RUN.train_args, LAKE_LOCAL), metric="accuracy", chapter="Chapter 5",
     protocol=_LAKE_SECOND_RUN.protocol, paper_protocol=_LAKE_SECOND_RUN.paper_protocol,
-    note=LAKE_NOTE.replace(LAKE_NOTE_OPENING, LAKE_README_OPENING).replace(
+    note=LAKE_NOTE.replace(LAKE_NOTE_OPENING, LAKE_LOCAL_OPENING).replace(
         "Its one change from the recipe, the outer learning rate 0.003 instead of 0.001, was chosen",
         "Its changes from the recipe, the outer learning rate 0.003 instead of 0.001, then 84-pixel images "
         "folded into 9 channels of a 28x28 map (--image-size 84 --space-to-depth 3) with the loss and its "
@@ -394,8 +395,35 @@ _RUNS.append(ReferenceRun(
         "lake-ablation-lr3e-3+84px-folded+bf16+local2pools+1query and its seed 1)"),
     threads=2, test_time_shift=LAKE_LOCAL_TEST_TIME_SHIFT))
 _LAKE_LOCAL_RUN = _RUNS[-1]
-LAKE_README_RUN = _LAKE_LOCAL_RUN.name  # the run of the README's Lake command
-_RUNS += [_lake_given(_LAKE_LOCAL_RUN, minutes, LAKE_README_OPENING) for minutes in (10, 60)]
+_RUNS += [_lake_given(_LAKE_LOCAL_RUN, minutes, LAKE_LOCAL_OPENING) for minutes in (10, 60)]
+
+# Framing (mlbook.data.framing): each character's bounding box, with a margin, scaled to fill the
+# image, so that where and how large a drawer wrote it no longer matters. On top of the third command's
+# recipe, two 10-minute seeds on Balinese (lake-ablation-...+1query+fitted and -seed1) made 33.4% and
+# 32.6% errors against 40.8% to 43.4% for six runs of the recipe, and two on Greek (...+fitted+valgreek
+# and -seed1) 4.9% and 5.2% against 5.1% to 6.5% for three: far lower on one validation alphabet and
+# lower on average (5.05% against 5.7%) on the other. Centring alone (...+centred) tied on both.
+LAKE_FRAME = {"--frame": "fitted"}
+# The test-time shift chosen again, on 300 Balinese episodes with the 10-minute ...+fitted run: none
+# 33.9%, 1.5 pixels 32.5%, 3 31.3%, 4.5 31.4%, 6 31.1%: 6 pixels, the lowest.
+LAKE_FRAME_TEST_TIME_SHIFT = 6.0
+LAKE_README_OPENING = "The README's Lake command, on"
+_RUNS.append(ReferenceRun(
+    name="omniglot-lake-protonet-fitted", learner="ProtoNet", data="omniglot", seed=0,
+    train_args=_with_changes(_LAKE_LOCAL_RUN.train_args, LAKE_FRAME), metric="accuracy", chapter="Chapter 5",
+    protocol=_LAKE_LOCAL_RUN.protocol, paper_protocol=_LAKE_LOCAL_RUN.paper_protocol,
+    note=_LAKE_LOCAL_RUN.note.replace(LAKE_LOCAL_OPENING, LAKE_README_OPENING).replace(
+        "with one query per class (--queries 1), were chosen",
+        "with one query per class (--queries 1), then each character's bounding box fitted to the image "
+        "(--frame fitted), were chosen").replace(
+        "the last choice with lake-ablation-lr3e-3+84px-folded+bf16+local2pools+1query and its seed 1)",
+        "the local similarity with lake-ablation-lr3e-3+84px-folded+bf16+local2pools+1query and its seed 1, "
+        "the framing with ...+1query+fitted and its seed 1 and, with Greek held out instead, "
+        "...+fitted+valgreek and its seed 1)"),
+    threads=2, test_time_shift=LAKE_FRAME_TEST_TIME_SHIFT))
+_LAKE_FRAMED_RUN = _RUNS[-1]
+LAKE_README_RUN = _LAKE_FRAMED_RUN.name  # the run of the README's Lake command
+_RUNS.append(_lake_given(_LAKE_FRAMED_RUN, 10, LAKE_README_OPENING))
 
 # Lake's challenge, what each choice buys: the same recipe for 10 minutes with Balinese held out
 # as the validation alphabet (every choice is read from val_value), one change per run.
