@@ -3,7 +3,8 @@
 Omniglot's drawers wrote anywhere on a 105x105 canvas, at any size: the same character can sit
 in a corner, small, or fill the canvas. A network must learn to ignore both. Framing removes
 them before the network sees the image, as optical character recognition has long done (the
-MNIST digits, for one, were centred by their centre of ink mass):
+MNIST digits were scaled to fit a 20-pixel box and centred on their centre of ink mass in a
+28-pixel image; LeCun et al., 1998):
 
 * ``canvas``: the whole canvas, resized (what the release's images are);
 * ``centred``: the canvas moved so that the centre of ink mass is in the middle, size kept;
