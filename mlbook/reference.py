@@ -349,14 +349,16 @@ def _lake_given(run: ReferenceRun, minutes: int, opening: str, step_cap: int | N
     ``opening`` says so. ``step_cap`` replaces ``--steps`` where the run's cap would stop it before
     its time (the cap is no setting of the recipe: ``cosine_time`` follows the clock)."""
     changes = {"--time-limit": str(60 * minutes)}
+    note = run.note.replace(opening, opening.replace(", on", f" given {minutes} minutes instead of 30, on")).replace(
+        "over the 30 minutes", f"over the {minutes} minutes")
     if step_cap is not None:
         changes["--steps"] = str(step_cap)
+        note += f" Its cap on steps is raised to {step_cap:,} so that the clock, not the cap, ends it."
     return ReferenceRun(
         name=f"{run.name}-{minutes}min", learner=run.learner, data=run.data, seed=run.seed,
         train_args=_with_changes(run.train_args, changes),
         metric=run.metric, chapter=run.chapter, protocol=run.protocol, paper_protocol=run.paper_protocol,
-        note=run.note.replace(opening, opening.replace(", on", f" given {minutes} minutes instead of 30, on")).replace(
-            "over the 30 minutes", f"over the {minutes} minutes"),
+        note=note,
         threads=run.threads, test_time_shift=run.test_time_shift)
 
 
