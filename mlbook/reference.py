@@ -753,6 +753,12 @@ LAKE_ABLATIONS = {
     **_with_seeds("lr3e-3+84px-folded+bf16+local2pools+1query+fitted+valgreek",
                   {**_LOCAL_RECIPE, **_FITTED, **_GREEK}, _LOCAL_TEXT.format(f"{_FITTED_TEXT} and {_GREEK_TEXT}"),
                   (2, 3)),
+    # Fitting enlarges a small drawing's strokes with it: in fitted images the strokes' width (ink
+    # area over centre-line length) runs from 4 to 12 pixels of 84, against 4 to 6 on the canvas.
+    # Redrawing every character's centre lines with one pen removes that nuisance too.
+    **_on_both_alphabets("lr3e-3+84px-folded+bf16+local2pools+1query+redrawn", {"--frame": "redrawn"},
+                         "each character's bounding box fitted to the image and its strokes redrawn "
+                         "with one pen width (--frame redrawn)"),
 }
 LAKE_ABLATION_NOTE = (
     "An ablation of the Lake recipe: 10 minutes of training on one thread, with Balinese held out of "

@@ -4,7 +4,7 @@ import zipfile
 import pytest
 import torch
 
-from mlbook.data.framing import FIT_MARGIN, FRAMES, frame_characters
+from mlbook.data.framing import FIT_MARGIN, FRAMES, PEN_WIDTH, frame_characters, thin_strokes
 
 from omniglot_support import SHARED, SMALL, isolated, needs_shared  # noqa: F401 (isolated: autouse)
 
@@ -58,6 +58,41 @@ def test_fitted_fills_the_frame_whatever_the_size_drawn():
     canvases = frame_characters(torch.stack([small, large]), 84, "canvas").float()
     fitted_gap = (framed[0].float() - framed[1].float()).abs().mean()
     assert fitted_gap < (canvases[0] - canvases[1]).abs().mean() / 3
+
+
+def _stroke_widths(images: torch.Tensor) -> torch.Tensor:
+    """Ink area over centre-line length: the mean width of each image's strokes, in pixels."""
+    ink = images >= 128
+    return ink.sum((1, 2)).float() / thin_strokes(ink).sum((1, 2)).float()
+
+
+def test_thinning_leaves_a_connected_centre_line_one_pixel_wide():
+    bar = torch.zeros(1, 40, 60, dtype=torch.bool)
+    bar[0, 15:24, 10:50] = True                       # a 9-pixel-wide horizontal stroke
+    line = thin_strokes(bar)[0]
+    rows, cols = torch.nonzero(line, as_tuple=True)
+    assert line.sum() >= 30 and (rows - 19).abs().max() <= 1       # most of its length, on its middle
+    assert (line.sum(0) <= 1).all()                                 # one pixel wide
+    assert cols.max() - cols.min() + 1 == line.sum()                # unbroken
+    assert not (line & ~bar[0]).any()
+    with pytest.raises(ValueError, match="ink must be a boolean tensor"):
+        thin_strokes(bar.to(torch.uint8))
+
+
+def test_redrawn_gives_small_and_large_drawings_one_pen_width():
+    small, large = _stroke_l(60, 10, 20, width=4), _stroke_l(5, 20, 80, width=8)
+    fitted = frame_characters(torch.stack([small, large]), 84, "fitted")
+    redrawn = frame_characters(torch.stack([small, large]), 84, "redrawn")
+    fitted_widths, redrawn_widths = _stroke_widths(fitted), _stroke_widths(redrawn)
+    # The same pen (4 px and 8 px) on a 20-px and an 80-px L: fitted, the small L's strokes come
+    # out more than twice as wide; redrawn, both have the pen's width. The pen follows the strokes'
+    # centre lines, so a thick stroke's outer edge moves in by half the width it loses.
+    assert fitted_widths[0] > 2 * fitted_widths[1]
+    assert (redrawn_widths - PEN_WIDTH * 84).abs().max() < 1.5
+    for image, width in zip(redrawn, fitted_widths):
+        top, bottom, left, right = _ink_box(image)
+        assert abs((bottom - top + 1) - (84 / (1 + FIT_MARGIN) - (width - PEN_WIDTH * 84))) <= 3
+        assert abs((top + bottom) / 2 - 41.5) <= 1.5 and abs((left + right) / 2 - 41.5) <= 1.5
 
 
 def test_blank_images_stay_blank_and_bad_input_is_refused():

@@ -8,7 +8,10 @@ MNIST digits were scaled to fit a 20-pixel box and centred on their centre of in
 
 * ``canvas``: the whole canvas, resized (what the release's images are);
 * ``centred``: the canvas moved so that the centre of ink mass is in the middle, size kept;
-* ``fitted``: the square around the ink's bounding box, with a margin, scaled to fill the image.
+* ``fitted``: the square around the ink's bounding box, with a margin, scaled to fill the image;
+* ``redrawn``: fitted, then every stroke thinned to its centre line and drawn again with one pen
+  (:data:`PEN_WIDTH`), since fitting enlarges a small drawing's strokes with it: a character
+  drawn small comes out with strokes up to three times as thick as one drawn large.
 """
 from __future__ import annotations
 
@@ -17,11 +20,14 @@ import torch.nn.functional as F
 
 from ..utils import check_choice, check_positive_int
 
-__all__ = ["FRAMES", "FIT_MARGIN", "frame_characters"]
+__all__ = ["FRAMES", "FIT_MARGIN", "PEN_WIDTH", "frame_characters", "thin_strokes"]
 
-FRAMES = ("canvas", "centred", "fitted")
+FRAMES = ("canvas", "centred", "fitted", "redrawn")
 #: In ``fitted`` framing, the frame's side is the bounding box's longer side times 1 + FIT_MARGIN.
 FIT_MARGIN = 0.15
+#: In ``redrawn`` framing, the pen's width as a fraction of the image's side: the median width of
+#: fitted Omniglot strokes (ink area over centre-line length, about 11.6 pixels of 168).
+PEN_WIDTH = 11 / 168
 # A pixel counts as ink for the bounding box at half intensity; fainter pixels are the
 # anti-aliased rims of strokes.
 _INK = 128
@@ -91,6 +97,52 @@ def frame_characters(images: torch.Tensor, image_size: int, frame: str = "canvas
             grid = F.affine_grid(theta, [chunk.shape[0], 1, fine, fine], align_corners=False)
             sampled = F.grid_sample(chunk[:, None], grid, mode="bilinear", padding_mode="zeros",
                                     align_corners=False)
+            if frame == "redrawn":
+                sampled = _redraw(sampled[:, 0] >= _INK, fine)[:, None]
             resized = F.avg_pool2d(sampled, _OVERSAMPLE)
         out[start:start + _CHUNK] = resized[:, 0].round().clamp(0, 255).to(torch.uint8)
     return out.reshape(*batch, image_size, image_size)
+
+
+def thin_strokes(ink: torch.Tensor) -> torch.Tensor:
+    """Centre lines, one pixel wide, of the strokes of boolean images ``[N, H, W]`` (Chapter 5).
+
+    Zhang and Suen's (1984) thinning: two alternating passes peel, from every stroke, the border
+    pixels whose removal neither breaks the stroke nor shortens its ends, until none is left.
+    """
+    if ink.dtype != torch.bool or ink.dim() != 3:
+        raise ValueError(f"ink must be a boolean tensor [N, H, W], got {ink.dtype} {list(ink.shape)}")
+    image = ink.to(torch.uint8)
+    height, width = image.shape[-2:]
+    while True:
+        peeled = False
+        for second_pass in (False, True):
+            padded = F.pad(image, (1, 1, 1, 1))
+            # The 8 neighbours clockwise from north (Zhang and Suen's P2 to P9).
+            north, north_east, east, south_east, south, south_west, west, north_west = (
+                padded[:, 1 + dr:1 + dr + height, 1 + dc:1 + dc + width]
+                for dr, dc in ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1)))
+            ring = (north, north_east, east, south_east, south, south_west, west, north_west, north)
+            neighbours = sum(ring[:8])
+            # One 0->1 step around the ring: the pixel joins exactly one run of ink.
+            crossings = sum((ring[i] < ring[i + 1]).to(torch.uint8) for i in range(8))
+            if second_pass:
+                open_side = (north * east * west == 0) & (north * south * west == 0)
+            else:
+                open_side = (north * east * south == 0) & (east * south * west == 0)
+            removable = (image == 1) & (neighbours >= 2) & (neighbours <= 6) & (crossings == 1) & open_side
+            if removable.any():
+                image = image.masked_fill(removable, 0)
+                peeled = True
+        if not peeled:
+            return image.bool()
+
+
+def _redraw(ink: torch.Tensor, side: int) -> torch.Tensor:
+    """Boolean images ``[N, side, side]``: their strokes' centre lines drawn with the pen of
+    :data:`PEN_WIDTH`, as float ``[N, side, side]`` in 0..255."""
+    radius = max(round((PEN_WIDTH * side - 1) / 2), 0)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    pen = ((offsets[:, None] ** 2 + offsets[None] ** 2) <= radius ** 2 + 0.5).float()[None, None]
+    drawn = F.conv2d(thin_strokes(ink)[:, None].float(), pen, padding=radius)[:, 0] > 0
+    return drawn.float() * 255
