@@ -554,7 +554,8 @@ def _add_learner_options(train) -> None:
     train.add_argument("--norm", default="group", choices=("group", "batch", "none"), help="Conv4 normalisation")
     train.add_argument("--frame", default="canvas", choices=FRAMES,
                        help="where each character sits in its image: the drawer's canvas (default), centred on "
-                            "its centre of ink mass, or fitted to its bounding box")
+                            "its centre of ink mass, fitted to its bounding box, or fitted and its strokes redrawn with "
+                            "one pen width")
     train.add_argument("--distance", default="euclidean", choices=DISTANCES,
                        help="ProtoNet distance (local: best matches of the feature maps' local descriptors)")
     train.add_argument("--local-window", type=non_negative_int, default=None, metavar="R",
