@@ -79,6 +79,60 @@ def test_thinning_leaves_a_connected_centre_line_one_pixel_wide():
         thin_strokes(bar.to(torch.uint8))
 
 
+def _zhang_suen_pixel_by_pixel(ink: torch.Tensor) -> torch.Tensor:
+    """Zhang and Suen's thinning as they wrote it: every pixel of one image looked at, each pass."""
+    image = [[int(v) for v in row] for row in ink.tolist()]
+    height, width = len(image), len(image[0])
+    at = lambda r, c: image[r][c] if 0 <= r < height and 0 <= c < width else 0  # noqa: E731
+    while True:
+        peeled = False
+        for second_pass in (False, True):
+            removable = []
+            for r in range(height):
+                for c in range(width):
+                    if not image[r][c]:
+                        continue
+                    p = [at(r - 1, c), at(r - 1, c + 1), at(r, c + 1), at(r + 1, c + 1),
+                         at(r + 1, c), at(r + 1, c - 1), at(r, c - 1), at(r - 1, c - 1)]
+                    runs = sum(p[i] == 0 and p[(i + 1) % 8] == 1 for i in range(8))
+                    north, east, south, west = p[0], p[2], p[4], p[6]
+                    sides = ((north * east * west, north * south * west) if second_pass
+                             else (north * east * south, east * south * west))
+                    if 2 <= sum(p) <= 6 and runs == 1 and sides == (0, 0):
+                        removable.append((r, c))
+            for r, c in removable:
+                image[r][c] = 0
+            peeled |= bool(removable)
+        if not peeled:
+            return torch.tensor(image, dtype=torch.bool)
+
+
+def test_thinning_matches_zhang_and_suen_pixel_by_pixel():
+    # Blobs of every thickness, touching the image's edges and each other, in one batch: the
+    # batched thinning looks again only at pixels near the last removals, which must change no
+    # verdict of the plain algorithm.
+    generator = torch.Generator().manual_seed(3)
+    noise = torch.rand(6, 1, 30, 34, generator=generator)
+    blobs = torch.nn.functional.avg_pool2d(noise, 5, stride=1, padding=2)[:, 0] > 0.5
+    blobs[0] = True                                   # all ink
+    blobs[1] = False                                  # no ink
+    expected = torch.stack([_zhang_suen_pixel_by_pixel(image) for image in blobs])
+    assert torch.equal(thin_strokes(blobs), expected)
+    assert blobs[2:].sum() > 2 * expected[2:].sum()   # the test thins something
+
+
+def test_the_pen_is_a_disc_of_the_pen_width():
+    from mlbook.data.framing import _redraw
+    side = 168
+    dot = torch.zeros(1, side, side, dtype=torch.bool)
+    dot[0, 84, 90] = True
+    drawn = _redraw(dot, side)[0] > 0
+    radius = round((PEN_WIDTH * side - 1) / 2)
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    disc = (rows - 84) ** 2 + (cols - 90) ** 2 <= radius ** 2 + 0.5
+    assert radius == 5 and torch.equal(drawn, disc)
+
+
 def test_redrawn_gives_small_and_large_drawings_one_pen_width():
     small, large = _stroke_l(60, 10, 20, width=4), _stroke_l(5, 20, 80, width=8)
     fitted = frame_characters(torch.stack([small, large]), 84, "fitted")

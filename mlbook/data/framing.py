@@ -104,6 +104,27 @@ def frame_characters(images: torch.Tensor, image_size: int, frame: str = "canvas
     return out.reshape(*batch, image_size, image_size)
 
 
+def _peelable(second_pass: bool) -> torch.Tensor:
+    """For each of the 256 ways an ink pixel's 8 neighbours can be inked (bit k: the k-th
+    neighbour clockwise from north, Zhang and Suen's P2 to P9), whether the pass peels it."""
+    codes = torch.arange(256)
+    north, north_east, east, south_east, south, south_west, west, north_west = (
+        (codes >> k) & 1 for k in range(8))
+    ring = (north, north_east, east, south_east, south, south_west, west, north_west, north)
+    neighbours = sum(ring[:8])
+    # One 0->1 step around the ring: the pixel joins exactly one run of ink.
+    crossings = sum((ring[i] < ring[i + 1]).long() for i in range(8))
+    if second_pass:
+        open_side = (north * east * west == 0) & (north * south * west == 0)
+    else:
+        open_side = (north * east * south == 0) & (east * south * west == 0)
+    return (neighbours >= 2) & (neighbours <= 6) & (crossings == 1) & open_side
+
+
+_PEELABLE = (_peelable(second_pass=False), _peelable(second_pass=True))
+_NEIGHBOURS = ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))
+
+
 def thin_strokes(ink: torch.Tensor) -> torch.Tensor:
     """Centre lines, one pixel wide, of the strokes of boolean images ``[N, H, W]`` (Chapter 5).
 
@@ -112,37 +133,60 @@ def thin_strokes(ink: torch.Tensor) -> torch.Tensor:
     """
     if ink.dtype != torch.bool or ink.dim() != 3:
         raise ValueError(f"ink must be a boolean tensor [N, H, W], got {ink.dtype} {list(ink.shape)}")
-    image = ink.to(torch.uint8)
-    height, width = image.shape[-2:]
-    while True:
-        peeled = False
-        for second_pass in (False, True):
-            padded = F.pad(image, (1, 1, 1, 1))
-            # The 8 neighbours clockwise from north (Zhang and Suen's P2 to P9).
-            north, north_east, east, south_east, south, south_west, west, north_west = (
-                padded[:, 1 + dr:1 + dr + height, 1 + dc:1 + dc + width]
-                for dr, dc in ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1)))
-            ring = (north, north_east, east, south_east, south, south_west, west, north_west, north)
-            neighbours = sum(ring[:8])
-            # One 0->1 step around the ring: the pixel joins exactly one run of ink.
-            crossings = sum((ring[i] < ring[i + 1]).to(torch.uint8) for i in range(8))
-            if second_pass:
-                open_side = (north * east * west == 0) & (north * south * west == 0)
-            else:
-                open_side = (north * east * south == 0) & (east * south * west == 0)
-            removable = (image == 1) & (neighbours >= 2) & (neighbours <= 6) & (crossings == 1) & open_side
-            if removable.any():
-                image = image.masked_fill(removable, 0)
-                peeled = True
-        if not peeled:
-            return image.bool()
+    return torch.cat([_thin(ink[start:start + _CHUNK]) for start in range(0, ink.shape[0], _CHUNK)])
+
+
+def _thin(ink: torch.Tensor) -> torch.Tensor:
+    """:func:`thin_strokes` of a few hundred images, visiting only the pixels that can change."""
+    count, height, width = ink.shape
+    # One flat array with a blank border round every image, so that a pixel's neighbours are
+    # fixed offsets from it and never another image's.
+    row = width + 2
+    padded = F.pad(ink.to(torch.uint8), (1, 1, 1, 1)).flatten()
+    offsets = [dr * row + dc for dr, dc in _NEIGHBOURS]
+    itself_and_neighbours = torch.tensor([0, *offsets])
+    every_ink_pixel = padded.nonzero()[:, 0]
+    # A pass can only change its verdict on a pixel whose neighbourhood changed since that pass
+    # last looked at it: by the other pass's removals, or by its own. Most strokes are thin, so
+    # after the first round only a small fraction of the ink is looked at again.
+    removed_by_pass: list[torch.Tensor | None] = [None, None]
+    last_listed_at = torch.empty(padded.shape, dtype=torch.int32)
+    places, this_pass, passes_without_removal = every_ink_pixel, 0, 0
+    while passes_without_removal < 2:
+        neighbourhood = torch.zeros(places.shape, dtype=torch.uint8)
+        for bit, offset in enumerate(offsets):
+            neighbourhood |= padded[places + offset] << bit
+        removable = _PEELABLE[this_pass][neighbourhood.long()] & (padded[places] == 1)
+        removed = places[removable]
+        padded[removed] = 0
+        passes_without_removal = passes_without_removal + 1 if removed.numel() == 0 else 0
+        removed_by_pass[this_pass] = removed
+        this_pass = 1 - this_pass
+        if removed_by_pass[this_pass] is None:  # the second pass's first look: all the ink
+            places = every_ink_pixel
+            continue
+        near = (torch.cat(removed_by_pass)[:, None] + itself_and_neighbours).flatten()
+        near = near[padded[near] == 1]
+        # Each place once, without sorting: keep an entry only where it was the last written.
+        order = torch.arange(near.numel(), dtype=torch.int32)
+        last_listed_at[near] = order
+        places = near[last_listed_at[near] == order]
+    return padded.view(count, height + 2, width + 2)[:, 1:-1, 1:-1].bool()
 
 
 def _redraw(ink: torch.Tensor, side: int) -> torch.Tensor:
     """Boolean images ``[N, side, side]``: their strokes' centre lines drawn with the pen of
     :data:`PEN_WIDTH`, as float ``[N, side, side]`` in 0..255."""
     radius = max(round((PEN_WIDTH * side - 1) / 2), 0)
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    pen = ((offsets[:, None] ** 2 + offsets[None] ** 2) <= radius ** 2 + 0.5).float()[None, None]
-    drawn = F.conv2d(thin_strokes(ink)[:, None].float(), pen, padding=radius)[:, 0] > 0
+    lines = F.pad(thin_strokes(ink).to(torch.uint8), (radius,) * 4)
+    # The round pen is the union of its rows: row dy reaches dx with dx^2 + dy^2 <= r^2 + 1/2.
+    # Widen the lines once per half-width, then stack each row's widening shifted by dy.
+    widened = [lines[:, :, radius:radius + side]]
+    for half in range(1, radius + 1):
+        widened.append(widened[-1] | lines[:, :, radius + half:radius + half + side]
+                       | lines[:, :, radius - half:radius - half + side])
+    drawn = torch.zeros(ink.shape, dtype=torch.uint8)
+    for dy in range(-radius, radius + 1):
+        half = int((radius ** 2 + 0.5 - dy ** 2) ** 0.5)
+        drawn |= widened[half][:, radius + dy:radius + dy + side]
     return drawn.float() * 255
