@@ -15,3 +15,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 _shared_omniglot = Path(__file__).resolve().parent.parent / "shared" / "data" / "omniglot"
 if _shared_omniglot.is_dir():
     os.environ.setdefault("MLBOOK_OMNIGLOT", str(_shared_omniglot))
+# Notebooks run in book/: a folder given relative to where pytest started is made absolute.
+for _folder_variable in ("MLBOOK_OMNIGLOT", "MLBOOK_DATA"):
+    if os.environ.get(_folder_variable):
+        os.environ[_folder_variable] = str(Path(os.environ[_folder_variable]).expanduser().resolve())

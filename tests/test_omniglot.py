@@ -113,6 +113,15 @@ def test_archives_found_through_environment(monkeypatch, tmp_path):
     assert load_omniglot(["mine"], data_dir=tmp_path / "cache").images.shape == (2, 20, 28, 28)
 
 
+def test_a_folder_that_is_not_there_is_named_in_a_warning(monkeypatch, tmp_path):
+    # Relative to the repository it is the data; relative to book/, where chapters run, nothing.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLBOOK_OMNIGLOT", "../shared/data/omniglot")
+    with pytest.warns(RuntimeWarning, match=r"MLBOOK_OMNIGLOT is '\.\./shared/data/omniglot'.*absolute"):
+        with pytest.raises(FileNotFoundError, match="download=False"):
+            find_archive("images_background_small1.zip", tmp_path / "cache", download=False)
+
+
 def test_missing_archive_names_where_it_looked(tmp_path):
     with pytest.raises(FileNotFoundError, match="download=False"):
         find_archive("images_background.zip", tmp_path, download=False)

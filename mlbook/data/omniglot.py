@@ -107,7 +107,14 @@ def _search_dirs(data_dir: Path) -> list[Path]:
     dirs = [data_dir]
     env = os.environ.get("MLBOOK_OMNIGLOT")
     if env:
-        dirs.append(Path(env).expanduser())
+        folder = Path(env).expanduser()
+        if not folder.is_dir():
+            # A relative path names a different folder from a notebook's own folder (book/),
+            # where chapters run: say so, or the chapters quietly use the glyphs instead.
+            warnings.warn(f"MLBOOK_OMNIGLOT is {env!r}, which is not a folder seen from "
+                          f"{os.getcwd()}; give the archives' folder as an absolute path",
+                          RuntimeWarning, stacklevel=3)
+        dirs.append(folder)
     return dirs
 
 
