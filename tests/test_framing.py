@@ -4,7 +4,8 @@ import zipfile
 import pytest
 import torch
 
-from mlbook.data.framing import FIT_MARGIN, FRAMES, PEN_WIDTH, frame_characters, thin_strokes
+from mlbook.data.framing import (FIT_MARGIN, FRAMES, PEN_WIDTH, frame_characters, stroke_widths,
+                                  thin_strokes)
 
 from omniglot_support import SHARED, SMALL, isolated, needs_shared  # noqa: F401 (isolated: autouse)
 
@@ -58,12 +59,6 @@ def test_fitted_fills_the_frame_whatever_the_size_drawn():
     canvases = frame_characters(torch.stack([small, large]), 84, "canvas").float()
     fitted_gap = (framed[0].float() - framed[1].float()).abs().mean()
     assert fitted_gap < (canvases[0] - canvases[1]).abs().mean() / 3
-
-
-def _stroke_widths(images: torch.Tensor) -> torch.Tensor:
-    """Ink area over centre-line length: the mean width of each image's strokes, in pixels."""
-    ink = images >= 128
-    return ink.sum((1, 2)).float() / thin_strokes(ink).sum((1, 2)).float()
 
 
 def test_thinning_leaves_a_connected_centre_line_one_pixel_wide():
@@ -137,7 +132,7 @@ def test_redrawn_gives_small_and_large_drawings_one_pen_width():
     small, large = _stroke_l(60, 10, 20, width=4), _stroke_l(5, 20, 80, width=8)
     fitted = frame_characters(torch.stack([small, large]), 84, "fitted")
     redrawn = frame_characters(torch.stack([small, large]), 84, "redrawn")
-    fitted_widths, redrawn_widths = _stroke_widths(fitted), _stroke_widths(redrawn)
+    fitted_widths, redrawn_widths = stroke_widths(fitted), stroke_widths(redrawn)
     # The same pen (4 px and 8 px) on a 20-px and an 80-px L: fitted, the small L's strokes come
     # out more than twice as wide; redrawn, both have the pen's width. The pen follows the strokes'
     # centre lines, so a thick stroke's outer edge moves in by half the width it loses.
@@ -159,6 +154,8 @@ def test_blank_images_stay_blank_and_bad_input_is_refused():
         frame_characters(blank.float(), 28, "fitted")
     with pytest.raises(ValueError, match="image_size must be a positive integer"):
         frame_characters(blank, 0, "fitted")
+    with pytest.raises(ValueError, match="images must be a uint8 tensor"):
+        stroke_widths(blank.float())
 
 
 def test_the_command_line_stores_the_frame_and_refuses_it_for_sinusoids(tmp_path, capsys):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..utils import check_choice, check_positive_int
 
-__all__ = ["FRAMES", "FIT_MARGIN", "PEN_WIDTH", "frame_characters", "thin_strokes"]
+__all__ = ["FRAMES", "FIT_MARGIN", "PEN_WIDTH", "frame_characters", "stroke_widths", "thin_strokes"]
 
 FRAMES = ("canvas", "centred", "fitted", "redrawn")
 #: In ``fitted`` framing, the frame's side is the bounding box's longer side times 1 + FIT_MARGIN.
@@ -134,6 +134,17 @@ def thin_strokes(ink: torch.Tensor) -> torch.Tensor:
     if ink.dtype != torch.bool or ink.dim() != 3:
         raise ValueError(f"ink must be a boolean tensor [N, H, W], got {ink.dtype} {list(ink.shape)}")
     return torch.cat([_thin(ink[start:start + _CHUNK]) for start in range(0, ink.shape[0], _CHUNK)])
+
+
+def stroke_widths(images: torch.Tensor) -> torch.Tensor:
+    """Mean stroke width, in pixels, of each image of characters (uint8 ``[..., H, W]``): its
+    ink's area over the length of its strokes' centre lines (Chapter 5)."""
+    if images.dtype != torch.uint8 or images.dim() < 2:
+        raise ValueError(f"images must be a uint8 tensor [..., H, W], got {images.dtype} "
+                         f"{list(images.shape)}")
+    ink = images.reshape(-1, *images.shape[-2:]) >= _INK
+    length = thin_strokes(ink).sum((1, 2)).clamp_min(1)
+    return (ink.sum((1, 2)) / length).reshape(images.shape[:-2])
 
 
 def _thin(ink: torch.Tensor) -> torch.Tensor:
