@@ -183,8 +183,9 @@ def _run_config(args) -> dict:
         "glyph_classes": args.glyph_classes, "download": not args.no_download,
     }
     # Stored only when used, so checkpoints written before these options existed still resume.
-    config.update({key: value for key, value in (("elastic", args.elastic), ("thicken", args.thicken),
-                                                 ("reflect", args.reflect), ("unions", args.unions)) if value})
+    config.update({key: value for key, value in (
+        ("elastic", args.elastic), ("thicken", args.thicken), ("erase", args.erase), ("reflect", args.reflect),
+        ("unions", args.unions)) if value})
     if args.local_window is not None:
         if args.distance != "local":
             raise UsageError(f"--local-window applies to --distance local only, got --distance {args.distance}")
@@ -211,8 +212,9 @@ def _run_config(args) -> dict:
             raise UsageError("--holdout-alphabets and --val-alphabets apply to --data omniglot only")
         config["holdout_alphabets"] = []
     if args.data == "sinusoid" and (args.within_alphabet > 0 or args.jitter > 0 or args.rotate or args.reflect
-                                    or args.elastic > 0 or args.thicken > 0 or args.unions > 0):
-        raise UsageError("--within-alphabet, --jitter, --elastic, --thicken, --rotate, --reflect and --unions apply to "
+                                    or args.elastic > 0 or args.thicken > 0 or args.erase > 0 or args.unions > 0):
+        raise UsageError("--within-alphabet, --jitter, --elastic, --thicken, --erase, --rotate, --reflect and --unions "
+                         "apply to "
                          "image data (omniglot or glyphs) only")
     return config
 
@@ -274,13 +276,14 @@ def _prepare_output(args, config: dict, train_config: TrainConfig) -> Path:
 
 
 def _augmentation(args):
-    from .augment import AffineJitter, Chain, ElasticWarp, StrokeThickness
+    from .augment import AffineJitter, Chain, ElasticWarp, PartErasure, StrokeThickness
 
     j = args.jitter
     chosen = [augmentation for wanted, augmentation in (
         (args.jitter > 0, lambda: AffineJitter(degrees=10 * j, scale=0.1 * j, shear=0.1 * j, shift=0.1 * j)),
         (args.elastic > 0, lambda: ElasticWarp(pixels=args.elastic)),
-        (args.thicken > 0, lambda: StrokeThickness(probability=args.thicken))) if wanted]
+        (args.thicken > 0, lambda: StrokeThickness(probability=args.thicken)),
+        (args.erase > 0, lambda: PartErasure(probability=args.erase))) if wanted]
     if not chosen:
         return None
     return chosen[0]() if len(chosen) == 1 else Chain(*(make() for make in chosen))
@@ -534,6 +537,8 @@ def _add_data_options(train) -> None:
                        help="random smooth warps of the images, up to this many pixels (0: none)")
     train.add_argument("--thicken", type=stroke_share, default=0.0,
                        help="share of images drawn with thicker strokes, and the same share thinner (0 to 0.5)")
+    train.add_argument("--erase", type=fraction, default=0.0, metavar="SHARE",
+                       help="share of images with a random square a quarter of their side wiped blank (0: none)")
     train.add_argument("--jitter", type=non_negative_float, default=0.0,
                        help="strength of random affine jitter (1.0: up to 10 degrees, 10%% scale, shear, shift)")
 

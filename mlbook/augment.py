@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .tasks import Episode
 
-__all__ = ["AffineJitter", "ElasticWarp", "StrokeThickness", "Chain", "ShiftedViews"]
+__all__ = ["AffineJitter", "ElasticWarp", "StrokeThickness", "PartErasure", "Chain", "ShiftedViews"]
 
 
 def _check_non_negative(name: str, value) -> float:
@@ -133,6 +133,44 @@ class StrokeThickness(_ImageAugmentation):
 
     def __repr__(self) -> str:
         return f"StrokeThickness(probability={self.probability})"
+
+
+class PartErasure(_ImageAugmentation):
+    """A random square of a share of the images wiped blank, as if a part were left out (Chapter 5).
+
+    With probability ``probability`` an image loses a square whose side is ``size`` of the
+    image's side, placed at random inside it (random erasing; Zhong et al., 2020). Two drawings
+    of one character by different people often differ by a small stroke or a hook that one of
+    them left out; a network that must still match the rest learns to rest on every part of a
+    character rather than on one.
+    """
+
+    def __init__(self, probability: float = 0.5, size: float = 0.25):
+        probability, size = _check_non_negative("probability", probability), _check_non_negative("size", size)
+        if probability > 1:
+            raise ValueError(f"probability must be in [0, 1], got {probability!r}")
+        if not 0 < size < 1:
+            raise ValueError(f"size (a fraction of the image's side) must be in (0, 1), got {size!r}")
+        self.probability, self.size = probability, size
+
+    def images(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Erase squares from a stack of images ``[..., C, H, W]``."""
+        shape = x.shape
+        flat = x.reshape(-1, *shape[-3:])
+        n, height, width = flat.shape[0], shape[-2], shape[-1]
+        side_y, side_x = max(1, round(self.size * height)), max(1, round(self.size * width))
+        draws = torch.rand(n, 3, generator=generator, device=x.device)
+        top = (draws[:, 0] * (height - side_y + 1)).floor()
+        left = (draws[:, 1] * (width - side_x + 1)).floor()
+        rows = torch.arange(height, device=x.device)
+        cols = torch.arange(width, device=x.device)
+        in_rows = (rows >= top[:, None]) & (rows < top[:, None] + side_y)          # [n, H]
+        in_cols = (cols >= left[:, None]) & (cols < left[:, None] + side_x)        # [n, W]
+        wiped = in_rows[:, :, None] & in_cols[:, None, :] & (draws[:, 2] < self.probability)[:, None, None]
+        return flat.masked_fill(wiped[:, None], 0.0).reshape(shape)
+
+    def __repr__(self) -> str:
+        return f"PartErasure(probability={self.probability}, size={self.size})"
 
 
 class Chain:
