@@ -213,9 +213,8 @@ def _run_config(args) -> dict:
         config["holdout_alphabets"] = []
     if args.data == "sinusoid" and (args.within_alphabet > 0 or args.jitter > 0 or args.rotate or args.reflect
                                     or args.elastic > 0 or args.thicken > 0 or args.erase > 0 or args.unions > 0):
-        raise UsageError("--within-alphabet, --jitter, --elastic, --thicken, --erase, --rotate, --reflect and --unions "
-                         "apply to "
-                         "image data (omniglot or glyphs) only")
+        raise UsageError("--within-alphabet, --jitter, --elastic, --thicken, --erase, --rotate, --reflect and "
+                         "--unions apply to image data (omniglot or glyphs) only")
     return config
 
 
@@ -241,7 +240,7 @@ def _train_config(args) -> TrainConfig:
                        schedule=args.schedule, warmup=args.warmup,
                        val_every=args.val_every, val_episodes=args.val_episodes, patience=args.patience,
                        checkpoint_every=args.checkpoint_every, time_limit=time_limit,
-                       precision=args.precision, cuda_graph=args.cuda_graph)
+                       precision=args.precision, cuda_graph=args.cuda_graph, sam_radius=args.sam)
 
 
 def _differences(saved: dict, now: dict, ignore=()) -> list[str]:
@@ -585,6 +584,9 @@ def _add_training_options(train) -> None:
     train.add_argument("--optimiser", default="adam", choices=OPTIMISERS, help="outer optimiser (default adam)")
     train.add_argument("--weight-decay", type=non_negative_float, default=0.0,
                        help="weight decay of the outer optimiser (decoupled with adamw; default 0)")
+    train.add_argument("--sam", type=positive_float, default=None, metavar="RADIUS",
+                       help="sharpness-aware minimisation: each gradient taken again RADIUS along it (a second "
+                            "backward pass per step; default off)")
     train.add_argument("--schedule", default="constant", choices=SCHEDULES,
                        help="learning-rate schedule (cosine_time: a cosine over --time-limit seconds)")
     train.add_argument("--warmup", type=non_negative_int, default=0, help="linear warm-up steps")

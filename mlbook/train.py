@@ -115,6 +115,10 @@ class TrainConfig:
     units (recent CPUs with AMX, GPUs), at a small cost in gradient precision. ``cuda_graph``
     records the meta-step once as a CUDA graph and replays it (:class:`mlbook.graphs.GraphedMetaStep`;
     CUDA only): the same numbers, without the host's per-kernel launching (Chapter 3).
+    ``sam_radius`` rho turns on sharpness-aware minimisation (Foret et al., 2021): each step's
+    gradient is taken again at the parameters moved rho along their normalised gradient, the
+    worst point within rho to first order, so the step favours minima that stay low around
+    them; a second backward pass per step.
     """
 
     steps: int
@@ -137,6 +141,7 @@ class TrainConfig:
     time_limit: float | None = None
     precision: str = "float32"
     cuda_graph: bool = False
+    sam_radius: float | None = None
 
     def __post_init__(self):
         self.steps = check_positive_int("steps", self.steps)
@@ -157,6 +162,10 @@ class TrainConfig:
         self.val_episodes = check_positive_int("val_episodes", self.val_episodes)
         self.grad_clip = _optional(check_positive, "grad_clip", self.grad_clip)
         self.time_limit = _optional(check_positive, "time_limit", self.time_limit)
+        self.sam_radius = _optional(check_positive, "sam_radius", self.sam_radius)
+        if self.sam_radius is not None and self.cuda_graph:
+            raise ValueError("sam_radius needs two backward passes per step; a CUDA graph records one "
+                             "(cuda_graph=False)")
         if self.schedule == "cosine_time" and self.time_limit is None:
             raise ValueError("schedule 'cosine_time' needs time_limit, the wall-clock budget in seconds")
 
@@ -373,6 +382,8 @@ class Trainer:
             if accuracy is not None:
                 accuracy = dist_utils.all_reduce_mean(accuracy * weight) * self.world.size
         _check_finite(self.step, "the gradient", [(n, t.grad) for n, t in self.trainable])
+        if self.config.sam_radius is not None:
+            self._sharpness_aware_gradient(shard, weight)
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip)
         self.optimiser.step()
@@ -381,6 +392,26 @@ class Trainer:
         self.losses.append(loss.item())
         self.accuracies.append(float("nan") if accuracy is None else float(accuracy))
         self.step += 1
+
+    def _sharpness_aware_gradient(self, shard, weight) -> None:
+        """Replace the gradient by the one at the parameters moved ``sam_radius`` along it."""
+        grads = [p.grad for p in self.parameters]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None]))
+        moves = [None if g is None else g * (self.config.sam_radius / (norm + 1e-12)) for g in grads]
+        with torch.no_grad():
+            for p, move in zip(self.parameters, moves):
+                if move is not None:
+                    p.add_(move)
+        self.optimiser.zero_grad(set_to_none=True)
+        with precision_context(self.config.precision, self.parameters[0].device.type):
+            self.learner.meta_backward(self.state, shard, weight)
+        if self.world.size > 1:
+            dist_utils.all_reduce_gradients(self.parameters)
+        with torch.no_grad():
+            for p, move in zip(self.parameters, moves):
+                if move is not None:
+                    p.sub_(move)
+        _check_finite(self.step, "the sharpness-aware gradient", [(n, t.grad) for n, t in self.trainable])
 
     def _graph_for(self, episode) -> GraphedMetaStep:
         # One recorded step per episode shape (a shard's may differ in the last process).

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mlbook.augment import AffineJitter, Chain, ElasticWarp, ShiftedViews, StrokeThickness
+from mlbook.augment import AffineJitter, Chain, ElasticWarp, PartErasure, ShiftedViews, StrokeThickness
 from mlbook.tasks import Episode
 
 
@@ -47,6 +47,26 @@ def test_stroke_thickness_thickens_and_thins_a_share_of_images():
     assert faded[:, 0, 4, 3:6].min() >= 0.5
 
 
+def test_part_erasure_wipes_one_square_from_a_share_of_images():
+    x = torch.rand(600, 1, 28, 28) + 0.5                 # no pixel blank before
+    out = PartErasure(probability=0.3, size=0.25).images(x, torch.Generator().manual_seed(0))
+    blank = out == 0
+    wiped = blank.flatten(1).any(1)
+    assert 0.25 < wiped.float().mean() < 0.35
+    assert torch.equal(out[~blank], x[~blank]), "only the erased pixels change"
+    for image in blank[wiped][:, 0]:
+        rows, cols = image.any(1).nonzero().flatten(), image.any(0).nonzero().flatten()
+        # One 7x7 square (a quarter of 28), whole and inside the image.
+        assert len(rows) == len(cols) == 7 and int(image.sum()) == 49
+        assert int(rows[-1] - rows[0]) == 6 and int(cols[-1] - cols[0]) == 6
+    squares = blank[wiped][:, 0]
+    assert bool(squares[:, 0].any()) and bool(squares[:, -1].any()), "squares reach the top and bottom rows"
+    assert bool(squares[:, :, 0].any()) and bool(squares[:, :, -1].any()), "and the first and last columns"
+    again = PartErasure(probability=0.3, size=0.25).images(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    assert torch.equal(PartErasure(probability=0.0).images(x, torch.Generator().manual_seed(0)), x)
+
+
 def test_chain_applies_each_augmentation_to_support_and_query():
     x = strokes(n=4).reshape(1, 4, 1, 28, 28)
     y = torch.arange(4).reshape(1, 4)
@@ -64,6 +84,8 @@ def test_chain_applies_each_augmentation_to_support_and_query():
     (lambda: ElasticWarp(grid=1), "grid must be an integer of at least 2"),
     (lambda: StrokeThickness(probability=0.8), "probability must be at most 0.5"),
     (lambda: StrokeThickness(probability=float("nan")), "probability must be a non-negative number"),
+    (lambda: PartErasure(probability=1.5), "probability must be in \\[0, 1\\]"),
+    (lambda: PartErasure(size=1.0), "size .* must be in \\(0, 1\\)"),
     (lambda: Chain(), "one or more callables"),
 ])
 def test_bad_settings_are_refused_by_name(make, pattern):

@@ -63,6 +63,9 @@ def one_line_error(code, err, pattern):
     (["train", *TINY_IMAGES, "--thicken", "0.7", "--out", "x.pt"], "--thicken: must be in [0, 0.5]"),
     (["train", "--data", "sinusoid", "--learner", "MAML", "--elastic", "2", "--out", "x.pt"],
      "apply to image data"),
+    (["train", *TINY_IMAGES, "--erase", "1.5", "--out", "x.pt"], "--erase: must be a fraction in"),
+    (["train", "--data", "sinusoid", "--learner", "MAML", "--erase", "0.5", "--out", "x.pt"],
+     "--erase, --rotate, --reflect and --unions apply to image data"),
     (["train", "--data", "sinusoid", "--learner", "MAML", "--reflect", "--out", "x.pt"],
      "--rotate, --reflect and --unions apply to image data"),
     (["train", "--data", "sinusoid", "--learner", "MAML", "--unions", "1", "--out", "x.pt"],
@@ -84,7 +87,7 @@ def one_line_error(code, err, pattern):
     (["train", *TINY_IMAGES, "--distance", "local", "--pretrain-head", "dense", "--out", "x.pt"],
      "give --pretrain SECONDS too"),
 ], ids=["learner", "data", "shots", "ways", "regression", "zero-ways", "missing-eval", "missing-lake",
-        "thicken-share", "elastic-sinusoid", "reflect-sinusoid", "unions-sinusoid", "unions-negative",
+        "thicken-share", "erase-share", "erase-sinusoid", "elastic-sinusoid", "reflect-sinusoid", "unions-sinusoid", "unions-negative",
         "reflect-ways", "window-euclidean", "window-negative", "pretrain-maml", "pretrain-reflect",
         "pretrain-too-long", "pretrain-negative", "dense-euclidean", "dense-alone"])
 def test_mistakes_give_one_line_and_a_nonzero_exit(args, pattern, capsys, tmp_path, monkeypatch):
