@@ -192,6 +192,35 @@ def test_cosine_schedule_and_time_limit(tmp_path):
             meta_train(sinusoid_maml(), family, 2, time_limit=bad)
 
 
+def test_sharpness_aware_step_uses_the_gradient_at_the_moved_parameters():
+    """One SGD step with sam_radius: w - lr * grad L(w + rho g / |g|), g = grad L(w), computed here."""
+    from mlbook.utils import make_generator
+
+    learner, family, rho, lr = sinusoid_maml(), SinusoidFamily(shots=5, queries=5), 0.3, 0.1
+    start = learner.init(0)
+    episode = family.sample(4, make_generator(0, family.device))
+
+    def gradient(at):
+        state = {**start, "params": {k: v.detach().clone().requires_grad_(True) for k, v in at.items()}}
+        learner.meta_backward(state, episode, 1.0)
+        return {k: v.grad for k, v in state["params"].items()}
+
+    g = gradient(start["params"])
+    norm = torch.sqrt(sum(v.pow(2).sum() for v in g.values()))
+    moved = {k: v.detach() + rho * g[k] / norm for k, v in start["params"].items()}
+    g_moved = gradient(moved)
+    expected = {k: v.detach() - lr * g_moved[k] for k, v in start["params"].items()}
+    plain = {k: v.detach() - lr * g[k] for k, v in start["params"].items()}
+
+    result = meta_train(learner, family, 1, 4, lr, 0, optimiser="sgd", sam_radius=rho)
+    for k, v in result.state["params"].items():
+        assert torch.allclose(v, expected[k], atol=1e-6), k
+    assert max((v - plain[k]).abs().max().item() for k, v in result.state["params"].items()) > 1e-4, \
+        "the moved gradient differs from the plain one, so this test can fail"
+    with pytest.raises(ValueError, match="sam_radius must be"):
+        meta_train(learner, family, 1, sam_radius=0.0)
+
+
 def test_bad_trainer_arguments():
     family = SinusoidFamily()
     with pytest.raises(ValueError, match="schedule"):
