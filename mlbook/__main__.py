@@ -155,7 +155,8 @@ def task_family(data: dict, split: str, ways: int, shots: int, queries: int, wit
 
 # -- commands --------------------------------------------------------------------------------
 _LEARNER_FLAGS = {"inner_lr": "--inner-lr", "inner_steps": "--inner-steps", "first_order": "--first-order",
-                  "distance": "--distance", "local_window": "--local-window", "fce": "--fce", "lam": "--lam",
+                  "distance": "--distance", "local_window": "--local-window", "fixed_scale": "--fixed-scale",
+                  "fce": "--fce", "lam": "--lam",
                   "cg_steps": "--cg-steps"}
 # What a resumed run may change; everything else defines the run and must stay as it was.
 _RESUMABLE_SETTINGS = {"steps", "time_limit", "checkpoint_every", "stop_after", "val_every", "val_episodes",
@@ -190,6 +191,10 @@ def _run_config(args) -> dict:
         if args.distance != "local":
             raise UsageError(f"--local-window applies to --distance local only, got --distance {args.distance}")
         config["local_window"] = args.local_window
+    if args.fixed_scale is not None:
+        if args.distance == "euclidean":
+            raise UsageError("--fixed-scale applies to --distance cosine or local only, got --distance euclidean")
+        config["fixed_scale"] = args.fixed_scale
     if args.pretrain > 0:
         _check_pretrain(args)
         config["pretrain"] = args.pretrain
@@ -565,6 +570,9 @@ def _add_learner_options(train) -> None:
     train.add_argument("--local-window", type=non_negative_int, default=None, metavar="R",
                        help="with --distance local: a descriptor matches only those at most R cells of the "
                             "feature map away (default: anywhere)")
+    train.add_argument("--fixed-scale", type=positive_float, default=None, metavar="SCALE",
+                       help="with --distance cosine or local: hold the similarities' temperature at SCALE "
+                            "(default: learned, starting at 10)")
     train.add_argument("--fce", action="store_true", help="MatchingNet: full-context embeddings")
     train.add_argument("--inner-lr", type=positive_float, default=None, help="inner learning rate (gradient learners)")
     train.add_argument("--inner-steps", type=positive_int, default=1, help="inner steps (gradient learners)")

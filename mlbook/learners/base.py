@@ -95,6 +95,7 @@ class LearnerConfig:
     first_order: bool = False
     distance: str = "euclidean"
     local_window: int | None = None
+    fixed_scale: float | None = None
     fce: bool = False
     lam: float = 1.0
     cg_steps: int = 5

@@ -132,7 +132,7 @@ class ProtoNet(Learner):
     name = "ProtoNet"
     kind = "metric"
     tasks = frozenset({"classification"})
-    options = ("distance", "local_window")
+    options = ("distance", "local_window", "fixed_scale")
     any_ways = True
 
     def __init__(self, model: nn.Module | None = None, distance: str = "euclidean", scale: float = 1.0,
@@ -165,13 +165,18 @@ class ProtoNet(Learner):
         """A Conv4 embedding (no output layer) and the configured distance (Chapter 5).
 
         Cosine similarity gets a learned temperature starting at 10, as in the cosine
-        classifiers of Gidaris and Komodakis (2018) and Chen et al. (2019).
+        classifiers of Gidaris and Komodakis (2018) and Chen et al. (2019), and so does the
+        local similarity; ``fixed_scale`` holds it at that value instead.
         """
+        if config.fixed_scale is not None and config.distance == "euclidean":
+            raise ValueError("fixed_scale applies to distance='cosine' or 'local' only, got distance='euclidean'")
+        scale = dict(scale=10.0, learn_scale=True) if config.fixed_scale is None else dict(
+            scale=config.fixed_scale, learn_scale=False)
         if config.distance == "cosine":
-            return cls(embedding_for(config), distance="cosine", scale=10.0, learn_scale=True)
+            return cls(embedding_for(config), distance="cosine", **scale)
         if config.distance == "local":
-            return cls(embedding_for(config), distance="local", scale=10.0, learn_scale=True,
-                       channels=config.channels, local_window=config.local_window)
+            return cls(embedding_for(config), distance="local", channels=config.channels,
+                       local_window=config.local_window, **scale)
         return cls(embedding_for(config), distance=config.distance)
 
     def init(self, seed: int, *, dtype=None, device=None) -> dict:
