@@ -156,8 +156,7 @@ def task_family(data: dict, split: str, ways: int, shots: int, queries: int, wit
 # -- commands --------------------------------------------------------------------------------
 _LEARNER_FLAGS = {"inner_lr": "--inner-lr", "inner_steps": "--inner-steps", "first_order": "--first-order",
                   "distance": "--distance", "local_window": "--local-window", "fixed_scale": "--fixed-scale",
-                  "fce": "--fce", "lam": "--lam",
-                  "cg_steps": "--cg-steps"}
+                  "fce": "--fce", "lam": "--lam", "cg_steps": "--cg-steps"}
 # What a resumed run may change; everything else defines the run and must stay as it was.
 _RESUMABLE_SETTINGS = {"steps", "time_limit", "checkpoint_every", "stop_after", "val_every", "val_episodes",
                        "patience", "cuda_graph"}

@@ -77,6 +77,8 @@ def one_line_error(code, err, pattern):
      "--local-window applies to --distance local only"),
     (["train", *TINY_IMAGES, "--distance", "local", "--local-window", "-1", "--out", "x.pt"],
      "--local-window: must be"),
+    (["train", *TINY_IMAGES, "--fixed-scale", "30", "--out", "x.pt"],
+     "--fixed-scale applies to --distance cosine or local only"),
     (["train", *TINY_IMAGES, "--learner", "MAML", "--pretrain", "5", "--out", "x.pt"],
      "--pretrain trains ProtoNet's embedding on image data"),
     (["train", *TINY_IMAGES, "--pretrain", "5", "--reflect", "--out", "x.pt"], "cannot be combined with --reflect"),
@@ -88,7 +90,7 @@ def one_line_error(code, err, pattern):
      "give --pretrain SECONDS too"),
 ], ids=["learner", "data", "shots", "ways", "regression", "zero-ways", "missing-eval", "missing-lake",
         "thicken-share", "erase-share", "erase-sinusoid", "elastic-sinusoid", "reflect-sinusoid", "unions-sinusoid", "unions-negative",
-        "reflect-ways", "window-euclidean", "window-negative", "pretrain-maml", "pretrain-reflect",
+        "reflect-ways", "window-euclidean", "window-negative", "scale-euclidean", "pretrain-maml", "pretrain-reflect",
         "pretrain-too-long", "pretrain-negative", "dense-euclidean", "dense-alone"])
 def test_mistakes_give_one_line_and_a_nonzero_exit(args, pattern, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -160,6 +160,27 @@ def test_cosine_protonet_learns_its_temperature():
     assert torch.allclose(learner.episode_logits(doubled, episode), 2 * logits, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("distance", ["cosine", "local"])
+def test_a_fixed_scale_holds_the_temperature(distance):
+    from mlbook.learners.base import LearnerConfig
+
+    learner = ProtoNet.from_config(LearnerConfig(distance=distance, channels=8, image_size=16, pools=2,
+                                                 fixed_scale=30.0))
+    assert not learner.learn_scale and learner.scale == 30.0
+    state = learner.init(0)
+    assert "log_scale" not in state
+    family = ImageClassFamily(easy_images(), ways=5, shots=1, queries=3)
+    result = meta_train(learner, family, 3, meta_batch_size=2, outer_lr=1e-2, seed=0)
+    assert "log_scale" not in result.state
+    # The logits are the similarities times 30: the same learner at scale 1 gives a thirtieth.
+    unit = ProtoNet(learner.model, distance=distance, scale=1.0, channels=learner.channels)
+    episode = family.sample(2, torch.Generator().manual_seed(1))
+    assert torch.allclose(learner.episode_logits(result.state, episode),
+                          30 * unit.episode_logits(result.state, episode), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="fixed_scale applies to distance='cosine' or 'local' only"):
+        ProtoNet.from_config(LearnerConfig(distance="euclidean", fixed_scale=30.0))
+
+
 def test_local_similarity_is_the_symmetric_mean_of_best_matches():
     """Each descriptor's best cosine match, averaged, from both sides (written out with loops)."""
     g = torch.Generator().manual_seed(0)

@@ -194,6 +194,7 @@ def test_cosine_schedule_and_time_limit(tmp_path):
 
 def test_sharpness_aware_step_uses_the_gradient_at_the_moved_parameters():
     """One SGD step with sam_radius: w - lr * grad L(w + rho g / |g|), g = grad L(w), computed here."""
+    from mlbook.train import TrainConfig
     from mlbook.utils import make_generator
 
     learner, family, rho, lr = sinusoid_maml(), SinusoidFamily(shots=5, queries=5), 0.3, 0.1
@@ -219,6 +220,8 @@ def test_sharpness_aware_step_uses_the_gradient_at_the_moved_parameters():
         "the moved gradient differs from the plain one, so this test can fail"
     with pytest.raises(ValueError, match="sam_radius must be"):
         meta_train(learner, family, 1, sam_radius=0.0)
+    with pytest.raises(ValueError, match="a CUDA graph records one"):
+        TrainConfig(steps=1, cuda_graph=True, sam_radius=0.1)
 
 
 def test_bad_trainer_arguments():

@@ -166,7 +166,7 @@ class ProtoNet(Learner):
 
         Cosine similarity gets a learned temperature starting at 10, as in the cosine
         classifiers of Gidaris and Komodakis (2018) and Chen et al. (2019), and so does the
-        local similarity; ``fixed_scale`` holds it at that value instead.
+        local similarity; a ``fixed_scale`` holds the temperature at that number instead.
         """
         if config.fixed_scale is not None and config.distance == "euclidean":
             raise ValueError("fixed_scale applies to distance='cosine' or 'local' only, got distance='euclidean'")
