@@ -778,7 +778,7 @@ LAKE_ABLATIONS = {
                          f"{_FITTED_TEXT} and a random square a quarter of the side wiped blank from half "
                          "the images (--erase 0.5)"),
     # Erased squares: 32.7% on Balinese and 5.2% on Greek, inside the framed runs (32.6% to 33.4%,
-    # 4.5% to 5.2%): a tie; not taken. The training loss still ends near zero: sharpness-aware
+    # 4.5% to 5.2%) give or take an interval: a tie; not taken. The training loss still ends near zero: sharpness-aware
     # minimisation (Foret et al., 2021) seeks minima that stay low around them, which carry over
     # better to new data; here, to new characters. Each step costs two backward passes, and ten
     # minutes train the recipe as far as an hour does, so fewer steps should not matter.
