@@ -207,6 +207,8 @@ def _run_config(args) -> dict:
         config["space_to_depth"] = args.space_to_depth
     if args.residual_blocks != LearnerConfig.residual_blocks:
         config["residual_blocks"] = args.residual_blocks
+    if args.feature_blocks != LearnerConfig.feature_blocks:
+        config["feature_blocks"] = args.feature_blocks
     if args.frame != "canvas":
         if args.data == "sinusoid":
             raise UsageError(f"--frame {args.frame} frames images: it applies to image data (omniglot or glyphs) only")
@@ -559,6 +561,9 @@ def _add_learner_options(train) -> None:
     train.add_argument("--residual-blocks", type=non_negative_int, default=LearnerConfig.residual_blocks,
                        metavar="R", help="Conv4: R residual blocks after the four, at the last map's size "
                                          "(default 0)")
+    train.add_argument("--feature-blocks", type=positive_int, default=LearnerConfig.feature_blocks, metavar="K",
+                       help="Conv4: the embedding stacks the maps of the last K blocks, which must not pool "
+                            "(default 1, the last block's map only)")
     train.add_argument("--norm", default="group", choices=("group", "batch", "none"), help="Conv4 normalisation")
     train.add_argument("--frame", default="canvas", choices=FRAMES,
                        help="where each character sits in its image: the drawer's canvas (default), centred on "

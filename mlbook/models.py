@@ -126,11 +126,16 @@ class Conv4(nn.Module):
     almost the cost of the smaller one (the first convolution is the only one that grows).
     ``residual_blocks`` (R) appends R residual blocks (:class:`ResidualBlock`) after the four, at
     the last map's size: a deeper network whose extra layers cost little where the map is small.
+    ``feature_blocks`` (k) makes the embedding the maps of the last k blocks stacked along the
+    channels (``k * channels`` per place; those blocks must not pool, so their maps share a
+    size): each place is then described by features of several depths at once, the finer
+    ones of the earlier blocks beside the wider context of the last, as in the hypercolumns of
+    Hariharan et al. (2015).
     """
 
     def __init__(self, out_features: int = 5, in_channels: int = 1, channels: int = 64,
                  norm: str = "group", image_size: int = 28, pools: int = 4, space_to_depth: int = 1,
-                 residual_blocks: int = 0):
+                 residual_blocks: int = 0, feature_blocks: int = 1):
         super().__init__()
         check_positive_int("in_channels", in_channels)
         check_positive_int("channels", channels)
@@ -161,8 +166,18 @@ class Conv4(nn.Module):
             raise ValueError(f"image_size must be at least {2 ** pools * space_to_depth} for {pools} 2x2 "
                              f"poolings{folding}, got {image_size}")
         blocks += [ResidualBlock(channels, norm) for _ in range(residual_blocks)]
+        self.feature_blocks = check_positive_int("feature_blocks", feature_blocks)
+        same_size = 4 - pools + residual_blocks + 1
+        if feature_blocks > same_size:
+            raise ValueError(f"feature_blocks={feature_blocks} would stack maps of different sizes: with "
+                             f"pools={pools} and residual_blocks={residual_blocks}, the last {same_size} "
+                             f"block(s) share the last map's size")
+        # Where each stacked block's map is complete in `features`: after its ReLU (or residual
+        # block), so at the index of the next layer.
+        ends = [i + 1 for i, layer in enumerate(blocks) if isinstance(layer, (nn.ReLU, ResidualBlock))]
+        self._stacked_ends = frozenset(ends[-feature_blocks:]) if feature_blocks > 1 else frozenset()
         self.features = nn.Sequential(*blocks, nn.Flatten())
-        self.embedding_size = channels * size * size
+        self.embedding_size = feature_blocks * channels * size * size
         self.head = nn.Linear(self.embedding_size, out_features) if out_features else None
         self.in_channels = in_channels
 
@@ -174,8 +189,10 @@ class Conv4(nn.Module):
             x = F.pixel_unshuffle(x, self.space_to_depth)
         if x.device.type == "cpu" and not _inside_vmap():
             layers = list(self.features)
-            i = 0
+            i, stacked = 0, []
             while i < len(layers):
+                if i in self._stacked_ends:
+                    stacked.append(x)
                 fused = None
                 if (isinstance(layers[i], (BatchStatNorm, nn.GroupNorm)) and i + 1 < len(layers)
                         and isinstance(layers[i + 1], nn.MaxPool2d) and _plain_pool(layers[i + 1])):
@@ -197,8 +214,17 @@ class Conv4(nn.Module):
                     x = layers[i](x)
                     i += 1
             z = x
+        elif self._stacked_ends:
+            stacked = []
+            for i, layer in enumerate(self.features):
+                if i in self._stacked_ends:
+                    stacked.append(x)
+                x = layer(x)
+            z = x
         else:
             z = self.features(x)
+        if self._stacked_ends:
+            z = torch.cat(stacked, dim=1).flatten(1)
         return z if self.head is None else self.head(z)
 
 

@@ -133,3 +133,52 @@ def test_residual_blocks_reach_the_checkpoint_through_the_command_line(tmp_path,
     capsys.readouterr()
     assert main(["train", *tiny, "--residual-blocks", "-1", "--out", str(tmp_path / "e.pt")]) != 0
     assert "--residual-blocks" in capsys.readouterr().err
+
+
+def test_conv4_feature_blocks_stack_the_last_maps_and_are_checked():
+    from mlbook.models import Conv4
+    torch.manual_seed(0)
+    plain = Conv4(0, channels=8, pools=2)
+    stacked = Conv4(0, channels=8, pools=2, feature_blocks=3)
+    stacked.load_state_dict(plain.state_dict())     # the same parameters: stacking adds none
+    x = torch.rand(3, 1, 28, 28)
+    z = stacked(x)
+    assert z.shape == (3, 3 * 8 * 7 * 7) and stacked.embedding_size == 3 * 8 * 7 * 7
+    # The maps after blocks 2, 3 and 4, in that order, computed layer by layer without the fused kernels.
+    h, maps = x, []
+    for i, layer in enumerate(plain.features[:-1]):
+        h = layer(h)
+        if isinstance(layer, torch.nn.ReLU):
+            maps.append(h)
+    assert torch.allclose(z, torch.cat(maps[1:], dim=1).flatten(1), atol=1e-5)
+    assert torch.allclose(z.unflatten(1, (24, 49))[:, 16:].flatten(1), plain(x), atol=1e-5)
+    # Under vmap the fused CPU kernels are skipped; the stacking must not depend on them.
+    assert torch.allclose(torch.func.vmap(stacked)(x[None])[0], z, atol=1e-5)
+    with pytest.raises(ValueError, match="feature_blocks=4 would stack maps of different sizes"):
+        Conv4(0, pools=2, feature_blocks=4)
+    with pytest.raises(ValueError, match="feature_blocks=2 would stack maps of different sizes"):
+        Conv4(0, pools=4, feature_blocks=2)
+    assert Conv4(0, channels=8, pools=4, residual_blocks=1, feature_blocks=2)(x).shape == (3, 2 * 8)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="feature_blocks must be a positive integer"):
+            Conv4(0, feature_blocks=bad)
+
+
+def test_feature_blocks_reach_the_local_similarity_and_the_checkpoint(tmp_path, capsys):
+    from mlbook.__main__ import main
+    from mlbook.learners import ProtoNet
+    from mlbook.storage import load_checkpoint
+    learner = ProtoNet.from_config(LearnerConfig(channels=8, pools=2, distance="local", feature_blocks=2))
+    # Each place of the map is one descriptor of both blocks' channels.
+    assert learner.channels == 16 and learner.model.embedding_size == 16 * 7 * 7
+    out = tmp_path / "f.pt"
+    tiny = ["--data", "glyphs", "--glyph-classes", "200", "--image-size", "16", "--channels", "8"]
+    assert main(["train", *tiny, "--pools", "2", "--distance", "local", "--feature-blocks", "2",
+                 "--steps", "2", "--out", str(out)]) == 0
+    assert load_checkpoint(out)["metadata"]["config"]["feature_blocks"] == 2
+    assert main(["evaluate", str(out), "--episodes", "3"]) == 0
+    assert main(["train", *tiny, "--steps", "1", "--out", str(tmp_path / "d.pt")]) == 0
+    assert "feature_blocks" not in load_checkpoint(tmp_path / "d.pt")["metadata"]["config"]
+    capsys.readouterr()
+    assert main(["train", *tiny, "--feature-blocks", "2", "--out", str(tmp_path / "e.pt")]) != 0
+    assert "feature_blocks=2 would stack maps of different sizes" in capsys.readouterr().err

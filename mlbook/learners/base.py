@@ -90,6 +90,7 @@ class LearnerConfig:
     pools: int = 4
     space_to_depth: int = 1
     residual_blocks: int = 0
+    feature_blocks: int = 1
     inner_lr: float | None = None
     inner_steps: int = 1
     first_order: bool = False

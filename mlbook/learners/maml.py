@@ -25,7 +25,7 @@ def model_for(config: LearnerConfig) -> nn.Module:
         return MLP(activation=config.activation)
     return Conv4(out_features=config.ways, channels=config.channels, norm=config.norm,
                  image_size=config.image_size, pools=config.pools, space_to_depth=config.space_to_depth,
-                 residual_blocks=config.residual_blocks)
+                 residual_blocks=config.residual_blocks, feature_blocks=config.feature_blocks)
 
 
 def gradient_options(cls, config: LearnerConfig) -> dict:

@@ -111,7 +111,7 @@ def embedding_for(config: LearnerConfig) -> nn.Module:
     """The Conv4 embedding network (no output layer) of a metric learner (Chapter 5)."""
     return Conv4(out_features=0, channels=config.channels, norm=config.norm, image_size=config.image_size,
                  pools=config.pools, space_to_depth=config.space_to_depth,
-                 residual_blocks=config.residual_blocks)
+                 residual_blocks=config.residual_blocks, feature_blocks=config.feature_blocks)
 
 
 class ProtoNet(Learner):
@@ -175,7 +175,8 @@ class ProtoNet(Learner):
         if config.distance == "cosine":
             return cls(embedding_for(config), distance="cosine", **scale)
         if config.distance == "local":
-            return cls(embedding_for(config), distance="local", channels=config.channels,
+            # Stacked maps describe each place by feature_blocks * channels numbers.
+            return cls(embedding_for(config), distance="local", channels=config.channels * config.feature_blocks,
                        local_window=config.local_window, **scale)
         return cls(embedding_for(config), distance=config.distance)
 
