@@ -839,13 +839,13 @@ LAKE_ABLATIONS = {
                          {**_FITTED, "--feature-blocks": "3"},
                          f"{_FITTED_TEXT} and the maps of the last three blocks stacked as the local "
                          "descriptors (--feature-blocks 3)"),
-    # The stacked runs took 13,472 to 14,227 steps where the framed runs took 9,357 to 10,695 on an
-    # earlier day (this machine's speed varies from hour to hour), and on Balinese thirty minutes of
-    # the third command's recipe beat ten: the framed recipe trained again on the stacked runs' day,
+    # The stacked runs took 13,472 to 14,227 steps where the framed runs took 9,357 to 10,695 in the
+    # morning (this machine's speed varies from hour to hour), and on Balinese thirty minutes of the
+    # third command's recipe beat ten: the framed recipe trained again right after the stacked runs,
     # the control for steps. Rule, written before it ran: stacking stays taken if two blocks beat it
     # on Balinese by more than their interval and are not above it on Greek by more than theirs.
     **_on_both_alphabets("lr3e-3+84px-folded+bf16+local2pools+1query+fitted+rerun", _FITTED,
-                         f"{_FITTED_TEXT}, trained again on a later day (the control of the stacked maps)"),
+                         f"{_FITTED_TEXT}, trained again hours later (the control of the stacked maps)"),
 }
 LAKE_ABLATION_NOTE = (
     "An ablation of the Lake recipe: 10 minutes of training on one thread, with Balinese held out of "
