@@ -119,20 +119,30 @@ def test_conv4_residual_blocks_keep_the_map_start_near_identity_and_are_checked(
             Conv4(0, residual_blocks=bad)
 
 
-def test_residual_blocks_reach_the_checkpoint_through_the_command_line(tmp_path, capsys):
+TINY_GLYPHS = ["--data", "glyphs", "--glyph-classes", "200", "--image-size", "16", "--channels", "8"]
+
+
+def check_backbone_option_reaches_the_checkpoint(tmp_path, capsys, key, train_args, refused_args, refusal):
+    """Trained with ``train_args`` the run stores ``key`` in its config and evaluates; a default run
+    stores no ``key``; ``refused_args`` end the command with ``refusal`` on stderr."""
     from mlbook.__main__ import main
     from mlbook.storage import load_checkpoint
-    out = tmp_path / "r.pt"
-    tiny = ["--data", "glyphs", "--glyph-classes", "200", "--image-size", "16", "--channels", "8"]
-    assert main(["train", *tiny, "--pools", "2", "--residual-blocks", "1", "--steps", "2",
-                 "--out", str(out)]) == 0
-    assert load_checkpoint(out)["metadata"]["config"]["residual_blocks"] == 1
+    out = tmp_path / "with.pt"
+    assert main(["train", *TINY_GLYPHS, *train_args, "--steps", "2", "--out", str(out)]) == 0
+    value = train_args[train_args.index("--" + key.replace("_", "-")) + 1]
+    assert load_checkpoint(out)["metadata"]["config"][key] == int(value)
     assert main(["evaluate", str(out), "--episodes", "3"]) == 0
-    assert main(["train", *tiny, "--steps", "1", "--out", str(tmp_path / "d.pt")]) == 0
-    assert "residual_blocks" not in load_checkpoint(tmp_path / "d.pt")["metadata"]["config"]
+    assert main(["train", *TINY_GLYPHS, "--steps", "1", "--out", str(tmp_path / "default.pt")]) == 0
+    assert key not in load_checkpoint(tmp_path / "default.pt")["metadata"]["config"]
     capsys.readouterr()
-    assert main(["train", *tiny, "--residual-blocks", "-1", "--out", str(tmp_path / "e.pt")]) != 0
-    assert "--residual-blocks" in capsys.readouterr().err
+    assert main(["train", *TINY_GLYPHS, *refused_args, "--out", str(tmp_path / "refused.pt")]) != 0
+    assert refusal in capsys.readouterr().err
+
+
+def test_residual_blocks_reach_the_checkpoint_through_the_command_line(tmp_path, capsys):
+    check_backbone_option_reaches_the_checkpoint(
+        tmp_path, capsys, "residual_blocks", ["--pools", "2", "--residual-blocks", "1"],
+        ["--residual-blocks", "-1"], "--residual-blocks")
 
 
 def test_conv4_feature_blocks_stack_the_last_maps_and_are_checked():
@@ -165,20 +175,10 @@ def test_conv4_feature_blocks_stack_the_last_maps_and_are_checked():
 
 
 def test_feature_blocks_reach_the_local_similarity_and_the_checkpoint(tmp_path, capsys):
-    from mlbook.__main__ import main
     from mlbook.learners import ProtoNet
-    from mlbook.storage import load_checkpoint
     learner = ProtoNet.from_config(LearnerConfig(channels=8, pools=2, distance="local", feature_blocks=2))
     # Each place of the map is one descriptor of both blocks' channels.
     assert learner.channels == 16 and learner.model.embedding_size == 16 * 7 * 7
-    out = tmp_path / "f.pt"
-    tiny = ["--data", "glyphs", "--glyph-classes", "200", "--image-size", "16", "--channels", "8"]
-    assert main(["train", *tiny, "--pools", "2", "--distance", "local", "--feature-blocks", "2",
-                 "--steps", "2", "--out", str(out)]) == 0
-    assert load_checkpoint(out)["metadata"]["config"]["feature_blocks"] == 2
-    assert main(["evaluate", str(out), "--episodes", "3"]) == 0
-    assert main(["train", *tiny, "--steps", "1", "--out", str(tmp_path / "d.pt")]) == 0
-    assert "feature_blocks" not in load_checkpoint(tmp_path / "d.pt")["metadata"]["config"]
-    capsys.readouterr()
-    assert main(["train", *tiny, "--feature-blocks", "2", "--out", str(tmp_path / "e.pt")]) != 0
-    assert "feature_blocks=2 would stack maps of different sizes" in capsys.readouterr().err
+    check_backbone_option_reaches_the_checkpoint(
+        tmp_path, capsys, "feature_blocks", ["--pools", "2", "--distance", "local", "--feature-blocks", "2"],
+        ["--feature-blocks", "2"], "feature_blocks=2 would stack maps of different sizes")
