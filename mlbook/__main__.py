@@ -24,7 +24,7 @@ import torch
 from . import distributed as dist_utils
 from .data.framing import FRAMES
 from .learners import LearnerConfig, get_learner, registry
-from .learners.protonet import DISTANCES
+from .learners.protonet import DISTANCES, LOCAL_WEIGHTS
 from .models import POOLS
 from .reference import add_reproduce_command
 from .storage import CheckpointError, load_checkpoint, load_state_into
@@ -155,7 +155,8 @@ def task_family(data: dict, split: str, ways: int, shots: int, queries: int, wit
 
 # -- commands --------------------------------------------------------------------------------
 _LEARNER_FLAGS = {"inner_lr": "--inner-lr", "inner_steps": "--inner-steps", "first_order": "--first-order",
-                  "distance": "--distance", "local_window": "--local-window", "fixed_scale": "--fixed-scale",
+                  "distance": "--distance", "local_window": "--local-window", "local_weights": "--local-weights",
+                  "fixed_scale": "--fixed-scale",
                   "fce": "--fce", "lam": "--lam", "cg_steps": "--cg-steps"}
 # What a resumed run may change; everything else defines the run and must stay as it was.
 _RESUMABLE_SETTINGS = {"steps", "time_limit", "checkpoint_every", "stop_after", "val_every", "val_episodes",
@@ -190,6 +191,10 @@ def _run_config(args) -> dict:
         if args.distance != "local":
             raise UsageError(f"--local-window applies to --distance local only, got --distance {args.distance}")
         config["local_window"] = args.local_window
+    if args.local_weights != "equal":
+        if args.distance != "local":
+            raise UsageError(f"--local-weights applies to --distance local only, got --distance {args.distance}")
+        config["local_weights"] = args.local_weights
     if args.fixed_scale is not None:
         if args.distance == "euclidean":
             raise UsageError("--fixed-scale applies to --distance cosine or local only, got --distance euclidean")
@@ -574,6 +579,9 @@ def _add_learner_options(train) -> None:
     train.add_argument("--local-window", type=non_negative_int, default=None, metavar="R",
                        help="with --distance local: a descriptor matches only those at most R cells of the "
                             "feature map away (default: anywhere)")
+    train.add_argument("--local-weights", default="equal", choices=LOCAL_WEIGHTS,
+                       help="with --distance local: average the best matches alike (equal) or each by the "
+                            "square root of its descriptor's length (sqrt-norm)")
     train.add_argument("--fixed-scale", type=positive_float, default=None, metavar="SCALE",
                        help="with --distance cosine or local: hold the similarities' temperature at SCALE "
                             "(default: learned, starting at 10)")

@@ -77,6 +77,10 @@ def one_line_error(code, err, pattern):
      "--local-window applies to --distance local only"),
     (["train", *TINY_IMAGES, "--distance", "local", "--local-window", "-1", "--out", "x.pt"],
      "--local-window: must be"),
+    (["train", *TINY_IMAGES, "--local-weights", "sqrt-norm", "--out", "x.pt"],
+     "--local-weights applies to --distance local only"),
+    (["train", *TINY_IMAGES, "--distance", "local", "--local-weights", "norm", "--out", "x.pt"],
+     "--local-weights"),
     (["train", *TINY_IMAGES, "--fixed-scale", "30", "--out", "x.pt"],
      "--fixed-scale applies to --distance cosine or local only"),
     (["train", *TINY_IMAGES, "--learner", "MAML", "--pretrain", "5", "--out", "x.pt"],
@@ -91,7 +95,7 @@ def one_line_error(code, err, pattern):
 ], ids=["learner", "data", "shots", "ways", "regression", "zero-ways", "missing-eval", "missing-lake",
         "thicken-share", "erase-share", "erase-sinusoid", "elastic-sinusoid", "reflect-sinusoid",
         "unions-sinusoid", "unions-negative", "reflect-ways", "window-euclidean", "window-negative",
-        "scale-euclidean", "pretrain-maml", "pretrain-reflect", "pretrain-too-long", "pretrain-negative",
+        "weights-euclidean", "weights-unknown", "scale-euclidean", "pretrain-maml", "pretrain-reflect", "pretrain-too-long", "pretrain-negative",
         "dense-euclidean", "dense-alone"])
 def test_mistakes_give_one_line_and_a_nonzero_exit(args, pattern, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -280,6 +284,23 @@ def test_local_window_is_stored_and_read_back(tmp_path):
     from mlbook.__main__ import load_trained
 
     assert load_trained(out, torch.device("cpu"))[2].local_window == 1
+
+
+def test_local_weights_are_stored_and_read_back(tmp_path):
+    """A run trained with --local-weights sqrt-norm evaluates with the same weights; a default run
+    stores none."""
+    from mlbook.__main__ import load_trained
+
+    runs = {"weighted": ["--local-weights", "sqrt-norm"], "default": []}
+    for name, extra in runs.items():
+        assert main(["train", "--learner", "ProtoNet", *TINY_IMAGES, "--ways", "5", "--queries", "1",
+                     "--steps", "2", "--distance", "local", "--pools", "2", *extra,
+                     "--out", str(tmp_path / f"{name}.pt")]) == 0
+    assert load_checkpoint(tmp_path / "weighted.pt")["metadata"]["config"]["local_weights"] == "sqrt-norm"
+    assert "local_weights" not in load_checkpoint(tmp_path / "default.pt")["metadata"]["config"]
+    assert load_trained(tmp_path / "weighted.pt", torch.device("cpu"))[2].local_weights == "sqrt-norm"
+    assert load_trained(tmp_path / "default.pt", torch.device("cpu"))[2].local_weights == "equal"
+    assert main(["evaluate", str(tmp_path / "weighted.pt"), "--episodes", "3"]) == 0
 
 
 def test_pretrain_spends_part_of_the_time_limit_then_meta_trains(tmp_path, capsys):

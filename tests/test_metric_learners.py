@@ -243,6 +243,42 @@ def test_local_window_limits_how_far_a_descriptor_may_look_for_its_match():
                           local_similarities(query, support, channels), atol=1e-12)
 
 
+def test_local_weights_average_each_best_match_by_the_root_of_its_length():
+    """weights='sqrt-norm': each direction's mean weighs a descriptor's best match by the square
+    root of its length (written out with loops), with or without the row-split evaluation path."""
+    g = torch.Generator().manual_seed(2)
+    channels, places = 4, 9
+    query = torch.randn(20, channels * places, generator=g, dtype=torch.float64)
+    support = torch.randn(3, channels * places, generator=g, dtype=torch.float64)
+    with torch.no_grad():  # more query rows than one call compares: the split path
+        got = local_similarities(query, support, channels, weights="sqrt-norm")
+    for m in range(20):
+        for s in range(3):
+            a, c = query[m].view(channels, -1).T, support[s].view(channels, -1).T
+            table = torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(c, dim=-1).T
+            wa, wc = a.norm(dim=-1).sqrt(), c.norm(dim=-1).sqrt()
+            expected = 0.5 * ((table.max(1).values * wa).sum() / wa.sum()
+                              + (table.max(0).values * wc).sum() / wc.sum())
+            assert torch.allclose(got[m, s], expected, atol=1e-9)
+    assert torch.allclose(local_similarities(query, support, channels, weights="sqrt-norm"), got)
+    assert not torch.allclose(got, local_similarities(query, support, channels)), \
+        "the weights change the similarities, so this test can fail"
+    # Descriptors of one length are weighed alike: the plain mean.
+    unit = torch.nn.functional.normalize(query.view(20, channels, places), dim=1).flatten(1)
+    assert torch.allclose(local_similarities(unit, unit[:3], channels, weights="sqrt-norm"),
+                          local_similarities(unit, unit[:3], channels), atol=1e-12)
+    # A zero descriptor leaves the gradient finite.
+    zeros = query.clone().requires_grad_(True)
+    with torch.no_grad():
+        zeros.view(20, channels, places)[:, :, 0] = 0.0
+    local_similarities(zeros, support, channels, weights="sqrt-norm").sum().backward()
+    assert torch.isfinite(zeros.grad).all()
+    with pytest.raises(ValueError, match="weights must be one of"):
+        local_similarities(query, support, channels, weights="norm")
+    with pytest.raises(ValueError, match="local_weights applies to distance='local' only"):
+        ProtoNet(distance="euclidean", local_weights="sqrt-norm")
+
+
 def test_local_window_forgives_a_small_shift_but_not_a_part_moved_across_the_character():
     g = torch.Generator().manual_seed(3)
     maps = torch.relu(torch.randn(5, 8, 6, 6, generator=g, dtype=torch.float64))

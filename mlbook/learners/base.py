@@ -96,6 +96,7 @@ class LearnerConfig:
     first_order: bool = False
     distance: str = "euclidean"
     local_window: int | None = None
+    local_weights: str = "equal"
     fixed_scale: float | None = None
     fce: bool = False
     lam: float = 1.0
