@@ -854,7 +854,8 @@ LAKE_ABLATIONS = {
     # as strokes. Scored at test time with each best match weighed by the square root of its
     # descriptor's length (1,000 episodes, the 10-minute +stack2 runs, paired with the plain scores),
     # the error fell by 0.6 +- 0.2 points on Balinese and 0.1 +- 0.1 on Greek; by the length itself,
-    # 0.9 on Balinese (500 episodes) but it rose by 0.2 on Greek, and by its square by 1.0 on Greek.
+    # 0.9 on Balinese (500 episodes) but it rose by 0.2 on Greek; by the squared length it rose by 1.0
+    # on Greek.
     # Trained with the square-root weights (--local-weights sqrt-norm). Rule, written before the runs:
     # taken only if it beats the stacked runs (31.6% on Balinese, 4.4% on Greek) on Balinese by more
     # than its interval and is not above them on Greek by more than its interval, and then only after

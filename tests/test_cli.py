@@ -95,7 +95,8 @@ def one_line_error(code, err, pattern):
 ], ids=["learner", "data", "shots", "ways", "regression", "zero-ways", "missing-eval", "missing-lake",
         "thicken-share", "erase-share", "erase-sinusoid", "elastic-sinusoid", "reflect-sinusoid",
         "unions-sinusoid", "unions-negative", "reflect-ways", "window-euclidean", "window-negative",
-        "weights-euclidean", "weights-unknown", "scale-euclidean", "pretrain-maml", "pretrain-reflect", "pretrain-too-long", "pretrain-negative",
+        "weights-euclidean", "weights-unknown", "scale-euclidean", "pretrain-maml", "pretrain-reflect",
+        "pretrain-too-long", "pretrain-negative",
         "dense-euclidean", "dense-alone"])
 def test_mistakes_give_one_line_and_a_nonzero_exit(args, pattern, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

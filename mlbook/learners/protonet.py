@@ -76,8 +76,9 @@ def local_similarities(query: torch.Tensor, support: torch.Tensor, channels: int
     Keysers et al. (2007) lets each pixel move within a small neighbourhood: a part may move a
     little but not to the other side of the character. None: anywhere.
     With ``weights='sqrt-norm'`` each descriptor's best match counts in its mean in proportion to
-    the square root of the descriptor's length before normalisation: where the network puts more
-    signal (strokes, not blank paper) the match weighs more, without one place ruling the mean.
+    the square root of the descriptor's length before normalisation, so that the places the network
+    describes more strongly count more (strokes, it is hoped, more than blank paper) without one
+    place ruling the mean.
     """
     check_choice("weights", weights, LOCAL_WEIGHTS)
     if query.shape[-1] != support.shape[-1] or query.shape[-1] % channels:
