@@ -246,7 +246,9 @@ def test_each_lake_ablation_changes_exactly_what_it_names_from_its_base():
     recipes = [base] + [reference._with_changes(base, chosen) for chosen in (
         reference.LAKE_CHOSEN, {**reference.LAKE_CHOSEN, **reference.LAKE_DETAIL},
         {**reference.LAKE_CHOSEN, **reference.LAKE_DETAIL, **reference.LAKE_LOCAL},
-        {**reference.LAKE_CHOSEN, **reference.LAKE_DETAIL, **reference.LAKE_LOCAL, **reference.LAKE_FRAME})]
+        {**reference.LAKE_CHOSEN, **reference.LAKE_DETAIL, **reference.LAKE_LOCAL, **reference.LAKE_FRAME},
+        {**reference.LAKE_CHOSEN, **reference.LAKE_DETAIL, **reference.LAKE_LOCAL, **reference.LAKE_FRAME,
+         **reference.LAKE_STACK})]
     for variant, (change, _) in reference.LAKE_ABLATIONS.items():
         args = reference.get(f"lake-ablation-{variant}").train_args
         changed = {flag for flag, _ in pairs(args) ^ pairs(base)}
