@@ -426,6 +426,27 @@ def _load_ensemble(paths, device):
             ensemble.state_of([state for _, _, _, state in loaded]))
 
 
+def _with_local_weights(learner, local_weights: str):
+    """``learner`` (or each member of an ensemble) rescored with ``local_weights`` (Chapter 5)."""
+    from .learners import Ensemble, ProtoNet
+
+    members = learner.members if isinstance(learner, Ensemble) else [learner]
+    for member in members:
+        if not (isinstance(member, ProtoNet) and member.distance == "local"):
+            raise UsageError(f"--local-weights rescores ProtoNet checkpoints trained with --distance local; "
+                             f"got {member!r}")
+    rescored = [member.with_local_weights(local_weights) for member in members]
+    return Ensemble(rescored) if isinstance(learner, Ensemble) else rescored[0]
+
+
+def _local_weights_of(learner):
+    """How the best matches are weighed: one value, a sorted list where ensemble members differ, or
+    None where no member uses the local similarity (Chapter 5)."""
+    members = getattr(learner, "members", [learner])
+    weights = sorted({m.local_weights for m in members if getattr(m, "distance", None) == "local"})
+    return (weights or [None])[0] if len(weights) <= 1 else weights
+
+
 def cmd_lake(args) -> int:
     """``lake``: Lake's within-alphabet one-shot runs, or the held-out-alphabet proxy, as JSON (Chapter 5)."""
     device = get_device(args.device)
@@ -440,6 +461,8 @@ def cmd_lake(args) -> int:
     from .augment import ShiftedViews
 
     views = ShiftedViews(args.test_time_shift) if args.test_time_shift else None
+    if args.local_weights is not None:
+        learner = _with_local_weights(learner, args.local_weights)
     if args.runs is not None:
         if config["data"] == "sinusoid":
             raise UsageError("Lake's runs are images; this checkpoint was trained on sinusoids")
@@ -460,6 +483,7 @@ def cmd_lake(args) -> int:
         result["split"] = args.split
     result.update({"checkpoint": ",".join(map(str, args.checkpoint)), "learner": config["learner"],
                    "members": len(args.checkpoint), "test_time_shift_px": args.test_time_shift,
+                   "local_weights": _local_weights_of(learner),
                    "trained_steps": int(checkpoint["step"])})
     print(json.dumps(result))
     return 0
@@ -670,6 +694,9 @@ def _add_lake_command(commands) -> None:
                            "directions (extra support shots, averaged query predictions); 0 (default) "
                            "turns it off; chosen on the validation alphabet Balinese: 1.5 for 28-pixel "
                            "images, 4.5 for 84-pixel ones (the README's command)")
+    lake.add_argument("--local-weights", default=None, choices=LOCAL_WEIGHTS,
+                      help="rescore a --distance local checkpoint with its best matches weighed another "
+                           "way (see train's --local-weights), nothing retrained; default: as trained")
     lake.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     lake.set_defaults(run=cmd_lake)
 

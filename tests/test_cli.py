@@ -167,6 +167,36 @@ def test_lake_runs_json(glyph_checkpoint, tmp_path, capsys):
     one_line_error(code, err, "--proxy needs a checkpoint trained on --data omniglot")
 
 
+def test_lake_rescores_a_local_checkpoint_with_other_weights(glyph_checkpoint, tmp_path, capsys):
+    """lake --local-weights: the same runs scored with the best matches weighed another way (each
+    member of an ensemble too); 'equal' on an equal-weights run changes nothing; refused for a
+    checkpoint without the local similarity."""
+    write_lake_runs(tmp_path / "all_runs")
+    local = tmp_path / "local.pt"
+    assert main(["train", "--learner", "ProtoNet", *TINY_IMAGES, "--ways", "5", "--queries", "1",
+                 "--steps", "2", "--distance", "local", "--pools", "2", "--out", str(local)]) == 0
+    capsys.readouterr()
+
+    def lake(*args):
+        code, out, _ = call(capsys, "lake", *args, "--runs", str(tmp_path / "all_runs"))
+        assert code == 0
+        return json.loads(out)
+
+    plain, same = lake(str(local)), lake(str(local), "--local-weights", "equal")
+    weighted = lake(str(local), "--local-weights", "sqrt-norm")
+    pair = lake(str(local), str(local), "--local-weights", "sqrt-norm")
+    assert plain["local_weights"] == same["local_weights"] == "equal"
+    assert same["per_run_error_pct"] == plain["per_run_error_pct"]
+    assert weighted["local_weights"] == pair["local_weights"] == "sqrt-norm"
+    assert pair["per_run_error_pct"] == weighted["per_run_error_pct"]   # two copies of one network
+    assert lake(str(glyph_checkpoint))["local_weights"] is None
+    code, _, err = call(capsys, "lake", str(glyph_checkpoint), "--runs", str(tmp_path / "all_runs"),
+                        "--local-weights", "sqrt-norm")
+    one_line_error(code, err, "--local-weights rescores ProtoNet checkpoints trained with --distance local")
+    code, _, err = call(capsys, "lake", str(local), "--runs", str(tmp_path / "all_runs"), "--local-weights", "norm")
+    one_line_error(code, err, "--local-weights")
+
+
 def test_lake_scores_a_perfect_oracle(tmp_path):
     """An identity-like embedding on identical support and query images makes no errors."""
     from mlbook.lake import lake_runs_result

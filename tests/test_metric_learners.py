@@ -279,6 +279,32 @@ def test_local_weights_average_each_best_match_by_the_root_of_its_length():
         ProtoNet(distance="euclidean", local_weights="sqrt-norm")
 
 
+def test_with_local_weights_rescores_the_same_embedding_and_leaves_the_learner_alone():
+    """A trained network rescored with other weights: the same model and state, the weighted
+    similarities as logits, and the original learner unchanged."""
+    channels = 8
+    learner = ProtoNet(Conv4(out_features=0, channels=channels, image_size=16, pools=2), distance="local",
+                       channels=channels, scale=3.0)
+    state = learner.init(0)
+    episode = ImageClassFamily(easy_images(), 3, 2, 2).sample(1, torch.Generator().manual_seed(0))
+    x, y, qx = episode.support_x[0], episode.support_y[0], episode.query_x[0]
+    rescored = learner.with_local_weights("sqrt-norm")
+    assert rescored.model is learner.model and learner.local_weights == "equal"
+    with torch.no_grad():
+        support, query = learner.embed(state, x), learner.embed(state, qx)
+        expected = 3.0 * local_similarities(query, support, channels, weights="sqrt-norm") \
+            @ (torch.nn.functional.one_hot(y, 3).to(query.dtype) / 2)
+        got = rescored.predict(rescored.adapt(state, x, y), qx)
+        plain = learner.predict(learner.adapt(state, x, y), qx)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, plain), "the weights change the logits, so this test can fail"
+    assert torch.equal(learner.with_local_weights("equal").predict(learner.adapt(state, x, y), qx), plain)
+    with pytest.raises(ValueError, match="local_weights must be one of"):
+        learner.with_local_weights("norm")
+    with pytest.raises(ValueError, match="local_weights applies to distance='local' only"):
+        ProtoNet(small_conv()).with_local_weights("sqrt-norm")
+
+
 def test_local_window_forgives_a_small_shift_but_not_a_part_moved_across_the_character():
     g = torch.Generator().manual_seed(3)
     maps = torch.relu(torch.randn(5, 8, 6, 6, generator=g, dtype=torch.float64))

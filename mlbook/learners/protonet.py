@@ -9,6 +9,7 @@ differentiated twice, so a meta-step costs one forward and one backward pass of 
 """
 from __future__ import annotations
 
+import copy
 import math
 from itertools import repeat
 
@@ -208,6 +209,19 @@ class ProtoNet(Learner):
             return cls(embedding_for(config), distance="local", channels=config.channels * config.feature_blocks,
                        local_window=config.local_window, local_weights=config.local_weights, **scale)
         return cls(embedding_for(config), distance=config.distance)
+
+    def with_local_weights(self, local_weights: str) -> "ProtoNet":
+        """The same learner, sharing its embedding, with its best matches weighed another way (Chapter 5).
+
+        Rescores a trained network without retraining it: what weighing the matches would change
+        is measured on the same state and the same episodes.
+        """
+        check_choice("local_weights", local_weights, LOCAL_WEIGHTS)
+        if self.distance != "local":
+            raise ValueError(f"local_weights applies to distance='local' only, got distance={self.distance!r}")
+        rescored = copy.copy(self)
+        rescored.local_weights = local_weights
+        return rescored
 
     def init(self, seed: int, *, dtype=None, device=None) -> dict:
         """phi: fresh embedding weights (and the log-temperature when it is learned)."""
