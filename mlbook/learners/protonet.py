@@ -121,6 +121,12 @@ def local_similarities(query: torch.Tensor, support: torch.Tensor, channels: int
     return torch.cat([block(rows, rows_weights) for rows, rows_weights in parts], dim=-2)
 
 
+def _check_local_weights(local_weights: str, distance: str) -> None:
+    check_choice("local_weights", local_weights, LOCAL_WEIGHTS)
+    if local_weights != "equal" and distance != "local":
+        raise ValueError(f"local_weights applies to distance='local' only, got distance={distance!r}")
+
+
 def _beyond_window(positions: int, window: int, device) -> torch.Tensor:
     """``[P, 1, P]`` mask of position pairs of a square map more than ``window`` cells apart."""
     window = check_non_negative_int("window", window)
@@ -179,9 +185,7 @@ class ProtoNet(Learner):
             if self.distance != "local":
                 raise ValueError(f"local_window applies to distance='local' only, got distance={distance!r}")
             local_window = check_non_negative_int("local_window", local_window)
-        check_choice("local_weights", local_weights, LOCAL_WEIGHTS)
-        if local_weights != "equal" and self.distance != "local":
-            raise ValueError(f"local_weights applies to distance='local' only, got distance={distance!r}")
+        _check_local_weights(local_weights, self.distance)
         self.channels = channels
         self.local_window = local_window
         self.local_weights = local_weights
@@ -216,9 +220,9 @@ class ProtoNet(Learner):
         Rescores a trained network without retraining it: what weighing the matches would change
         is measured on the same state and the same episodes.
         """
-        check_choice("local_weights", local_weights, LOCAL_WEIGHTS)
         if self.distance != "local":
             raise ValueError(f"local_weights applies to distance='local' only, got distance={self.distance!r}")
+        _check_local_weights(local_weights, self.distance)
         rescored = copy.copy(self)
         rescored.local_weights = local_weights
         return rescored
