@@ -84,7 +84,9 @@ def build_data(config: dict) -> dict:
     Omniglot: the named background archives, alphabets in ``holdout_alphabets`` held out for
     testing and ``val_alphabets`` for validation. Glyphs: procedural classes split by
     pseudo-alphabet (70% train, 10% validation, 20% test). With ``unions`` (``--unions``), the
-    training split also holds overlaid pairs of its characters (:func:`mlbook.tasks.union_characters`).
+    training split also holds overlaid pairs of its characters (:func:`mlbook.tasks.union_characters`);
+    with ``glyph_alphabets`` (``--glyph-alphabets``), pseudo-alphabets of procedural glyphs
+    (:func:`mlbook.data.with_glyph_alphabets`).
     """
     kind = check_choice("data", config["data"], DATA)
     if kind == "sinusoid":
@@ -118,6 +120,12 @@ def build_data(config: dict) -> dict:
 
         images, alphabets, train = union_characters(images, alphabets, train, config["unions"],
                                                     seed=config.get("data_seed", 0))
+    if config.get("glyph_alphabets", 0) > 0:
+        from .data import with_glyph_alphabets
+
+        images, alphabets, train = with_glyph_alphabets(images, alphabets, train, config["glyph_alphabets"],
+                                                        frame=config.get("frame", "canvas"),
+                                                        seed=config.get("data_seed", 0))
     return {"kind": kind, "images": images, "alphabets": alphabets, "train": train,
             "val": split["val"], "test": split["test"]}
 
@@ -186,7 +194,7 @@ def _run_config(args) -> dict:
     # Stored only when used, so checkpoints written before these options existed still resume.
     config.update({key: value for key, value in (
         ("elastic", args.elastic), ("thicken", args.thicken), ("erase", args.erase), ("reflect", args.reflect),
-        ("unions", args.unions)) if value})
+        ("unions", args.unions), ("glyph_alphabets", args.glyph_alphabets)) if value})
     if args.local_window is not None:
         if args.distance != "local":
             raise UsageError(f"--local-window applies to --distance local only, got --distance {args.distance}")
@@ -222,6 +230,9 @@ def _run_config(args) -> dict:
         if args.holdout_alphabets != DEFAULT_HOLDOUT or config["val_alphabets"]:
             raise UsageError("--holdout-alphabets and --val-alphabets apply to --data omniglot only")
         config["holdout_alphabets"] = []
+    if args.glyph_alphabets and args.data != "omniglot":
+        raise UsageError(f"--glyph-alphabets adds procedural glyphs to Omniglot's training alphabets: it needs "
+                         f"--data omniglot, got --data {args.data}")
     if args.data == "sinusoid" and (args.within_alphabet > 0 or args.jitter > 0 or args.rotate or args.reflect
                                     or args.elastic > 0 or args.thicken > 0 or args.erase > 0 or args.unions > 0):
         raise UsageError("--within-alphabet, --jitter, --elastic, --thicken, --erase, --rotate, --reflect and "
@@ -565,6 +576,9 @@ def _add_data_options(train) -> None:
     train.add_argument("--unions", type=non_negative_float, default=0.0, metavar="PER_CHARACTER",
                        help="new training classes, each two characters of one alphabet drawn over each other "
                             "(drawer by drawer), this many per training character (0: none)")
+    train.add_argument("--glyph-alphabets", type=non_negative_int, default=0, metavar="COUNT",
+                       help="new training alphabets of procedural glyphs (40 characters each, drawn by 20 "
+                            "hands at Omniglot's stroke width; --data omniglot only); 0: none")
     train.add_argument("--within-alphabet", type=fraction, default=0.0,
                        help="fraction of training episodes whose classes share one alphabet")
     train.add_argument("--elastic", type=non_negative_float, default=0.0,

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from mlbook.data.glyphs import glyph_alphabets, make_glyphs
+from mlbook.data.framing import stroke_widths
+from mlbook.data.glyphs import OMNIGLOT_PEN_SCALE, _render, glyph_alphabets, make_glyphs
 from mlbook.tasks import ImageClassFamily, alphabet_split
 
 
@@ -58,6 +59,25 @@ def test_alphabet_split_and_episodes(glyphs):
 def test_other_sizes_and_bad_input():
     assert make_glyphs(classes=3, examples=4, image_size=40).shape == (3, 4, 40, 40)
     for kwargs, name in [(dict(classes=0), "classes"), (dict(examples=-1), "examples"),
-                         (dict(image_size=0), "image_size"), (dict(seed=-1), "seed")]:
+                         (dict(image_size=0), "image_size"), (dict(seed=-1), "seed"),
+                         (dict(pen_scale=0), "pen_scale"), (dict(pen_scale=float("nan")), "pen_scale")]:
         with pytest.raises(ValueError, match=name):
             make_glyphs(**kwargs)
+
+
+def test_a_late_image_is_drawn_like_the_first():
+    # Past 2**24 pixels (21,400 images of 28x28: the last classes of the default 1,200) a
+    # pixel index held in float32 skips every other pixel and leaves a checkerboard.
+    images = 22_000
+    line = torch.stack([torch.linspace(-0.5, 0.5, 8), torch.linspace(-0.3, 0.4, 8)], -1)
+    curves = torch.full((images, 8, 2), 50.0)          # far outside the frame: blank
+    curves[0] = curves[-1] = line
+    drawn = _render(curves, torch.full((images, 1), 1.0), 28)
+    assert drawn[0].sum() > 0 and torch.equal(drawn[-1], drawn[0])
+
+
+def test_pen_scale_gives_omniglot_strokes_at_105_pixels():
+    # Omniglot's drawings at 105 pixels have strokes about 5.4 pixels wide (stroke_widths).
+    widths = stroke_widths(make_glyphs(classes=40, examples=4, image_size=105, pen_scale=OMNIGLOT_PEN_SCALE))
+    assert 5.0 < widths.mean() < 5.9
+    assert widths.mean() + 1 < stroke_widths(make_glyphs(classes=40, examples=4, image_size=105)).mean()

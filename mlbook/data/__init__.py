@@ -17,11 +17,11 @@ import torch
 from ..tasks import alphabet_split
 from ..utils import check_choice, check_positive_int
 from .framing import FRAMES, frame_characters
-from .glyphs import glyph_alphabets, make_glyphs
+from .glyphs import ALPHABET_SIZE, OMNIGLOT_PEN_SCALE, glyph_alphabets, make_glyphs
 from .omniglot import (OMNIGLOT_SIZE, OmniglotData, read_checked_cache, save_checked_cache, default_data_dir,
                        load_omniglot, read_lake_runs)
 
-__all__ = [
+__all__ = ["with_glyph_alphabets", 
     "ImageData", "load_image_classes", "load_omniglot", "read_lake_runs", "make_glyphs",
     "glyph_alphabets", "alphabet_split", "default_data_dir", "OmniglotData", "SOURCES", "FRAMES",
     "frame_characters",
@@ -29,7 +29,7 @@ __all__ = [
 
 SOURCES = ("auto", "omniglot", "glyphs")
 # Bump when make_glyphs draws differently, so old cached glyphs are not reused.
-_GLYPHS_VERSION = 1
+_GLYPHS_VERSION = 2
 # Bump when the cache file's layout changes (2: header and checksum with the tensor).
 _GLYPHS_CACHE_FORMAT = 2
 _SMALL = ("images_background_small1.zip", "images_background_small2.zip")
@@ -132,3 +132,29 @@ def load_image_classes(source: str = "auto", image_size: int = 28,
         print(f"Image classes: PROCEDURAL GLYPHS (offline stand-in for Omniglot), {glyph_classes} "
               f"classes from {len(result.alphabet_names)} pseudo-alphabets. Why: {reason}.")
     return result
+
+
+def with_glyph_alphabets(images: torch.Tensor, alphabets: Sequence[str], classes: torch.Tensor,
+                         glyph_alphabets_count: int, frame: str = "canvas", seed: int = 0):
+    """Omniglot's training classes and ``glyph_alphabets_count`` pseudo-alphabets of procedural
+    glyphs (Chapters 2 and 5, Lake's challenge).
+
+    Each pseudo-alphabet holds :data:`~mlbook.data.glyphs.ALPHABET_SIZE` characters built from a
+    few shared strokes, drawn by 20 hands like Omniglot's drawers, at Omniglot's 105 pixels with
+    its stroke width, then framed as ``frame`` at the size of ``images`` (uint8 ``[classes, 20,
+    S, S]``, bright strokes on dark). They are procedural: no data but the images given is used.
+    Returns ``(images, alphabets, classes)`` with the glyph classes appended after the others
+    (whose indices do not change) and added to ``classes``; the same ``seed`` draws the same glyphs.
+    """
+    glyph_alphabets_count = check_positive_int("glyph_alphabets_count", glyph_alphabets_count)
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"images must be uint8 [classes, drawings, S, S], got {images.dtype} {list(images.shape)}")
+    if len(alphabets) != images.shape[0]:
+        raise ValueError(f"alphabets must name one alphabet per class: {len(alphabets)} names for "
+                         f"{images.shape[0]} classes")
+    count = glyph_alphabets_count * ALPHABET_SIZE
+    drawn = make_glyphs(count, images.shape[1], image_size=OMNIGLOT_SIZE, seed=seed, pen_scale=OMNIGLOT_PEN_SCALE)
+    framed = frame_characters(drawn, images.shape[-1], frame)
+    new = torch.arange(images.shape[0], images.shape[0] + count)
+    return (torch.cat([images, framed]), list(alphabets) + glyph_alphabets(count),
+            torch.cat([torch.as_tensor(classes, dtype=torch.long), new]))

@@ -18,7 +18,7 @@ import torch
 
 from ..utils import check_positive_int
 
-__all__ = ["make_glyphs", "glyph_alphabets", "ALPHABET_SIZE"]
+__all__ = ["make_glyphs", "glyph_alphabets", "ALPHABET_SIZE", "OMNIGLOT_PEN_SCALE"]
 
 #: Characters per pseudo-alphabet (Omniglot's alphabets have 14 to 55 characters).
 ALPHABET_SIZE = 40
@@ -26,6 +26,9 @@ ALPHABET_SIZE = 40
 _VOCABULARY = 6        # strokes per alphabet
 _MAX_STROKES = 4       # strokes per character (2 to 4)
 _POINTS = 32           # samples along each stroke; about a pixel apart at most, at 28x28
+#: The pen_scale at which glyphs drawn at 105 pixels have Omniglot's mean stroke width there
+#: (about 5.4 pixels, by :func:`mlbook.data.framing.stroke_widths`; glyphs have 7.1 at scale 1).
+OMNIGLOT_PEN_SCALE = 0.8
 
 
 def glyph_alphabets(classes: int = 1200, alphabet_size: int = ALPHABET_SIZE) -> list[str]:
@@ -48,12 +51,13 @@ def _rotation(angle: torch.Tensor) -> torch.Tensor:
 
 
 def make_glyphs(classes: int = 1200, examples: int = 20, image_size: int = 28, seed: int = 0,
-                alphabet_size: int = ALPHABET_SIZE) -> torch.Tensor:
+                alphabet_size: int = ALPHABET_SIZE, pen_scale: float = 1.0) -> torch.Tensor:
     """Draw ``classes`` procedural characters, ``examples`` drawings each (Chapter 2).
 
     Returns uint8 ``[classes, examples, image_size, image_size]`` with bright strokes on a
     dark background, like :func:`mlbook.data.omniglot.load_omniglot`. Class ``c`` belongs to
-    the pseudo-alphabet ``c // alphabet_size`` (see :func:`glyph_alphabets`).
+    the pseudo-alphabet ``c // alphabet_size`` (see :func:`glyph_alphabets`). ``pen_scale``
+    multiplies the pen's width (:data:`OMNIGLOT_PEN_SCALE`: Omniglot's strokes at 105 pixels).
     """
     classes = check_positive_int("classes", classes)
     examples = check_positive_int("examples", examples)
@@ -61,6 +65,8 @@ def make_glyphs(classes: int = 1200, examples: int = 20, image_size: int = 28, s
     alphabet_size = check_positive_int("alphabet_size", alphabet_size)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not (isinstance(pen_scale, (int, float)) and math.isfinite(pen_scale) and pen_scale > 0):
+        raise ValueError(f"pen_scale must be a positive finite number, got {pen_scale!r}")
     g = torch.Generator().manual_seed(seed)
     alphabets = math.ceil(classes / alphabet_size)
     # The three stages draw from one generator in this order; changing it changes every glyph.
@@ -68,7 +74,7 @@ def make_glyphs(classes: int = 1200, examples: int = 20, image_size: int = 28, s
     strokes, present = _characters(vocabulary, classes, alphabet_size, g)
     curves = _drawings(strokes, present, examples, g)
     # Pen radius in pixels, so that strokes are one to two pixels wide at 28x28, as in Omniglot.
-    pen = (0.6 + 0.5 * torch.rand(classes, examples, 1, generator=g)) * (image_size / 28)
+    pen = (0.6 + 0.5 * torch.rand(classes, examples, 1, generator=g)) * (image_size / 28) * pen_scale
     return _render(curves.reshape(classes * examples, -1, 2), pen.reshape(-1, 1), image_size).reshape(
         classes, examples, image_size, image_size)
 
@@ -162,8 +168,10 @@ def _render(curves: torch.Tensor, pen: torch.Tensor, image_size: int) -> torch.T
         distance = torch.sqrt((pc - c) ** 2 + (pr - r) ** 2)                # [n, P, W, W]
         ink = (pen[lo:hi, :, None, None] - distance + 0.5).clamp(0.0, 1.0)
         inside = (pc >= 0) & (pc < image_size) & (pr >= 0) & (pr < image_size)
-        index = (torch.arange(lo, hi)[:, None, None, None] * image_size + pr.clamp(0, image_size - 1)) \
-            * image_size + pc.clamp(0, image_size - 1)
+        # Integer arithmetic: float32 holds whole numbers exactly only up to 2**24, which the
+        # pixel index of a thousand 28-pixel glyph classes already passes.
+        index = (torch.arange(lo, hi)[:, None, None, None] * image_size + pr.clamp(0, image_size - 1).long()) \
+            * image_size + pc.clamp(0, image_size - 1).long()
         ink = torch.where(inside, ink, torch.zeros(()))
-        out.scatter_reduce_(0, index.long().reshape(-1), ink.reshape(-1), reduce="amax")
+        out.scatter_reduce_(0, index.reshape(-1), ink.reshape(-1), reduce="amax")
     return (out * 255).round().to(torch.uint8).reshape(images, image_size, image_size)
