@@ -71,6 +71,9 @@ def one_line_error(code, err, pattern):
     (["train", "--data", "sinusoid", "--learner", "MAML", "--unions", "1", "--out", "x.pt"],
      "--reflect and --unions apply to image data"),
     (["train", *TINY_IMAGES, "--unions", "-1", "--out", "x.pt"], "--unions: must be"),
+    (["train", *TINY_IMAGES, "--glyph-alphabets", "2", "--out", "x.pt"],
+     "--glyph-alphabets adds procedural glyphs to Omniglot's training alphabets: it needs --data omniglot"),
+    (["train", *TINY_IMAGES, "--glyph-alphabets", "-1", "--out", "x.pt"], "--glyph-alphabets: must be"),
     (["train", *TINY_IMAGES, "--holdout-alphabets", "none", "--ways", "1700", "--rotate", "--reflect",
       "--out", "x.pt"], "(with rotations and mirror images)"),
     (["train", *TINY_IMAGES, "--local-window", "1", "--out", "x.pt"],
@@ -94,7 +97,7 @@ def one_line_error(code, err, pattern):
      "give --pretrain SECONDS too"),
 ], ids=["learner", "data", "shots", "ways", "regression", "zero-ways", "missing-eval", "missing-lake",
         "thicken-share", "erase-share", "erase-sinusoid", "elastic-sinusoid", "reflect-sinusoid",
-        "unions-sinusoid", "unions-negative", "reflect-ways", "window-euclidean", "window-negative",
+        "unions-sinusoid", "unions-negative", "glyph-alphabets-glyphs", "glyph-alphabets-negative", "reflect-ways", "window-euclidean", "window-negative",
         "weights-euclidean", "weights-unknown", "scale-euclidean", "pretrain-maml", "pretrain-reflect",
         "pretrain-too-long", "pretrain-negative",
         "dense-euclidean", "dense-alone"])

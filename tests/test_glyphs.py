@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from mlbook.data import with_glyph_alphabets
 from mlbook.data.framing import stroke_widths
 from mlbook.data.glyphs import OMNIGLOT_PEN_SCALE, _render, glyph_alphabets, make_glyphs
 from mlbook.tasks import ImageClassFamily, alphabet_split
@@ -81,3 +82,22 @@ def test_pen_scale_gives_omniglot_strokes_at_105_pixels():
     widths = stroke_widths(make_glyphs(classes=40, examples=4, image_size=105, pen_scale=OMNIGLOT_PEN_SCALE))
     assert 5.0 < widths.mean() < 5.9
     assert widths.mean() + 1 < stroke_widths(make_glyphs(classes=40, examples=4, image_size=105)).mean()
+
+
+def test_glyph_alphabets_join_the_training_classes_only(glyphs):
+    """--glyph-alphabets: whole pseudo-alphabets appended, the given classes untouched."""
+    images, names, train = glyphs[:30], [f"real-{c // 10}" for c in range(30)], torch.tensor([0, 1, 2, 10, 11])
+    grown, grown_names, grown_train = with_glyph_alphabets(images, names, train, 2, frame="fitted", seed=3)
+    assert grown.shape == (30 + 80, 20, 28, 28) and grown.dtype == torch.uint8
+    assert torch.equal(grown[:30], images) and grown_names[:30] == names
+    assert grown_names[30:] == glyph_alphabets(80) and len(set(grown_names[30:])) == 2
+    assert torch.equal(grown_train, torch.cat([train, torch.arange(30, 110)]))
+    # Framed like Omniglot's characters: each drawing fills its frame; the same seed, the same glyphs.
+    assert (grown[30:].flatten(-2).float().mean(-1) > 0).all()
+    assert torch.equal(with_glyph_alphabets(images, names, train, 2, frame="fitted", seed=3)[0], grown)
+    assert not torch.equal(with_glyph_alphabets(images, names, train, 2, frame="fitted", seed=4)[0], grown)
+    for args, name in [((images, names, train, 0), "glyph_alphabets_count"),
+                       ((images.float(), names, train, 1), "images"),
+                       ((images, names[:-1], train, 1), "alphabets")]:
+        with pytest.raises(ValueError, match=name):
+            with_glyph_alphabets(*args)
