@@ -21,10 +21,10 @@ from .glyphs import ALPHABET_SIZE, OMNIGLOT_PEN_SCALE, glyph_alphabets, make_gly
 from .omniglot import (OMNIGLOT_SIZE, OmniglotData, read_checked_cache, save_checked_cache, default_data_dir,
                        load_omniglot, read_lake_runs)
 
-__all__ = ["with_glyph_alphabets", 
+__all__ = [
     "ImageData", "load_image_classes", "load_omniglot", "read_lake_runs", "make_glyphs",
     "glyph_alphabets", "alphabet_split", "default_data_dir", "OmniglotData", "SOURCES", "FRAMES",
-    "frame_characters",
+    "frame_characters", "with_glyph_alphabets",
 ]
 
 SOURCES = ("auto", "omniglot", "glyphs")
