@@ -97,7 +97,8 @@ def one_line_error(code, err, pattern):
      "give --pretrain SECONDS too"),
 ], ids=["learner", "data", "shots", "ways", "regression", "zero-ways", "missing-eval", "missing-lake",
         "thicken-share", "erase-share", "erase-sinusoid", "elastic-sinusoid", "reflect-sinusoid",
-        "unions-sinusoid", "unions-negative", "glyph-alphabets-glyphs", "glyph-alphabets-negative", "reflect-ways", "window-euclidean", "window-negative",
+        "unions-sinusoid", "unions-negative", "glyph-alphabets-glyphs", "glyph-alphabets-negative",
+        "reflect-ways", "window-euclidean", "window-negative",
         "weights-euclidean", "weights-unknown", "scale-euclidean", "pretrain-maml", "pretrain-reflect",
         "pretrain-too-long", "pretrain-negative",
         "dense-euclidean", "dense-alone"])
