@@ -82,7 +82,8 @@ def build_data(config: dict) -> dict:
     """Images and class splits (or the sinusoid family) that a config describes (Chapter 5).
 
     Omniglot: the named background archives, alphabets in ``holdout_alphabets`` held out for
-    testing and ``val_alphabets`` for validation. Glyphs: procedural classes split by
+    testing and ``val_alphabets`` for validation; the rest train, or only ``train_alphabets``
+    where named (``--train-alphabets``: fewer alphabets, for a learning curve). Glyphs: procedural classes split by
     pseudo-alphabet (70% train, 10% validation, 20% test). With ``unions`` (``--unions``), the
     training split also holds overlaid pairs of its characters (:func:`mlbook.tasks.union_characters`);
     with ``glyph_alphabets`` (``--glyph-alphabets``), pseudo-alphabets of procedural glyphs
@@ -104,12 +105,18 @@ def build_data(config: dict) -> dict:
         raise UsageError(f"cannot load {kind} images from {config.get('archives')}: {error}") from None
     if kind == "omniglot":
         holdout, val = config.get("holdout_alphabets", []), config.get("val_alphabets", [])
+        trained = config.get("train_alphabets", [])
         known = sorted(set(data.alphabets))
-        unknown = [a for a in holdout + val if a not in known]
+        unknown = [a for a in holdout + val + trained if a not in known]
         if unknown:
             raise UsageError(f"alphabets {unknown} are not in these archives; choose from {known}")
+        overlap = [a for a in trained if a in holdout + val]
+        if overlap:
+            raise UsageError(f"--train-alphabets: {overlap} are held out (--holdout-alphabets or --val-alphabets); "
+                             f"choose among {[a for a in known if a not in holdout + val]}")
+        named = {"test": holdout, "val": val, **({"train": trained} if trained else {})}
         split = _usage(alphabet_split, data.alphabets,
-                       {"test": holdout, "val": val} if (holdout or val) else (1.0, 0.0, 0.0))
+                       named if (holdout or val or trained) else (1.0, 0.0, 0.0))
         if split["test"].numel() == 0:
             split["test"] = split["train"]                 # no held-out alphabets: say so when scoring
     else:
@@ -194,7 +201,8 @@ def _run_config(args) -> dict:
     # Stored only when used, so checkpoints written before these options existed still resume.
     config.update({key: value for key, value in (
         ("elastic", args.elastic), ("thicken", args.thicken), ("erase", args.erase), ("reflect", args.reflect),
-        ("unions", args.unions), ("glyph_alphabets", args.glyph_alphabets)) if value})
+        ("unions", args.unions), ("glyph_alphabets", args.glyph_alphabets),
+        ("train_alphabets", _names(args.train_alphabets))) if value})
     if args.local_window is not None:
         if args.distance != "local":
             raise UsageError(f"--local-window applies to --distance local only, got --distance {args.distance}")
@@ -230,6 +238,8 @@ def _run_config(args) -> dict:
         if args.holdout_alphabets != DEFAULT_HOLDOUT or config["val_alphabets"]:
             raise UsageError("--holdout-alphabets and --val-alphabets apply to --data omniglot only")
         config["holdout_alphabets"] = []
+    if config.get("train_alphabets") and args.data != "omniglot":
+        raise UsageError(f"--train-alphabets names Omniglot alphabets: it needs --data omniglot, got --data {args.data}")
     if args.glyph_alphabets and args.data != "omniglot":
         raise UsageError(f"--glyph-alphabets adds procedural glyphs to Omniglot's training alphabets: it needs "
                          f"--data omniglot, got --data {args.data}")
@@ -559,6 +569,9 @@ def _add_data_options(train) -> None:
                        help=f"comma-separated alphabets held out of training for testing (default {DEFAULT_HOLDOUT}; "
                             "'none' trains on every alphabet)")
     train.add_argument("--val-alphabets", default=None, help="comma-separated alphabets for validation")
+    train.add_argument("--train-alphabets", default=None,
+                       help="comma-separated alphabets to train on (default: every alphabet neither held out "
+                            "nor validating); fewer alphabets give a learning curve over them")
     train.add_argument("--no-download", action="store_true", help="never download Omniglot")
     train.add_argument("--glyph-classes", type=positive_int, default=GLYPH_CLASSES,
                        help="classes of procedural glyphs (--data glyphs)")

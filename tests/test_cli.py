@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlbook.__main__ import main
+from mlbook.__main__ import build_data, main
 from mlbook.storage import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -261,6 +261,26 @@ def test_proxy_on_held_out_omniglot_alphabets(tmp_path, capsys, monkeypatch):
     one_line_error(code, err, "must share their data")
     code, _, err = call(capsys, "train", "--data", "omniglot", "--holdout-alphabets", "Klingon", "--out", str(out))
     one_line_error(code, err, "not in these archives")
+
+
+@pytest.mark.skipif(not (OMNIGLOT / "images_background_small1.zip").exists(), reason="Omniglot archives absent")
+def test_train_alphabets_leave_the_others_unused(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("MLBOOK_OMNIGLOT", str(OMNIGLOT))
+    monkeypatch.setenv("MLBOOK_DATA", str(tmp_path / "data"))
+    base = {"data": "omniglot", "archives": ["images_background_small1.zip", "images_background_small2.zip"],
+            "holdout_alphabets": ["Early_Aramaic", "Korean"], "val_alphabets": ["Balinese"], "download": False}
+    every = build_data(base)
+    fewer = build_data({**base, "train_alphabets": ["Greek", "Tagalog"]})
+    assert sorted({fewer["alphabets"][c] for c in fewer["train"].tolist()}) == ["Greek", "Tagalog"]
+    assert len(fewer["train"]) == 24 + 17 < len(every["train"])
+    # Validation and test stay what they were: a learning curve compares like with like.
+    assert torch.equal(fewer["val"], every["val"]) and torch.equal(fewer["test"], every["test"])
+    out = str(tmp_path / "x.pt")
+    code, _, err = call(capsys, "train", "--data", "omniglot", "--no-download", "--val-alphabets", "Balinese",
+                        "--train-alphabets", "Greek,Balinese", "--out", out)
+    one_line_error(code, err, "--train-alphabets: ['Balinese'] are held out")
+    code, _, err = call(capsys, "train", "--data", "sinusoid", "--train-alphabets", "Greek", "--out", out)
+    one_line_error(code, err, "--train-alphabets names Omniglot alphabets")
 
 
 def test_killed_training_resumes_bit_for_bit(tmp_path, capsys):
