@@ -257,6 +257,32 @@ def test_each_lake_ablation_changes_exactly_what_it_names_from_its_base():
         assert len(changes) <= 2, f"{variant}: an ablation changes one thing, or two to test a combination"
 
 
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "omniglot" / "images_background_small1.zip").exists(),
+                    reason="Omniglot archives absent")
+def test_learning_curve_over_alphabets_counts_the_archives_characters(monkeypatch):
+    """The curve's alphabets are exactly the training alphabets of the Balinese ablations,
+    with the numbers of characters the archives hold; each run trains on the ones it names."""
+    from mlbook.__main__ import build_data
+
+    monkeypatch.setenv("MLBOOK_OMNIGLOT", str(ROOT.parent / "shared" / "data" / "omniglot"))
+    base = {"data": "omniglot", "archives": ["images_background_small1.zip", "images_background_small2.zip"],
+            "holdout_alphabets": ["Early_Aramaic", "Korean"], "val_alphabets": ["Balinese"],
+            "image_size": 8, "download": False}
+    data = build_data(base)
+    counted = {}
+    for c in data["train"].tolist():
+        counted[data["alphabets"][c]] = counted.get(data["alphabets"][c], 0) + 1
+    assert counted == reference.LAKE_CURVE_ALPHABETS
+    runs = [(variant, change) for variant, (change, _) in reference.LAKE_ABLATIONS.items()
+            if "--train-alphabets" in change]
+    assert len(runs) == 2 * len(reference.LAKE_CURVE_SIZES)
+    for variant, change in runs:
+        named = change["--train-alphabets"].split(",")
+        assert len(named) in reference.LAKE_CURVE_SIZES and set(named) <= set(counted), variant
+        # 20-way episodes within one alphabet need 20 characters in at least one of them.
+        assert max(counted[a] for a in named) >= 20, variant
+
+
 def test_each_ablation_names_its_own_validation_alphabet():
     """Runs that check a Balinese choice on another alphabet say so in their notes and records."""
     alphabets = set()
