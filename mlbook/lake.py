@@ -54,6 +54,26 @@ def lake_runs_result(learner, state, runs_path, image_size: int = 28, device="cp
             "reference_error_pct": LAKE_REFERENCE_ERROR_PCT}
 
 
+# Episodes drawn per batch by the proxy; the draws, and so the episodes, depend on it.
+PROXY_BATCH = 20
+
+
+def proxy_episode_alphabets(images: torch.Tensor, alphabets: Sequence[str], classes: torch.Tensor,
+                            episodes: int = 600, ways: int = 20, seed: int = 2015) -> list[str]:
+    """The alphabet of each of :func:`proxy_result`'s episodes, in order, with no network
+    (Chapter 5): the episodes depend on the seed and the held-out characters only, so a record's
+    per-episode scores can be split by alphabet without scoring them again."""
+    episodes = check_positive_int("episodes", episodes)
+    family = AlphabetFamily(images, alphabets, ways=ways, shots=1, queries=1, classes=classes,
+                            within=1.0, device="cpu")
+    generator = make_generator(seed, family.device)
+    names = []
+    while len(names) < episodes:
+        _, drawn = family.sample(min(PROXY_BATCH, episodes - len(names)), generator, return_alphabets=True)
+        names += drawn
+    return names
+
+
 def proxy_result(learner, state, images: torch.Tensor, alphabets: Sequence[str], classes: torch.Tensor,
                  episodes: int = 600, ways: int = 20, seed: int = 2015, device="cpu", views=None) -> dict:
     """The honest stand-in for Lake's runs: within-alphabet 20-way 1-shot episodes (Chapter 5).
@@ -71,7 +91,7 @@ def proxy_result(learner, state, images: torch.Tensor, alphabets: Sequence[str],
     errors, names = [], []
     remaining = episodes
     while remaining > 0:
-        batch, batch_names = family.sample(min(20, remaining), generator, return_alphabets=True)
+        batch, batch_names = family.sample(min(PROXY_BATCH, remaining), generator, return_alphabets=True)
         errors.append(_per_task_error(learner, state, batch, views=views))
         names += batch_names
         remaining -= batch.batch_size

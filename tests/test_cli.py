@@ -235,6 +235,15 @@ def test_proxy_on_held_out_omniglot_alphabets(tmp_path, capsys, monkeypatch):
     assert code == 0 and result["alphabets"] == ["Early_Aramaic", "Korean"]
     assert len(result["per_run_error_pct"]) == 30 and 0 < result["mean_error_pct"] <= 100
     assert result["test_time_shift_px"] == 0.0
+    # The episodes' alphabets, replayed with no network, split the scores as the proxy did.
+    from mlbook.lake import proxy_episode_alphabets
+
+    held_out = build_data({**load_checkpoint(out)["metadata"]["config"], "download": False})
+    names = proxy_episode_alphabets(held_out["images"], held_out["alphabets"], held_out["test"], episodes=30)
+    for alphabet, error in result["per_alphabet_error_pct"].items():
+        mine = [e for e, n in zip(result["per_run_error_pct"], names) if n == alphabet]
+        assert abs(sum(mine) / len(mine) - error) < 1e-3, alphabet
+    assert set(names) == set(result["per_alphabet_error_pct"])
     code, out_text, _ = call(capsys, "lake", str(out), "--proxy", "--episodes", "30", "--test-time-shift", "1.5")
     shifted = json.loads(out_text)
     assert code == 0 and shifted["test_time_shift_px"] == 1.5 and len(shifted["per_run_error_pct"]) == 30
