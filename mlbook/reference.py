@@ -999,6 +999,8 @@ for _size in LAKE_CURVE_SIZES:
 LAKE_SINGLE_ALPHABETS = {"katakana": "Japanese_(katakana)", "latin": "Latin"}
 for _short, _alphabet in LAKE_SINGLE_ALPHABETS.items():
     LAKE_ABLATIONS.update(_trained_on((_alphabet,), "one alphabet", f"only-{_short}", 0))
+# Trained so (12,614 and 12,445 steps): katakana alone 5.3% on Korean, Latin alone 12.2%. As
+# predicted: on Korean, katakana alone does as well as all five alphabets (5.8%).
 LAKE_ABLATION_NOTE = (
     "An ablation of the Lake recipe: 10 minutes of training on one thread, with Balinese held out of "
     "training as the validation alphabet; val_value is 20-way within-alphabet one-shot accuracy on "
