@@ -83,11 +83,11 @@ def build_data(config: dict) -> dict:
 
     Omniglot: the named background archives, alphabets in ``holdout_alphabets`` held out for
     testing and ``val_alphabets`` for validation; the rest train, or only ``train_alphabets``
-    where named (``--train-alphabets``: fewer alphabets, for a learning curve). Glyphs: procedural classes split by
-    pseudo-alphabet (70% train, 10% validation, 20% test). With ``unions`` (``--unions``), the
-    training split also holds overlaid pairs of its characters (:func:`mlbook.tasks.union_characters`);
-    with ``glyph_alphabets`` (``--glyph-alphabets``), pseudo-alphabets of procedural glyphs
-    (:func:`mlbook.data.with_glyph_alphabets`).
+    where named (``--train-alphabets``: fewer alphabets, for a learning curve). Glyphs:
+    procedural classes split by pseudo-alphabet (70% train, 10% validation, 20% test). With
+    ``unions`` (``--unions``), the training split also holds overlaid pairs of its characters
+    (:func:`mlbook.tasks.union_characters`); with ``glyph_alphabets`` (``--glyph-alphabets``),
+    pseudo-alphabets of procedural glyphs (:func:`mlbook.data.with_glyph_alphabets`).
     """
     kind = check_choice("data", config["data"], DATA)
     if kind == "sinusoid":
@@ -239,7 +239,8 @@ def _run_config(args) -> dict:
             raise UsageError("--holdout-alphabets and --val-alphabets apply to --data omniglot only")
         config["holdout_alphabets"] = []
     if config.get("train_alphabets") and args.data != "omniglot":
-        raise UsageError(f"--train-alphabets names Omniglot alphabets: it needs --data omniglot, got --data {args.data}")
+        raise UsageError(f"--train-alphabets names Omniglot alphabets: it needs --data omniglot, "
+                         f"got --data {args.data}")
     if args.glyph_alphabets and args.data != "omniglot":
         raise UsageError(f"--glyph-alphabets adds procedural glyphs to Omniglot's training alphabets: it needs "
                          f"--data omniglot, got --data {args.data}")
