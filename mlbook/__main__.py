@@ -213,7 +213,8 @@ def _run_config(args) -> dict:
         config["local_weights"] = args.local_weights
     if args.fixed_scale is not None:
         if args.distance == "euclidean":
-            raise UsageError("--fixed-scale applies to --distance cosine or local only, got --distance euclidean")
+            raise UsageError("--fixed-scale applies to --distance cosine, local or reconstruction only, "
+                             "got --distance euclidean")
         config["fixed_scale"] = args.fixed_scale
     if args.pretrain > 0:
         _check_pretrain(args)
@@ -627,7 +628,8 @@ def _add_learner_options(train) -> None:
                             "its centre of ink mass, fitted to its bounding box, or fitted and its strokes redrawn with "
                             "one pen width")
     train.add_argument("--distance", default="euclidean", choices=DISTANCES,
-                       help="ProtoNet distance (local: best matches of the feature maps' local descriptors)")
+                       help="ProtoNet distance (local: best matches of the feature maps' local descriptors; "
+                            "reconstruction: how well each map's descriptors rebuild the other's)")
     train.add_argument("--local-window", type=non_negative_int, default=None, metavar="R",
                        help="with --distance local: a descriptor matches only those at most R cells of the "
                             "feature map away (default: anywhere)")
@@ -635,7 +637,8 @@ def _add_learner_options(train) -> None:
                        help="with --distance local: average the best matches alike (equal) or each by the "
                             "square root of its descriptor's length (sqrt-norm)")
     train.add_argument("--fixed-scale", type=positive_float, default=None, metavar="SCALE",
-                       help="with --distance cosine or local: hold the similarities' temperature at SCALE "
+                       help="with --distance cosine, local or reconstruction: hold the similarities' "
+                            "temperature at SCALE "
                             "(default: learned, starting at 10)")
     train.add_argument("--fce", action="store_true", help="MatchingNet: full-context embeddings")
     train.add_argument("--inner-lr", type=positive_float, default=None, help="inner learning rate (gradient learners)")
