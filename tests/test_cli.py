@@ -85,7 +85,7 @@ def one_line_error(code, err, pattern):
     (["train", *TINY_IMAGES, "--distance", "local", "--local-weights", "norm", "--out", "x.pt"],
      "--local-weights"),
     (["train", *TINY_IMAGES, "--fixed-scale", "30", "--out", "x.pt"],
-     "--fixed-scale applies to --distance cosine or local only"),
+     "--fixed-scale applies to --distance cosine, local or reconstruction only"),
     (["train", *TINY_IMAGES, "--learner", "MAML", "--pretrain", "5", "--out", "x.pt"],
      "--pretrain trains ProtoNet's embedding on image data"),
     (["train", *TINY_IMAGES, "--pretrain", "5", "--reflect", "--out", "x.pt"], "cannot be combined with --reflect"),

@@ -4,7 +4,8 @@ import torch
 
 from mlbook.learners.base import Learner
 from mlbook.learners.matching import MatchingNet, attention_predict
-from mlbook.learners.protonet import ProtoNet, local_similarities, prototypes, squared_distances
+from mlbook.learners.protonet import (ProtoNet, local_similarities, prototypes, reconstruction_similarities,
+                                      squared_distances)
 from mlbook.models import Conv4
 from mlbook.tasks import Episode, ImageClassFamily
 from mlbook.train import evaluate, meta_train
@@ -160,7 +161,7 @@ def test_cosine_protonet_learns_its_temperature():
     assert torch.allclose(learner.episode_logits(doubled, episode), 2 * logits, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("distance", ["cosine", "local"])
+@pytest.mark.parametrize("distance", ["cosine", "local", "reconstruction"])
 def test_a_fixed_scale_holds_the_temperature(distance):
     from mlbook.learners.base import LearnerConfig
 
@@ -177,7 +178,7 @@ def test_a_fixed_scale_holds_the_temperature(distance):
     episode = family.sample(2, torch.Generator().manual_seed(1))
     assert torch.allclose(learner.episode_logits(result.state, episode),
                           30 * unit.episode_logits(result.state, episode), rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="fixed_scale applies to distance='cosine' or 'local' only"):
+    with pytest.raises(ValueError, match="fixed_scale applies to distance='cosine', 'local' or 'reconstruction'"):
         ProtoNet.from_config(LearnerConfig(distance="euclidean", fixed_scale=30.0))
 
 
@@ -331,6 +332,73 @@ def test_local_window_is_checked_and_read_from_the_config():
     learner = ProtoNet.from_config(LearnerConfig(distance="local", channels=8, image_size=16, pools=2,
                                                  local_window=1))
     assert learner.local_window == 1 and "local_window=1" in repr(learner)
+
+
+def test_reconstruction_similarity_is_the_symmetric_ridge_error_written_out():
+    """Each descriptor rebuilt by ridge regression on the other image's descriptors, minus the mean
+    squared error, from both sides (written out with explicit solves), also on the split path."""
+    g = torch.Generator().manual_seed(4)
+    channels, places, ridge = 6, 5, 0.3
+    query = torch.randn(2, 20, channels * places, generator=g, dtype=torch.float64)
+    support = torch.randn(2, 3, channels * places, generator=g, dtype=torch.float64)
+
+    def error(target, pool):
+        t = torch.nn.functional.normalize(target.view(channels, places).T, dim=-1)
+        s = torch.nn.functional.normalize(pool.view(channels, places).T, dim=-1)
+        weights = torch.linalg.solve(s @ s.T + ridge * torch.eye(places, dtype=s.dtype), s @ t.T).T
+        return (t - weights @ s).pow(2).sum(-1).mean()
+    got = reconstruction_similarities(query, support, channels, ridge=ridge)
+    assert got.shape == (2, 20, 3)
+    for b in range(2):
+        for m in range(20):
+            for s in range(3):
+                expected = -0.5 * (error(query[b, m], support[b, s]) + error(support[b, s], query[b, m]))
+                assert torch.allclose(got[b, m, s], expected, atol=1e-5)
+    with torch.no_grad():  # more query rows than one call compares: the split path
+        assert torch.allclose(reconstruction_similarities(query, support, channels, ridge=ridge), got, atol=1e-6)
+    # A larger ridge rebuilds less: every similarity falls.
+    assert (reconstruction_similarities(query, support, channels, ridge=3.0) < got).all()
+    with pytest.raises(ValueError, match="ridge"):
+        reconstruction_similarities(query, support, channels, ridge=0.0)
+    with pytest.raises(ValueError, match="channels"):
+        reconstruction_similarities(torch.zeros(2, 10), torch.zeros(3, 10), channels=4)
+
+
+def test_reconstruction_scores_a_missing_part_and_rebuilds_a_map_from_itself():
+    """A map rebuilds itself almost exactly (similarity near 0, the most there is); a map that
+    lacks one of the other's parts cannot rebuild that part, and scores lower."""
+    g = torch.Generator().manual_seed(5)
+    channels, places = 8, 6
+    parts = torch.nn.functional.normalize(torch.randn(places, channels, generator=g, dtype=torch.float64), dim=-1)
+    lacking = parts.clone()
+    lacking[-1] = parts[0]                    # one place repeats a part instead of the last one
+    full, lacking = parts.T.flatten()[None], lacking.T.flatten()[None]
+    itself = reconstruction_similarities(full, full, channels, ridge=1e-6)
+    assert itself.item() <= 0 and itself.abs().item() < 1e-5
+    # From the lacking map's side everything is rebuilt; from the full map's the last part is not.
+    assert reconstruction_similarities(full, lacking, channels, ridge=1e-6).item() < itself.item() - 0.01
+
+
+def test_reconstruction_runs_in_float32_under_bfloat16_autocast():
+    g = torch.Generator().manual_seed(6)
+    query, support = torch.randn(4, 8 * 9, generator=g), torch.randn(3, 8 * 9, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = reconstruction_similarities(query, support, 8)
+    assert mixed.dtype == torch.float32
+    assert torch.allclose(mixed, reconstruction_similarities(query, support, 8), atol=0.03)
+
+
+def test_reconstruction_protonet_reads_the_config_and_learns():
+    from mlbook.learners.base import LearnerConfig
+
+    with pytest.raises(ValueError, match="channels"):
+        ProtoNet(small_conv(), distance="reconstruction")
+    learner = ProtoNet.from_config(LearnerConfig(distance="reconstruction", channels=8, image_size=16, pools=2))
+    assert learner.distance == "reconstruction" and learner.channels == 8 and learner.learn_scale
+    family = ImageClassFamily(easy_images(), ways=5, shots=2, queries=3)
+    result = meta_train(learner, family, 40, meta_batch_size=2, outer_lr=1e-2, seed=0)
+    accuracy = evaluate(learner, result.state, family, episodes=40, seed=5).mean
+    assert accuracy > 0.6, f"the reconstruction similarity must learn the easy classes, got {accuracy}"
 
 
 def test_local_protonet_needs_the_channels_and_reads_them_from_the_config():

@@ -155,19 +155,20 @@ def reconstruction_similarities(query: torch.Tensor, support: torch.Tensor, chan
         # With c = t S^T a target's products with the pool's descriptors S, G = S S^T and
         # K = (G + ridge I)^-1, the rebuilt descriptor is c K S and its squared error
         # |t|^2 - c (2K - K G K) c^T: no rebuilt descriptor is ever formed. The P x P algebra runs
-        # in float32 even under bfloat16 autocast, since the error is a small difference of
+        # in float32 (at least) even under bfloat16 autocast, since the error is a small difference of
         # numbers near 1.
+        wide = torch.promote_types(pool.dtype, torch.float32)
         with torch.autocast(device_type=pool.device.type, enabled=False):
-            pool32 = pool.float()
+            pool32 = pool.to(wide)
             gram = pool32 @ pool32.transpose(-1, -2)                                # [..., n, P, P]
             eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
             inverse = torch.linalg.solve(gram + ridge * eye, eye)
             form = 2 * inverse - inverse @ gram @ inverse                         # [..., n, P, P]
         products = (targets.flatten(-3, -2) @ pool.flatten(-3, -2).transpose(-1, -2)).unflatten(
-            -1, pool.shape[-3:-1]).float()                                         # [..., m*P, n, P]
+            -1, pool.shape[-3:-1]).to(wide)                                        # [..., m*P, n, P]
         with torch.autocast(device_type=pool.device.type, enabled=False):
             explained = (torch.einsum("...anq,...nqr->...anr", products, form) * products).sum(-1)
-            lengths = targets.float().pow(2).sum(-1).flatten(-2)                   # [..., m*P]
+            lengths = targets.to(wide).pow(2).sum(-1).flatten(-2)                  # [..., m*P]
             error = (lengths[..., None] - explained).unflatten(-2, targets.shape[-3:-1])  # [..., m, P, n]
         return -error.mean(-2)
 
