@@ -931,9 +931,9 @@ LAKE_ABLATIONS = {
     # Trained so: 30.4% on Balinese (12,645 steps), 1.2 points below the stacked runs' 31.6%, but 5.1%
     # on Greek (12,690 steps), above their 4.4% by more than twice its interval. Not taken.
     # A 20-way Early Aramaic episode holds almost all of its 22 characters, look-alikes included, and a
-    # best match lets each descriptor find one partner whatever the rest of the map holds. Feature map reconstruction
-    # (Wertheimer et al., 2021) scores instead how well one map's descriptors, combined, rebuild the
-    # other's (--distance reconstruction). Rescoring the two stacked validation runs this way, nothing
+    # best match lets each descriptor find one partner whatever the rest of the map holds. Feature map
+    # reconstruction (Wertheimer et al., 2021) scores instead how well one map's descriptors, combined,
+    # rebuild the other's (--distance reconstruction). Rescoring the two stacked validation runs this way, nothing
     # retrained, erred a little more than their best matches (Chapter 5 reruns it: 1,000 validation
     # episodes, +0.51 +- 0.38 points on Balinese, +0.40 +- 0.18 on Greek), less so than optimal transport
     # of the descriptors (about a point more on Balinese, 300 episodes) or a lower mean of the best

@@ -136,11 +136,12 @@ def reconstruction_similarities(query: torch.Tensor, support: torch.Tensor, chan
     descriptors, and the similarity is minus the mean squared error of the rebuilt descriptors;
     the same from the support's side; the two are averaged. Feature map reconstruction networks
     (Wertheimer, Tang and Hariharan, 2021) score a query by how well a class's descriptors rebuild
-    it. Where a best match lets each descriptor find one partner, a combination of the other
-    image's descriptors must account for the whole descriptor, so a stroke that one character has
-    and its look-alike lacks leaves an error that the mean keeps. The similarity lies in
-    [-1, 0]: 0 when every descriptor lies in the span of the other image's. ``ridge`` (lambda)
-    keeps the combination small: a larger one rebuilds less, and the error tells less apart.
+    it. Where a best match lets each descriptor find one partner, a combination of all the other
+    image's descriptors must account for the whole descriptor. The similarity lies in [-1, 0]:
+    0 when every descriptor lies in the span of the other image's. ``ridge`` (lambda) keeps the
+    combination small: a larger one rebuilds less, and the error tells less apart. On Lake's
+    minimal Omniglot it did no better than the best matches (Chapter 5, "Rebuilding instead of
+    matching").
     """
     ridge = check_positive("ridge", ridge)
     if query.shape[-1] != support.shape[-1] or query.shape[-1] % channels:
@@ -155,8 +156,8 @@ def reconstruction_similarities(query: torch.Tensor, support: torch.Tensor, chan
         # With c = t S^T a target's products with the pool's descriptors S, G = S S^T and
         # K = (G + ridge I)^-1, the rebuilt descriptor is c K S and its squared error
         # |t|^2 - c (2K - K G K) c^T: no rebuilt descriptor is ever formed. The P x P algebra runs
-        # in float32 (at least) even under bfloat16 autocast, since the error is a small difference of
-        # numbers near 1.
+        # in float32 (at least) even under bfloat16 autocast, since the error is a small difference
+        # of numbers near 1.
         wide = torch.promote_types(pool.dtype, torch.float32)
         with torch.autocast(device_type=pool.device.type, enabled=False):
             pool32 = pool.to(wide)
@@ -261,7 +262,8 @@ class ProtoNet(Learner):
 
         Cosine similarity gets a learned temperature starting at 10, as in the cosine
         classifiers of Gidaris and Komodakis (2018) and Chen et al. (2019), and so does the
-        local and reconstruction similarities; a ``fixed_scale`` holds the temperature at that number instead.
+        local and reconstruction similarities; a ``fixed_scale`` holds the temperature at that
+        number instead.
         """
         if config.fixed_scale is not None and config.distance == "euclidean":
             raise ValueError("fixed_scale applies to distance='cosine', 'local' or 'reconstruction' only, "
