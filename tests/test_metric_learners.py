@@ -380,6 +380,8 @@ def test_reconstruction_scores_a_missing_part_and_rebuilds_a_map_from_itself():
 
 
 def test_reconstruction_runs_in_float32_under_bfloat16_autocast():
+    """Under bfloat16 autocast the ridge algebra stays in float32: a float32 result, near the
+    float32 one."""
     g = torch.Generator().manual_seed(6)
     query, support = torch.randn(4, 8 * 9, generator=g), torch.randn(3, 8 * 9, generator=g)
     with torch.autocast("cpu", dtype=torch.bfloat16):

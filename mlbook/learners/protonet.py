@@ -151,20 +151,24 @@ def reconstruction_similarities(query: torch.Tensor, support: torch.Tensor, chan
     def descriptors(z):
         return F.normalize(z.unflatten(-1, (channels, -1)).transpose(-1, -2), dim=-1)  # [..., n, P, C]
 
-    def rebuilt_error(targets, pool):
-        # targets [..., m, P, C] rebuilt from each image of pool [..., n, P, C] -> [..., m, n].
-        # With c = t S^T a target's products with the pool's descriptors S, G = S S^T and
-        # K = (G + ridge I)^-1, the rebuilt descriptor is c K S and its squared error
-        # |t|^2 - c (2K - K G K) c^T: no rebuilt descriptor is ever formed. The P x P algebra runs
-        # in float32 (at least) even under bfloat16 autocast, since the error is a small difference
-        # of numbers near 1.
-        wide = torch.promote_types(pool.dtype, torch.float32)
+    # With c = t S^T a target descriptor's products with a pool image's descriptors S, G = S S^T
+    # and K = (G + ridge I)^-1, the rebuilt descriptor is c K S and its squared error
+    # |t|^2 - c (2K - K G K) c^T: no rebuilt descriptor is ever formed. The P x P algebra runs in
+    # float32 (at least) even under bfloat16 autocast, since the error is a small difference of
+    # numbers near 1.
+    wide = torch.promote_types(query.dtype, torch.float32)
+
+    def quadratic_form(pool):
+        # 2K - K G K for each image of pool [..., n, P, C] -> [..., n, P, P].
         with torch.autocast(device_type=pool.device.type, enabled=False):
-            pool32 = pool.to(wide)
-            gram = pool32 @ pool32.transpose(-1, -2)                                # [..., n, P, P]
-            eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+            pool_wide = pool.to(wide)
+            gram = pool_wide @ pool_wide.transpose(-1, -2)
+            eye = torch.eye(gram.shape[-1], dtype=wide, device=gram.device)
             inverse = torch.linalg.solve(gram + ridge * eye, eye)
-            form = 2 * inverse - inverse @ gram @ inverse                         # [..., n, P, P]
+            return 2 * inverse - inverse @ gram @ inverse
+
+    def rebuilt_error(targets, pool, form):
+        # targets [..., m, P, C] rebuilt from each image of pool [..., n, P, C] -> [..., m, n].
         products = (targets.flatten(-3, -2) @ pool.flatten(-3, -2).transpose(-1, -2)).unflatten(
             -1, pool.shape[-3:-1]).to(wide)                                        # [..., m*P, n, P]
         with torch.autocast(device_type=pool.device.type, enabled=False):
@@ -174,9 +178,12 @@ def reconstruction_similarities(query: torch.Tensor, support: torch.Tensor, chan
         return -error.mean(-2)
 
     q, s = descriptors(query), descriptors(support)
+    # The support images' forms serve every block of query rows.
+    support_form = quadratic_form(s)
 
     def block(rows):
-        return 0.5 * (rebuilt_error(rows, s) + rebuilt_error(s, rows).transpose(-1, -2))
+        return 0.5 * (rebuilt_error(rows, s, support_form)
+                      + rebuilt_error(s, rows, quadratic_form(rows)).transpose(-1, -2))
     if torch.is_grad_enabled() or q.shape[-3] <= LOCAL_ROWS_PER_CALL:
         return block(q)
     return torch.cat([block(rows) for rows in q.split(LOCAL_ROWS_PER_CALL, dim=-3)], dim=-2)
