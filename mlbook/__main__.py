@@ -486,28 +486,41 @@ def cmd_lake(args) -> int:
     views = ShiftedViews(args.test_time_shift) if args.test_time_shift else None
     if args.local_weights is not None:
         learner = _with_local_weights(learner, args.local_weights)
+    images = {"image_size": config.get("image_size", LearnerConfig.image_size), "frame": config.get("frame", "canvas")}
+    if args.baseline == "hausdorff":
+        from .data import OMNIGLOT_SIZE
+        from .lake import HausdorffBaseline
+
+        if views is not None or args.local_weights is not None or len(args.checkpoint) > 1:
+            raise UsageError("--baseline hausdorff scores Lake's baseline alone: give one checkpoint (it only names "
+                             "the held-out alphabets) and no --test-time-shift or --local-weights")
+        # Lake's baseline reads the release's drawings as they are: 105 pixels, not framed.
+        learner, state, images = HausdorffBaseline(), None, {"image_size": OMNIGLOT_SIZE, "frame": "canvas"}
     if args.runs is not None:
         if config["data"] == "sinusoid":
             raise UsageError("Lake's runs are images; this checkpoint was trained on sinusoids")
         try:
-            result = lake_runs_result(learner, state, args.runs, image_size=config.get("image_size", LearnerConfig.image_size),
-                                      device=device, views=views, frame=config.get("frame", "canvas"))
+            result = lake_runs_result(learner, state, args.runs, device=device, views=views, **images)
         except FileNotFoundError as error:
             raise UsageError(str(error)) from None
     else:
         if config["data"] != "omniglot" or not config.get("holdout_alphabets"):
             raise UsageError("--proxy needs a checkpoint trained on --data omniglot with --holdout-alphabets")
-        data = build_data({**config, "download": False})
+        data = build_data({**config, **images, "download": False})
         if data[args.split].numel() == 0:
             raise UsageError(f"--split {args.split}: this checkpoint was trained with no {args.split} "
                              f"alphabets (--{'val' if args.split == 'val' else 'holdout'}-alphabets)")
         result = proxy_result(learner, state, data["images"], data["alphabets"], data[args.split],
                               episodes=args.episodes, seed=args.seed, device=device, views=views)
         result["split"] = args.split
-    result.update({"checkpoint": ",".join(map(str, args.checkpoint)), "learner": config["learner"],
-                   "members": len(args.checkpoint), "test_time_shift_px": args.test_time_shift,
-                   "local_weights": _local_weights_of(learner),
-                   "trained_steps": int(checkpoint["step"])})
+    if args.baseline == "hausdorff":
+        result.update({"checkpoint": str(args.checkpoint[0]), "learner": learner.name,
+                       "image_size": images["image_size"]})
+    else:
+        result.update({"checkpoint": ",".join(map(str, args.checkpoint)), "learner": config["learner"],
+                       "members": len(args.checkpoint), "test_time_shift_px": args.test_time_shift,
+                       "local_weights": _local_weights_of(learner),
+                       "trained_steps": int(checkpoint["step"])})
     print(json.dumps(result))
     return 0
 
@@ -728,6 +741,10 @@ def _add_lake_command(commands) -> None:
     lake.add_argument("--local-weights", default=None, choices=LOCAL_WEIGHTS,
                       help="rescore a --distance local checkpoint with its best matches weighed another "
                            "way (see train's --local-weights), nothing retrained; default: as trained")
+    lake.add_argument("--baseline", default=None, choices=("hausdorff",),
+                      help="score Lake et al.'s modified Hausdorff distance baseline (nothing learned, "
+                           "105-pixel drawings) on the same runs or episodes instead; the checkpoint only "
+                           "names the held-out alphabets")
     lake.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     lake.set_defaults(run=cmd_lake)
 
