@@ -273,14 +273,24 @@ def test_learning_curve_over_alphabets_counts_the_archives_characters(monkeypatc
     for c in data["train"].tolist():
         counted[data["alphabets"][c]] = counted.get(data["alphabets"][c], 0) + 1
     assert counted == reference.LAKE_CURVE_ALPHABETS
+    # With Greek held out for validation instead, Balinese trains in its place.
+    on_greek = build_data({**base, "val_alphabets": ["Greek"]})
+    trains_on_greek = {on_greek["alphabets"][c] for c in on_greek["train"].tolist()}
+    assert trains_on_greek == set(reference.LAKE_GREEK_TRAINS)
     runs = [(variant, change) for variant, (change, _) in reference.LAKE_ABLATIONS.items()
             if "--train-alphabets" in change]
-    assert len(runs) == 2 * len(reference.LAKE_CURVE_SIZES) + len(reference.LAKE_SINGLE_ALPHABETS)
+    assert len(runs) == (2 * len(reference.LAKE_CURVE_SIZES) + len(reference.LAKE_SINGLE_ALPHABETS)
+                         + len(reference.LAKE_LEFT_OUT))
     for variant, change in runs:
         named = change["--train-alphabets"].split(",")
-        assert len(named) in reference.LAKE_CURVE_SIZES and set(named) <= set(counted), variant
-        # 20-way episodes within one alphabet need 20 characters in at least one of them.
-        assert max(counted[a] for a in named) >= 20, variant
+        trains = trains_on_greek if change.get("--val-alphabets") == "Greek" else set(counted)
+        assert len(named) in reference.LAKE_CURVE_SIZES and set(named) <= trains, variant
+        if change.get("--val-alphabets") == "Greek":   # one alphabet left out, by name
+            left_out = trains - set(named)
+            assert len(left_out) == 1 and left_out <= set(reference.LAKE_LEFT_OUT.values()), variant
+        else:
+            # 20-way episodes within one alphabet need 20 characters in at least one of them.
+            assert max(counted[a] for a in named) >= 20, variant
 
 
 def test_each_ablation_names_its_own_validation_alphabet():
