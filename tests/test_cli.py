@@ -221,14 +221,20 @@ def test_lake_scores_a_perfect_oracle(tmp_path):
     assert result["per_run_error_pct"] == [0.0, 0.0, 0.0]
 
 
-@pytest.mark.skipif(not (OMNIGLOT / "images_background_small1.zip").exists(), reason="Omniglot archives absent")
-def test_proxy_on_held_out_omniglot_alphabets(tmp_path, capsys, monkeypatch):
+def train_small_omniglot(tmp_path, monkeypatch, *options, name="omni.pt"):
+    """A tiny checkpoint trained on the shared Omniglot archives (the environment pointed at them)."""
     monkeypatch.setenv("MLBOOK_OMNIGLOT", str(OMNIGLOT))
     monkeypatch.setenv("MLBOOK_DATA", str(tmp_path / "data"))
-    out = tmp_path / "omni.pt"
-    assert main(["train", "--data", "omniglot", "--no-download", "--channels", "8", "--ways", "5", "--queries", "2",
-                 "--steps", "2", "--meta-batch-size", "1", "--within-alphabet", "0.5", "--rotate",
-                 "--out", str(out)]) == 0
+    out = tmp_path / name
+    assert main(["train", "--data", "omniglot", "--no-download", "--channels", "8", "--ways", "5",
+                 "--meta-batch-size", "1", *options, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.skipif(not (OMNIGLOT / "images_background_small1.zip").exists(), reason="Omniglot archives absent")
+def test_proxy_on_held_out_omniglot_alphabets(tmp_path, capsys, monkeypatch):
+    out = train_small_omniglot(tmp_path, monkeypatch, "--queries", "2", "--steps", "2", "--within-alphabet", "0.5",
+                               "--rotate")
     capsys.readouterr()
     code, out_text, _ = call(capsys, "lake", str(out), "--proxy", "--episodes", "30")
     result = json.loads(out_text)

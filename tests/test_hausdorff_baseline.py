@@ -9,7 +9,7 @@ import torch
 from mlbook.__main__ import main
 from mlbook.lake import HausdorffBaseline, ink_points, lake_runs_result, modified_hausdorff_distances
 from mlbook.tasks import Episode
-from test_cli import TINY_IMAGES, one_line_error, write_lake_runs
+from test_cli import TINY_IMAGES, one_line_error, train_small_omniglot, write_lake_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
@@ -140,11 +140,8 @@ def test_cli_scores_the_baseline_on_lake_runs(glyph_checkpoint, tmp_path, capsys
 @pytest.mark.skipif(not (OMNIGLOT / "images_background_small1.zip").exists(), reason="Omniglot archives absent")
 def test_cli_scores_the_baseline_on_the_proxy_episodes(tmp_path, capsys, monkeypatch):
     """The baseline meets the same held-out alphabets and episodes as the checkpoint would."""
-    monkeypatch.setenv("MLBOOK_OMNIGLOT", str(OMNIGLOT))
-    monkeypatch.setenv("MLBOOK_DATA", str(tmp_path / "data"))
-    out = tmp_path / "omni.pt"
-    assert main(["train", "--data", "omniglot", "--no-download", "--channels", "8", "--ways", "5", "--queries", "1",
-                 "--steps", "1", "--holdout-alphabets", "Early_Aramaic,Korean", "--out", str(out)]) == 0
+    out = train_small_omniglot(tmp_path, monkeypatch, "--queries", "1", "--steps", "1",
+                               "--holdout-alphabets", "Early_Aramaic,Korean")
     capsys.readouterr()
     assert main(["lake", str(out), "--proxy", "--episodes", "4", "--baseline", "hausdorff"]) == 0
     baseline = json.loads(capsys.readouterr()[0])
