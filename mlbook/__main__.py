@@ -474,7 +474,7 @@ def cmd_lake(args) -> int:
     """``lake``: Lake's within-alphabet one-shot runs, or the held-out-alphabet proxy, as JSON (Chapter 5)."""
     device = get_device(args.device)
     checkpoint, config, learner, state = _load_ensemble(args.checkpoint, device)
-    if not learner.any_ways and config["ways"] != 20:
+    if args.baseline is None and not learner.any_ways and config["ways"] != 20:
         raise UsageError(f"{config['learner']} was trained with a {config['ways']}-way output layer; "
                          f"Lake's runs are 20-way")
     from .lake import lake_runs_result, proxy_result
