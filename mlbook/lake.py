@@ -61,8 +61,8 @@ def modified_hausdorff_distances(queries: torch.Tensor, supports: torch.Tensor) 
     are averaged, the same is done the other way, and the larger mean is kept. Points are the
     centred ink pixels of :func:`ink_points`.
     """
-    # float32 runs 2.4 times faster than Lake's float64 and changed no decision on 300 test
-    # and 300 validation proxy episodes; distances agree to about 1e-4 pixels.
+    # float32 rather than Lake's float64: faster, and it changed no decision on 300 test and
+    # 300 validation proxy episodes; distances agree to about 1e-4 pixels.
     query_points = [ink_points(image).float() for image in queries]
     support_points = [ink_points(image).float() for image in supports]
     support_norms = [(p * p).sum(1) for p in support_points]
