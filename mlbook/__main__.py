@@ -133,8 +133,10 @@ def build_data(config: dict) -> dict:
         images, alphabets, train = with_glyph_alphabets(images, alphabets, train, config["glyph_alphabets"],
                                                         frame=config.get("frame", "canvas"),
                                                         seed=config.get("data_seed", 0))
+    # characters names the release's characters (None for glyphs); classes added after them
+    # (unions, glyph alphabets) only ever train.
     return {"kind": kind, "images": images, "alphabets": alphabets, "train": train,
-            "val": split["val"], "test": split["test"]}
+            "val": split["val"], "test": split["test"], "characters": data.characters}
 
 
 def _image_family(data: dict, split: str, ways: int, shots: int, queries: int, within: float,
@@ -481,6 +483,9 @@ def cmd_lake(args) -> int:
 
     if (args.runs is None) == (not args.proxy):
         raise UsageError("give exactly one of --runs PATH (Lake's all_runs.zip or folder) and --proxy")
+    if args.pairs and (not args.proxy or args.baseline is not None or args.test_time_shift):
+        raise UsageError("--pairs reads a learner's plain predictions on the proxy: give --proxy, and no "
+                         "--baseline or --test-time-shift")
     from .augment import ShiftedViews
 
     views = ShiftedViews(args.test_time_shift) if args.test_time_shift else None
@@ -513,6 +518,8 @@ def cmd_lake(args) -> int:
         result = proxy_result(learner, state, data["images"], data["alphabets"], data[args.split],
                               episodes=args.episodes, seed=args.seed, device=device, views=views)
         result["split"] = args.split
+        if args.pairs:
+            result["confused_pairs"] = _worst_pairs(learner, state, data, args, device)
     if args.baseline == "hausdorff":
         result.update({"checkpoint": str(args.checkpoint[0]), "learner": learner.name,
                        "image_size": images["image_size"]})
@@ -523,6 +530,18 @@ def cmd_lake(args) -> int:
                        "trained_steps": int(checkpoint["step"])})
     print(json.dumps(result))
     return 0
+
+
+def _worst_pairs(learner, state, data: dict, args, device) -> dict:
+    """The ``--pairs`` worst confused pairs of characters of each proxy alphabet, by name."""
+    from .lake import confused_pairs, proxy_confusions
+
+    confusions = proxy_confusions(learner, state, data["images"], data["alphabets"], data[args.split],
+                                  episodes=args.episodes, seed=args.seed, device=device)
+    names = data.get("characters")
+    return {alphabet: [{**pair, "characters": [names[c] if names else c for c in pair["characters"]]}
+                       for pair in confused_pairs(confusions, alphabet)[:args.pairs]]
+            for alphabet in sorted(set(confusions["alphabets"]))}
 
 
 # -- argument parsing ------------------------------------------------------------------------
@@ -745,6 +764,10 @@ def _add_lake_command(commands) -> None:
                       help="score Lake et al.'s modified Hausdorff distance baseline (nothing learned, "
                            "105-pixel drawings) on the same runs or episodes instead; the checkpoint only "
                            "names the held-out alphabets")
+    lake.add_argument("--pairs", type=non_negative_int, default=0, metavar="K",
+                      help="with --proxy: also list each alphabet's K pairs of characters most often "
+                           "mistaken for each other, with the queries at risk (two characters drawn alike "
+                           "err on about half); default 0, none")
     lake.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     lake.set_defaults(run=cmd_lake)
 

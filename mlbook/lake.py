@@ -10,7 +10,11 @@ episodes whose classes come from anywhere. This module
 * scores the proxy: 20-way within-alphabet one-shot episodes (:class:`~mlbook.tasks.AlphabetFamily`)
   from alphabets held out of training;
 * scores Lake's own baseline, the modified Hausdorff distance between the drawings' inked pixels
-  (:class:`HausdorffBaseline`), on the same runs or episodes as any learner.
+  (:class:`HausdorffBaseline`), on the same runs or episodes as any learner;
+* reads which characters a learner mistakes for which on the proxy's episodes
+  (:func:`proxy_confusions`, :func:`confused_pairs`), what a pair of characters that nothing can tell
+  apart costs any learner (:func:`identical_pair_error_pct`), and whether two characters' drawings
+  mix in ink alone (:func:`hausdorff_mixup_share`).
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ from .tasks import AlphabetFamily, Episode
 from .utils import check_positive_int, make_generator
 
 __all__ = ["lake_runs_result", "proxy_result", "LAKE_REFERENCE_ERROR_PCT", "HausdorffBaseline",
-           "ink_points", "modified_hausdorff_distances"]
+           "ink_points", "modified_hausdorff_distances", "proxy_confusions", "confused_pairs",
+           "identical_pair_error_pct", "hausdorff_mixup_share"]
 
 # Error rates (%) reported by Lake et al. (2015) on the 20 runs.
 LAKE_REFERENCE_ERROR_PCT = {"people": 4.5, "Bayesian program learning": 3.3,
@@ -139,20 +144,124 @@ def lake_runs_result(learner, state, runs_path, image_size: int = 28, device="cp
 PROXY_BATCH = 20
 
 
+def _proxy_batches(images: torch.Tensor, alphabets: Sequence[str], classes: torch.Tensor, episodes: int,
+                   ways: int, seed: int, device, characters: bool = False):
+    """Yield :func:`proxy_result`'s episodes in order, a batch at a time, as ``(batch, alphabet of
+    each episode, characters)``; ``characters`` (when asked for) is ``[B, ways]``, the character
+    (class index of ``images``) behind each label, else None."""
+    episodes = check_positive_int("episodes", episodes)
+    family = AlphabetFamily(images, alphabets, ways=ways, shots=1, queries=1, classes=classes,
+                            within=1.0, device=device)
+    generator = make_generator(seed, family.device)
+    if characters:
+        # The draws never read the pixels: a twin family whose every image holds its character's
+        # number, drawn from the same seed, names the character behind each label of each episode.
+        numbers = torch.arange(images.shape[0], dtype=torch.float32, device=family.device)
+        numbers = numbers[:, None, None, None].expand(images.shape[0], images.shape[1], 1, 1)
+        twin = AlphabetFamily(numbers, alphabets, ways=ways, shots=1, queries=1, classes=classes,
+                              within=1.0, device=family.device)
+        twin_generator = make_generator(seed, family.device)
+    remaining = episodes
+    while remaining > 0:
+        size = min(PROXY_BATCH, remaining)
+        batch, names = family.sample(size, generator, return_alphabets=True)
+        named = None
+        if characters:
+            drawn = twin.sample(size, twin_generator)
+            named = torch.empty_like(drawn.support_y)
+            named.scatter_(1, drawn.support_y, drawn.support_x.flatten(2)[..., 0].long())
+        yield batch, names, named
+        remaining -= size
+
+
 def proxy_episode_alphabets(images: torch.Tensor, alphabets: Sequence[str], classes: torch.Tensor,
                             episodes: int = 600, ways: int = 20, seed: int = 2015) -> list[str]:
     """The alphabet of each of :func:`proxy_result`'s episodes, in order, with no network
     (Chapter 5): the episodes depend on the seed and the held-out characters only, so a record's
     per-episode scores can be split by alphabet without scoring them again."""
-    episodes = check_positive_int("episodes", episodes)
-    family = AlphabetFamily(images, alphabets, ways=ways, shots=1, queries=1, classes=classes,
-                            within=1.0, device="cpu")
-    generator = make_generator(seed, family.device)
-    names = []
-    while len(names) < episodes:
-        _, drawn = family.sample(min(PROXY_BATCH, episodes - len(names)), generator, return_alphabets=True)
-        names += drawn
-    return names
+    return [name for _, names, _ in _proxy_batches(images, alphabets, classes, episodes, ways, seed, "cpu")
+            for name in names]
+
+
+def _predicted_labels(learner, state, episode: Episode) -> torch.Tensor:
+    """``[B, queries]``: the label each query of each task is given."""
+    with torch.set_grad_enabled(getattr(learner, "adapts_with_gradients", False)):
+        episode_logits = getattr(learner, "episode_logits", None)
+        if episode_logits is not None:
+            return episode_logits(state, episode).argmax(-1).detach()
+        return torch.stack([learner.predict(learner.adapt(state, sx, sy), qx).argmax(-1).detach()
+                            for sx, sy, qx in zip(episode.support_x, episode.support_y, episode.query_x)])
+
+
+def proxy_confusions(learner, state, images: torch.Tensor, alphabets: Sequence[str], classes: torch.Tensor,
+                     episodes: int = 600, ways: int = 20, seed: int = 2015, device="cpu") -> dict:
+    """Which character a learner takes each query of :func:`proxy_result`'s episodes for (Chapter 5).
+
+    The same episodes as :func:`proxy_result` with the same arguments. Returns ``alphabets`` (one
+    name per episode), ``present`` ``[episodes, ways]`` (the characters of each episode, as class
+    indices of ``images``), ``truth`` and ``predicted`` ``[episodes, ways]`` (each query's character
+    and the one it was taken for). :func:`confused_pairs` reads which characters are mistaken for
+    which.
+    """
+    names, present, truth, predicted = [], [], [], []
+    for batch, batch_names, characters in _proxy_batches(images, alphabets, classes, episodes, ways, seed,
+                                                         device, characters=True):
+        labels = _predicted_labels(learner, state, batch).to(characters.device)
+        names += batch_names
+        present.append(characters)
+        truth.append(characters.gather(1, batch.query_y.to(characters.device)))
+        predicted.append(characters.gather(1, labels))
+    return {"alphabets": names, "present": torch.cat(present).cpu(), "truth": torch.cat(truth).cpu(),
+            "predicted": torch.cat(predicted).cpu()}
+
+
+def confused_pairs(confusions: dict, alphabet: str) -> list[dict]:
+    """The pairs of characters of ``alphabet`` mistaken for each other in :func:`proxy_confusions`'s
+    episodes, most errors first (Chapter 5).
+
+    Each pair is ``{"characters": (a, b), "errors": n, "at_risk": m}``: ``errors`` queries of either
+    character were taken for the other, out of the ``at_risk`` queries of the two in episodes that
+    hold both. Two characters nothing can tell apart err on about half of ``at_risk``.
+    """
+    rows = [i for i, name in enumerate(confusions["alphabets"]) if name == alphabet]
+    if not rows:
+        raise ValueError(f"alphabet {alphabet!r} has no episode here; the episodes' alphabets are "
+                         f"{sorted(set(confusions['alphabets']))}")
+    truth, predicted = confusions["truth"][rows].flatten(), confusions["predicted"][rows].flatten()
+    wrong = truth != predicted
+    counts: dict[tuple[int, int], int] = {}
+    for a, b in zip(truth[wrong].tolist(), predicted[wrong].tolist()):
+        pair = (min(a, b), max(a, b))
+        counts[pair] = counts.get(pair, 0) + 1
+    present = [set(row) for row in confusions["present"][rows].tolist()]
+    return [{"characters": pair, "errors": n,
+             "at_risk": 2 * sum(pair[0] in held and pair[1] in held for held in present)}
+            for pair, n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+
+
+def identical_pair_error_pct(characters: int, ways: int = 20) -> float:
+    """The error (%) that one pair of indistinguishable characters adds to ``ways``-way one-shot
+    episodes drawn from an alphabet of ``characters`` (Chapter 5): an episode holds both with
+    probability ways(ways-1) / (characters(characters-1)), and then one of their two queries is
+    lost on average, whatever the learner."""
+    characters, ways = check_positive_int("characters", characters), check_positive_int("ways", ways)
+    if ways > characters:
+        raise ValueError(f"ways = {ways} is more than the alphabet's {characters} characters")
+    return 100.0 * (ways - 1) / (characters * (characters - 1)) if characters > 1 else 0.0
+
+
+def hausdorff_mixup_share(first: torch.Tensor, second: torch.Tensor) -> float:
+    """The share of the drawings of two characters (``[n, 1, H, W]`` each, 105 pixels as Lake drew
+    them) whose nearest other drawing in modified Hausdorff distance is of the other character
+    (Chapter 5): about half for two characters drawn alike, near zero for two that differ."""
+    if first.shape[0] < 2 or second.shape[0] < 2:
+        raise ValueError(f"each character needs at least two drawings; got {first.shape[0]} and "
+                         f"{second.shape[0]}")
+    drawings = torch.cat([first, second])
+    distances = modified_hausdorff_distances(drawings, drawings)
+    distances.fill_diagonal_(float("inf"))
+    own = torch.arange(drawings.shape[0]) < first.shape[0]
+    return (own != own[distances.argmin(1)]).float().mean().item()
 
 
 def proxy_result(learner, state, images: torch.Tensor, alphabets: Sequence[str], classes: torch.Tensor,
@@ -165,17 +274,10 @@ def proxy_result(learner, state, images: torch.Tensor, alphabets: Sequence[str],
     per episode) and the mean error of each held-out alphabet. ``views``: optional test-time
     augmentation (:class:`mlbook.augment.ShiftedViews`), the same for every episode.
     """
-    episodes = check_positive_int("episodes", episodes)
-    family = AlphabetFamily(images, alphabets, ways=ways, shots=1, queries=1, classes=classes,
-                            within=1.0, device=device)
-    generator = make_generator(seed, family.device)
     errors, names = [], []
-    remaining = episodes
-    while remaining > 0:
-        batch, batch_names = family.sample(min(PROXY_BATCH, remaining), generator, return_alphabets=True)
+    for batch, batch_names, _ in _proxy_batches(images, alphabets, classes, episodes, ways, seed, device):
         errors.append(_per_task_error(learner, state, batch, views=views))
         names += batch_names
-        remaining -= batch.batch_size
     errors = torch.cat(errors)
     mean, ci95 = confidence_interval(errors)
     per_alphabet = {name: round(errors[[i for i, n in enumerate(names) if n == name]].mean().item(), 4)
