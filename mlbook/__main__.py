@@ -276,7 +276,8 @@ def _train_config(args) -> TrainConfig:
                        schedule=args.schedule, warmup=args.warmup,
                        val_every=args.val_every, val_episodes=args.val_episodes, patience=args.patience,
                        checkpoint_every=args.checkpoint_every, time_limit=time_limit,
-                       precision=args.precision, cuda_graph=args.cuda_graph, sam_radius=args.sam)
+                       precision=args.precision, cuda_graph=args.cuda_graph, sam_radius=args.sam,
+                       ema_decay=args.ema)
 
 
 def _differences(saved: dict, now: dict, ignore=()) -> list[str]:
@@ -577,6 +578,17 @@ def non_negative_float(text: str) -> float:
     return 0.0 if text.strip() in ("0", "0.0") else positive_float(text)
 
 
+def open_unit_float(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1 (Chapter 5)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number strictly between 0 and 1, got {text!r}")
+    return value
+
+
 def fraction(text: str) -> float:
     """argparse type: a number in [0, 1] (Chapter 5)."""
     value = non_negative_float(text)
@@ -694,6 +706,9 @@ def _add_training_options(train) -> None:
     train.add_argument("--sam", type=positive_float, default=None, metavar="RADIUS",
                        help="sharpness-aware minimisation: each gradient taken again RADIUS along it (a second "
                             "backward pass per step; default off)")
+    train.add_argument("--ema", type=open_unit_float, default=None, metavar="DECAY",
+                       help="keep a moving average of the weights, each step DECAY of the old average "
+                            "and 1 - DECAY of the new weights, and validate and save it (default off)")
     train.add_argument("--schedule", default="constant", choices=SCHEDULES,
                        help="learning-rate schedule (cosine_time: a cosine over --time-limit seconds)")
     train.add_argument("--warmup", type=non_negative_int, default=0, help="linear warm-up steps")

@@ -118,7 +118,10 @@ class TrainConfig:
     ``sam_radius`` rho turns on sharpness-aware minimisation (Foret et al., 2021): each step's
     gradient is taken again at the parameters moved rho along their normalised gradient, the
     worst point within rho to first order, so the step favours minima that stay low around
-    them; a second backward pass per step.
+    them; a second backward pass per step. ``ema_decay`` d keeps an exponential moving average
+    of the trained tensors (Polyak averaging), a <- d a + (1 - d) w after every step, starting
+    from the initial weights: validation, the returned state and the checkpoint's ``state`` are
+    the averaged weights, and the checkpoint's ``live_state`` the raw ones a resume continues from.
     """
 
     steps: int
@@ -142,6 +145,7 @@ class TrainConfig:
     precision: str = "float32"
     cuda_graph: bool = False
     sam_radius: float | None = None
+    ema_decay: float | None = None
 
     def __post_init__(self):
         self.steps = check_positive_int("steps", self.steps)
@@ -166,6 +170,10 @@ class TrainConfig:
         if self.sam_radius is not None and self.cuda_graph:
             raise ValueError("sam_radius needs two backward passes per step; a CUDA graph records one "
                              "(cuda_graph=False)")
+        if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float))
+                                               and 0 < self.ema_decay < 1):
+            raise ValueError(f"ema_decay must be a number strictly between 0 and 1 (or None, no "
+                             f"averaging), got {self.ema_decay!r}")
         if self.schedule == "cosine_time" and self.time_limit is None:
             raise ValueError("schedule 'cosine_time' needs time_limit, the wall-clock budget in seconds")
 
@@ -285,6 +293,7 @@ class Trainer:
         if not self.parameters:
             raise ValueError("the learner's state has no tensor that requires grad: nothing to train")
         self.trainable = [(n, t) for n, t in _named_leaves(self.state) if t.requires_grad]
+        self.averaged = None if config.ema_decay is None else [t.detach().clone() for _, t in self.trainable]
         if config.cuda_graph and self.parameters[0].device.type != "cuda":
             raise ValueError(f"cuda_graph needs the run on a CUDA device; it is on {self.parameters[0].device}")
         self._graphs: dict[tuple, GraphedMetaStep] = {}
@@ -311,7 +320,15 @@ class Trainer:
     # -- restore and checkpoint ------------------------------------------------------------
     def restore(self, saved: dict) -> None:
         """Continue from a checkpoint written by :meth:`write_checkpoint`."""
-        load_state_into(self.state, saved["state"])
+        if self.averaged is not None:
+            if "live_state" not in saved:
+                raise ValueError("ema_decay is set but the checkpoint holds no moving average "
+                                 "(it was written without ema_decay); resume it without ema_decay")
+            load_state_into(self.state, saved["state"])
+            with torch.no_grad():
+                for average, (_, tensor) in zip(self.averaged, self.trainable):
+                    average.copy_(tensor)
+        load_state_into(self.state, saved.get("live_state", saved["state"]))
         built_with = [group.get("fused") for group in self.optimiser.param_groups]
         self.optimiser.load_state_dict(saved["optimiser"])
         for group, fused in zip(self.optimiser.param_groups, built_with):
@@ -351,9 +368,32 @@ class Trainer:
                   file=sys.stderr)
             self.saved_to = fallback
 
+    @contextlib.contextmanager
+    def _with_averaged_weights(self):
+        """Within the block the state holds the moving average (no-op without ``ema_decay``)."""
+        if self.averaged is None:
+            yield
+            return
+        live = [t.detach().clone() for _, t in self.trainable]
+        self._load_averaged()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for saved, (_, tensor) in zip(live, self.trainable):
+                    tensor.copy_(saved)
+
+    def _load_averaged(self) -> None:
+        with torch.no_grad():
+            for average, (_, tensor) in zip(self.averaged, self.trainable):
+                tensor.copy_(average)
+
     def _save(self, path: Path) -> None:
+        live = {} if self.averaged is None else {"live_state": detached(self.state)}
+        with self._with_averaged_weights():
+            state = detached(self.state)
         save_checkpoint(path, {
-            "learner": self.learner.name, "state": detached(self.state),
+            "learner": self.learner.name, "state": state, **live,
             "optimiser": self.optimiser.state_dict(), "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state().cpu(), "torch_rng": torch.get_rng_state(),
             "step": self.step, "steps": self.config.steps, "elapsed": self._seconds(),
@@ -389,6 +429,10 @@ class Trainer:
         self.optimiser.step()
         self.scheduler.step()
         _check_finite(self.step, "the updated value", self.trainable)
+        if self.averaged is not None:
+            with torch.no_grad():
+                for average, (_, tensor) in zip(self.averaged, self.trainable):
+                    average.lerp_(tensor.detach(), 1 - self.config.ema_decay)
         self.losses.append(loss.item())
         self.accuracies.append(float("nan") if accuracy is None else float(accuracy))
         self.step += 1
@@ -424,8 +468,11 @@ class Trainer:
     def validate(self) -> bool:
         """Record one validation; True when early stopping says stop."""
         config, best = self.config, self.best
-        result = evaluate(self.learner, self.state, self.val_family, episodes=config.val_episodes,
-                          seed=config.val_seed)
+        with self._with_averaged_weights():
+            result = evaluate(self.learner, self.state, self.val_family, episodes=config.val_episodes,
+                              seed=config.val_seed)
+            keeps_best = config.restore_best and config.patience is not None
+            best_state = detached(self.state) if keeps_best else None
         score = result.mean if result.metric == "accuracy" else -result.mean
         self.validation.append((self.step, result.mean, result.ci95))
         if self.log:
@@ -433,7 +480,7 @@ class Trainer:
         if score > best["score"]:
             best.update(score=score, step=self.step, bad_validations=0)
             if config.restore_best and config.patience is not None:
-                best["state"] = detached(self.state)
+                best["state"] = best_state
         else:
             best["bad_validations"] += 1
         return config.patience is not None and best["bad_validations"] >= config.patience
@@ -488,6 +535,8 @@ class Trainer:
         self.write_checkpoint(final=True)
         if hasattr(bar, "close"):
             bar.close()
+        if self.averaged is not None:
+            self._load_averaged()
         if self.best["state"] is not None and config.restore_best and stopped == "early_stopping":
             load_state_into(self.state, self.best["state"])
         return TrainResult(self.state, self.losses, self.accuracies, self.validation, self.best["step"],
