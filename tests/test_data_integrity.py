@@ -339,3 +339,32 @@ def test_glyph_cache_is_checked_and_reused(monkeypatch, tmp_path):
         load_image_classes("glyphs", data_dir=tmp_path, glyph_classes=0, verbose=False)
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         load_image_classes("glyphs", data_dir=tmp_path, glyph_classes=4, seed=-1, verbose=False)
+
+
+# -- framed images are cached under the checksum of what they frame -----------------------------
+def test_framed_image_cache_is_checked_reused_and_keyed_by_its_source(monkeypatch, tmp_path):
+    import mlbook.data as data_module
+    from mlbook.data import frame_characters, load_image_classes
+
+    def load(**changes):
+        settings = {"glyph_classes": 4, "image_size": 14, "frame": "fitted", **changes}
+        return load_image_classes("glyphs", data_dir=tmp_path, verbose=False, **settings).images
+
+    framed = load()
+    canvas = load_image_classes("glyphs", data_dir=tmp_path, glyph_classes=4, image_size=14, verbose=False).images
+    assert torch.equal(framed, frame_characters(canvas, 14, "fitted"))
+    (cache_file,) = tmp_path.glob("framed-fitted-14px-*.pt")
+    stored = torch.load(cache_file, weights_only=True)
+    _flip_pixels(stored)
+    torch.save(stored, cache_file)
+    with pytest.warns(RuntimeWarning, match="framed-image cache .* does not match its checksum"):
+        assert torch.equal(load(), framed)
+    monkeypatch.setattr(data_module, "frame_characters", lambda *a, **k: pytest.fail("framed again"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(load(), framed)
+    monkeypatch.undo()
+    # Other drawings (another seed) are framed afresh and cached beside the first.
+    other = load(seed=1)
+    assert not torch.equal(other, framed) and len(list(tmp_path.glob("framed-fitted-14px-*.pt"))) == 2
+    assert not _leftovers(tmp_path)

@@ -198,12 +198,47 @@ def test_local_similarity_is_the_symmetric_mean_of_best_matches():
                 table = a @ c.T
                 expected = 0.5 * (table.max(1).values.mean() + table.max(0).values.mean())
                 assert torch.allclose(got[b, m, s], expected, atol=1e-12)
-    # Without a graph many query rows are compared a block at a time: the same numbers.
-    many = torch.randn(2, 150, channels * places, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("score", ["local", "local-sqrt-norm", "reconstruction"])
+def test_without_a_graph_the_similarities_come_in_small_blocks_with_the_same_numbers(monkeypatch, score):
+    """Without a graph an evaluation batch is scored episode by episode, a few query rows at a
+    time, so that no table of products outgrows LOCAL_TABLE_BYTES: the numbers of one call."""
+    import mlbook.learners.protonet as protonet
+
+    g = torch.Generator().manual_seed(1)
+    channels, places, shots = 6, 5, 4
+    many = torch.randn(3, 2, 50, channels * places, generator=g, dtype=torch.float64)
+    support = torch.randn(3, 2, shots, channels * places, generator=g, dtype=torch.float64)
+
+    def scored(query, pool):
+        if score == "reconstruction":
+            return reconstruction_similarities(query, pool, channels)
+        return local_similarities(query, pool, channels, weights="sqrt-norm" if score.endswith("norm") else "equal")
+
+    with torch.enable_grad():
+        whole = scored(many, support)
+    row_bytes = places * shots * places * 8
+    calls = []
+    monkeypatch.setattr(protonet, "LOCAL_TABLE_BYTES", 7 * row_bytes)
+    inner = protonet._in_blocks
+
+    def counted(block, query_parts, support_parts):
+        def counting(*parts):
+            calls.append(parts[0].shape)
+            return block(*parts)
+        return inner(counting, query_parts, support_parts)
+
+    monkeypatch.setattr(protonet, "_in_blocks", counted)
     with torch.no_grad():
-        blocked = local_similarities(many, support, channels)
-    assert torch.allclose(blocked, torch.cat([local_similarities(many[:, i:i + 1], support, channels)
-                                              for i in range(150)], dim=1), atol=1e-12)
+        blocked = scored(many, support)
+        # One pool for every episode: the leading dimensions broadcast.
+        shared = scored(many, support[0, 0])
+    assert blocked.shape == whole.shape == (3, 2, 50, shots)
+    assert torch.allclose(blocked, whole, atol=1e-12)
+    assert torch.allclose(shared, scored(many, support[0, 0].expand(3, 2, -1, -1)), atol=1e-12)
+    # Six episodes of 50 rows, 7 rows a call: 8 calls each, the last of one row.
+    assert len(calls) >= 6 * 8 and max(shape[0] for shape in calls) == 7 and calls[7][0] == 1
 
 
 def test_local_similarity_forgives_a_shift_that_the_flattened_distance_does_not():

@@ -16,10 +16,10 @@ import torch
 
 from ..tasks import alphabet_split
 from ..utils import check_choice, check_positive_int
-from .framing import FRAMES, frame_characters
+from .framing import FRAMES, FRAMING_VERSION, frame_characters
 from .glyphs import ALPHABET_SIZE, OMNIGLOT_PEN_SCALE, glyph_alphabets, make_glyphs
 from .omniglot import (OMNIGLOT_SIZE, OmniglotData, read_checked_cache, save_checked_cache, default_data_dir,
-                       load_omniglot, read_lake_runs)
+                       load_omniglot, read_lake_runs, tensor_sha256)
 
 __all__ = [
     "ImageData", "load_image_classes", "load_omniglot", "read_lake_runs", "make_glyphs",
@@ -33,6 +33,7 @@ _GLYPHS_VERSION = 2
 # Bump when the cache file's layout changes (2: header and checksum with the tensor).
 _GLYPHS_CACHE_FORMAT = 2
 _SMALL = ("images_background_small1.zip", "images_background_small2.zip")
+_FRAMED_CACHE_FORMAT = 1
 
 
 @dataclass
@@ -84,6 +85,29 @@ def _cached_glyphs(classes: int, image_size: int, seed: int, data_dir) -> torch.
         pass
     return images
 
+def _cached_frames(images: torch.Tensor, image_size: int, frame: str, data_dir) -> torch.Tensor:
+    """frame_characters, kept in the data folder under the checksum of the images it framed:
+    framing every drawing again took a few seconds of each command that loads them."""
+    from pathlib import Path
+
+    source = tensor_sha256(images)
+    folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    path = folder / f"framed-{frame}-{image_size}px-{source[:16]}-v{FRAMING_VERSION}-f{_FRAMED_CACHE_FORMAT}.pt"
+    header = {"format": _FRAMED_CACHE_FORMAT, "framing": FRAMING_VERSION, "frame": frame, "source_sha256": source,
+              "shape": [*images.shape[:-2], image_size, image_size], "dtype": str(torch.uint8)}
+    if path.is_file():
+        framed, reason = read_checked_cache(path, header)
+        if framed is not None:
+            return framed
+        warnings.warn(f"the framed-image cache {str(path)!r} is not used: {reason}; framing the images again",
+                      RuntimeWarning, stacklevel=3)
+    framed = frame_characters(images, image_size, frame)
+    try:
+        save_checked_cache(framed, header, path)
+    except OSError:  # a read-only data folder still gives the framed images, just uncached
+        pass
+    return framed
+
 
 def load_image_classes(source: str = "auto", image_size: int = 28,
                        archives: Sequence[str] = _SMALL, data_dir=None, download: bool | None = None,
@@ -112,7 +136,7 @@ def load_image_classes(source: str = "auto", image_size: int = 28,
             data = load_omniglot(archives, image_size=image_size if frame == "canvas" else OMNIGLOT_SIZE,
                                  data_dir=data_dir, download=download)
             reason = f"Omniglot archives found ({', '.join(os.path.basename(str(a)) for a in archives)})"
-            images = data.images if frame == "canvas" else frame_characters(data.images, image_size, frame)
+            images = data.images if frame == "canvas" else _cached_frames(data.images, image_size, frame, data_dir)
             result = ImageData(images, data.alphabets, "omniglot", data.characters, reason)
             if verbose:
                 print(f"Image classes: real Omniglot, {result.images.shape[0]} characters from "
@@ -124,7 +148,7 @@ def load_image_classes(source: str = "auto", image_size: int = 28,
             reason = f"Omniglot is not available here ({error})"
     images = _cached_glyphs(glyph_classes, image_size, seed, data_dir)
     if frame != "canvas":
-        images = frame_characters(images, image_size, frame)
+        images = _cached_frames(images, image_size, frame, data_dir)
     if not reason:
         reason = "source='glyphs' was asked for"
     result = ImageData(images, glyph_alphabets(glyph_classes), "glyphs", None, reason)

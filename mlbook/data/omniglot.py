@@ -388,6 +388,11 @@ def _tensor_digest(images: torch.Tensor, header: dict) -> str:
     return digest.hexdigest()
 
 
+def tensor_sha256(images: torch.Tensor) -> str:
+    """SHA-256 of a tensor's shape, dtype and bytes: what a cache derived from it is keyed by (Chapter 5)."""
+    return _tensor_digest(images, {"shape": list(images.shape), "dtype": str(images.dtype)})
+
+
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-from itertools import repeat
 
 import torch
 import torch.nn.functional as F
@@ -37,10 +36,12 @@ RECONSTRUCTION_RIDGE = 0.1
 # How the local similarity averages the best matches: every descriptor alike, or each by the
 # square root of its length before normalisation.
 LOCAL_WEIGHTS = ("equal", "sqrt-norm")
-# Query rows compared at once by the local similarity without a graph. With 7x7 maps and 180
-# support images (20 shots x 9 test-time views), 16 rows' table (28 MB) took 0.21 s for 180
-# queries on one thread, 64 rows' 0.33 to 0.36 s: the smaller table stays nearer the caches.
-LOCAL_ROWS_PER_CALL = 16
+# The largest table of descriptor products the local similarities build at once without a
+# graph; an evaluation batch is split, episode by episode and query rows by query rows, to fit.
+# A table far larger (one for a batch of 50 episodes with nine test-time views each is 1.4 GB)
+# is mapped fresh from the system at every call, and filling new pages cost as much time as the
+# products on a 2-core AMD EPYC.
+LOCAL_TABLE_BYTES = 16 * 2**20
 # Without a graph to keep, embedding images this many at a time is about twice as fast on a CPU
 # as one call over a whole evaluation batch (thousands of images with test-time views), whose
 # activations overflow the caches; 16 to 64 measured alike.
@@ -105,7 +106,7 @@ def local_similarities(query: torch.Tensor, support: torch.Tensor, channels: int
     q, s = F.normalize(q, dim=-1), F.normalize(s, dim=-1)
     too_far = None if window is None else _beyond_window(q.shape[-2], window, q.device)
 
-    def block(rows, rows_weights):
+    def block(rows, rows_weights, s, s_weights):
         # One matrix product whose [m*P, S*P] result is read in place as [m, P, S, P]: no copy
         # of the table, the largest tensor here.
         table = (rows.flatten(-3, -2) @ s.flatten(-3, -2).transpose(-1, -2)).unflatten(
@@ -120,11 +121,7 @@ def local_similarities(query: torch.Tensor, support: torch.Tensor, channels: int
         from_support = ((table.amax(-3) * s_weights[..., None, :, :]).sum(-1)
                         / s_weights.sum(-1)[..., None, :])                             # [..., m, S]
         return 0.5 * (from_rows + from_support)
-    if torch.is_grad_enabled() or q.shape[-3] <= LOCAL_ROWS_PER_CALL:
-        return block(q, q_weights)
-    parts = zip(q.split(LOCAL_ROWS_PER_CALL, dim=-3),
-                q_weights.split(LOCAL_ROWS_PER_CALL, dim=-2) if q_weights is not None else repeat(None))
-    return torch.cat([block(rows, rows_weights) for rows, rows_weights in parts], dim=-2)
+    return _in_blocks(block, (q, q_weights), (s, s_weights))
 
 
 def reconstruction_similarities(query: torch.Tensor, support: torch.Tensor, channels: int,
@@ -181,12 +178,48 @@ def reconstruction_similarities(query: torch.Tensor, support: torch.Tensor, chan
     # The support images' forms serve every block of query rows.
     support_form = quadratic_form(s)
 
-    def block(rows):
+    def block(rows, s, support_form):
         return 0.5 * (rebuilt_error(rows, s, support_form)
                       + rebuilt_error(s, rows, quadratic_form(rows)).transpose(-1, -2))
-    if torch.is_grad_enabled() or q.shape[-3] <= LOCAL_ROWS_PER_CALL:
-        return block(q)
-    return torch.cat([block(rows) for rows in q.split(LOCAL_ROWS_PER_CALL, dim=-3)], dim=-2)
+    return _in_blocks(block, (q,), (s, support_form))
+
+
+def _in_blocks(block, query_parts, support_parts):
+    """``block(*query_parts, *support_parts)`` -> ``[..., M, S]``, without a graph computed
+    episode by episode and a few query rows at a time, so that no table of descriptor products
+    exceeds LOCAL_TABLE_BYTES; with a graph, in one call.
+
+    The first query part is ``[..., M, P, C]`` and the first support part ``[..., S, P, C]``;
+    every part shares their leading dimensions (or is None) and holds one row per query or
+    support image after them.
+    """
+    queries, support = query_parts[0], support_parts[0]
+    if torch.is_grad_enabled():
+        return block(*query_parts, *support_parts)
+    lead = torch.broadcast_shapes(queries.shape[:-3], support.shape[:-3])
+    rows, places = queries.shape[-3], queries.shape[-2]
+    row_bytes = places * support.shape[-3] * places * max(queries.element_size(), 4)
+    per_call = max(1, LOCAL_TABLE_BYTES // row_bytes)
+    if not lead and rows <= per_call:
+        return block(*query_parts, *support_parts)
+
+    def by_episode(part, core):
+        # [..., n, ...] -> [episodes, n, ...], the leading dimensions broadcast and flattened.
+        return None if part is None else part.expand(*lead, *part.shape[part.dim() - core:]).reshape(
+            -1, *part.shape[part.dim() - core:])
+
+    # How many dimensions each part has after the leading ones: the rows and what each row holds.
+    query_cores = [None if p is None else p.dim() - queries.dim() + 3 for p in query_parts]
+    support_cores = [None if p is None else p.dim() - support.dim() + 3 for p in support_parts]
+    query_parts = [by_episode(p, c) for p, c in zip(query_parts, query_cores)]
+    support_parts = [by_episode(p, c) for p, c in zip(support_parts, support_cores)]
+    episodes = []
+    for e in range(query_parts[0].shape[0]):
+        pool = [None if p is None else p[e] for p in support_parts]
+        episodes.append(torch.cat([
+            block(*[None if p is None else p[e, start:start + per_call] for p in query_parts], *pool)
+            for start in range(0, rows, per_call)], dim=-2))
+    return torch.stack(episodes).reshape(*lead, rows, -1)
 
 
 def _check_local_weights(local_weights: str, distance: str) -> None:
