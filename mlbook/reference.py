@@ -488,6 +488,23 @@ def _lake_seeded(run: ReferenceRun, seed: int, opening: str) -> ReferenceRun:
 # 8.8% errors plainly and 8.5% with the views, against seed 0's 8.4% and 8.1%: a tie.
 _RUNS.append(_lake_seeded(_LAKE_README, 1, LAKE_README_OPENING))
 
+# The README's command on a CPU without bfloat16 units: a 2-core AMD EPYC (Zen 3, AVX2, no AVX-512
+# or AMX), where autocast emulates bfloat16. One minute of the command there took 75 steps with
+# bfloat16 and 569 with float32 (load average 0.87), where the machine the command was chosen on
+# (an Intel Xeon with AMX) took about 2,700 a minute with bfloat16. The command with float32,
+# trained on that AMD CPU: what the 30 minutes give a reader whose CPU lacks bfloat16 units. Scored
+# plainly only: the nine shifted views would cost that CPU most of an hour per thousand episodes.
+LAKE_FLOAT32_OPENING = "The README's Lake command with --precision float32 instead of bfloat16, trained on"
+_RUNS.append(_replaced(
+    _LAKE_README, name=f"{_LAKE_README.name}-float32",
+    train_args=_with_changes(_LAKE_README.train_args, {"--precision": "float32"}), test_time_shift=None,
+    note=_LAKE_README.note.replace(
+        "The README's Lake command, on both cores of the machine",
+        f"{LAKE_FLOAT32_OPENING} both cores of a 2-core AMD EPYC (Zen 3: AVX2, no AVX-512 or AMX, so "
+        "that bfloat16 autocast is emulated there and slower than float32)").replace(
+        "with the loss and its gradient under bfloat16 autocast (--precision bfloat16)",
+        "with the loss and its gradient under bfloat16 autocast (--precision bfloat16, replaced here by float32)")))
+
 # Lake's challenge, what each choice buys: the same recipe for 10 minutes with Balinese held out
 # as the validation alphabet (every choice is read from val_value), one change per run.
 LAKE_ABLATION_BASE = tuple(a for a in LAKE_RECIPE_ARGS if a not in ("--time-limit", "1800")) + (
