@@ -22,6 +22,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -37,7 +38,7 @@ from .utils import check_choice, check_positive, check_positive_int, make_genera
 
 __all__ = ["meta_train", "evaluate", "make_optimiser", "stop_on_signals", "Trainer", "TrainConfig",
            "EvalResult", "TrainResult", "NonFiniteError", "SCHEDULES", "OPTIMISERS", "PRECISIONS",
-           "precision_context"]
+           "precision_context", "cpu_has_bfloat16"]
 
 SCHEDULES = ("constant", "cosine", "step", "cosine_time")
 OPTIMISERS = ("adam", "adamw", "sgd")
@@ -51,6 +52,22 @@ def precision_context(precision: str, device_type: str):
     if check_choice("precision", precision, PRECISIONS) == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 kernels for autocast's convolutions and matrix products
+    (AVX-512 with bfloat16, or AMX), so that 'bfloat16' training runs faster rather than emulated (Chapter 5)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN has no bfloat16 kernels either
+        return False
+
+
+# Measured with the README's Lake command, one minute each way, on a 2-core AMD EPYC (AVX2 only).
+BFLOAT16_EMULATED = (
+    "precision 'bfloat16' on this CPU, which has no bfloat16 units (no AVX-512 bfloat16 or AMX): autocast "
+    "emulates it, and steps take longer than in float32 (7.6 times as long for the README's Lake command "
+    "on a 2-core AMD EPYC); use precision 'float32' (train --precision float32) here")
 
 
 class NonFiniteError(FloatingPointError):
@@ -297,6 +314,8 @@ class Trainer:
         if config.cuda_graph and self.parameters[0].device.type != "cuda":
             raise ValueError(f"cuda_graph needs the run on a CUDA device; it is on {self.parameters[0].device}")
         self._graphs: dict[tuple, GraphedMetaStep] = {}
+        if config.precision == "bfloat16" and self.parameters[0].device.type == "cpu" and not cpu_has_bfloat16():
+            warnings.warn(BFLOAT16_EMULATED, RuntimeWarning, stacklevel=3)
         self.optimiser = make_optimiser(config.optimiser, self.parameters, config.outer_lr, config.weight_decay)
         self.elapsed_before, self.started = 0.0, time.perf_counter()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimiser, _lr_factor(config, self._time_used))

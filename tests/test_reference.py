@@ -44,10 +44,10 @@ def test_every_run_has_a_record_and_a_small_checkpoint():
                or not (reference.get(n).members or (reference.RUNS_DIR / f"{n}.pt").is_file())]
     assert not missing, f"runs without a shipped record or checkpoint: {missing}"
     total = sum(p.stat().st_size for p in reference.RUNS_DIR.iterdir())
-    # 85 MB: besides the papers' runs, one hundred and forty Lake ablations, twelve ensemble members
-    # (six for each of two commands) and fifteen 10-, 30- and 60-minute Lake runs (0.45 MB each, 0.75 MB
+    # 86 MB: besides the papers' runs, one hundred and forty Lake ablations, twelve ensemble members
+    # (six for each of two commands) and sixteen 10-, 30- and 60-minute Lake runs (0.45 MB each, 0.75 MB
     # with two residual blocks, 1 MB at 96 channels), and every record's per-episode scores (2 MB).
-    assert total < 85 * 2 ** 20, f"the reference runs take {total / 2 ** 20:.1f} MB; keep them under 85 MB"
+    assert total < 86 * 2 ** 20, f"the reference runs take {total / 2 ** 20:.1f} MB; keep them under 86 MB"
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -295,6 +295,43 @@ def test_bfloat16_training_repeats_exactly_and_keeps_float32_parameters(case):
     assert all(t.dtype == torch.float32 for t in torch.utils._pytree.tree_leaves(half.state))
 
 
+@pytest.mark.parametrize("has_units", [True, False])
+def test_bfloat16_on_a_cpu_without_its_units_warns_once_that_float32_is_faster(monkeypatch, has_units):
+    import warnings
+
+    import mlbook.train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_has_bfloat16", lambda: has_units)
+    family = SinusoidFamily(shots=5, queries=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        meta_train(sinusoid_maml(), family, 2, meta_batch_size=2, seed=0, precision="bfloat16")
+        meta_train(sinusoid_maml(), family, 2, meta_batch_size=2, seed=0)
+    emulated = [w for w in caught if "no bfloat16 units" in str(w.message)]
+    assert len(emulated) == (0 if has_units else 1), [str(w.message) for w in caught]
+    if emulated:
+        assert emulated[0].category is RuntimeWarning and "--precision float32" in str(emulated[0].message)
+
+
+def test_cpu_has_bfloat16_agrees_with_the_cpu_flags():
+    """No AVX-512 at all: no bfloat16 kernels; AMX or AVX-512 bfloat16 instructions: kernels."""
+    from pathlib import Path
+
+    from mlbook.train import cpu_has_bfloat16
+
+    info = Path("/proc/cpuinfo")
+    if not info.is_file():
+        pytest.skip("no /proc/cpuinfo to read this CPU's flags from (not Linux)")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.read_text().splitlines()
+                      if line.startswith("flags")), []))
+    if not flags & {"avx512bw", "amx_bf16", "avx512_bf16"}:
+        assert cpu_has_bfloat16() is False
+    elif flags & {"amx_bf16", "avx512_bf16"}:
+        assert cpu_has_bfloat16() is True
+    else:
+        pytest.skip("AVX-512 without bfloat16 instructions: oneDNN's answer depends on its build")
+
+
 def test_bfloat16_reaches_the_task_threads():
     """Autocast is per thread: tasks run on worker threads must see the caller's, or the
     'threads' strategy would silently train in float32."""
