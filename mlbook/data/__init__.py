@@ -62,6 +62,22 @@ class ImageData:
                 f"{len(self.alphabet_names)} alphabets)")
 
 
+def _checked_or_built(path, header: dict, build, cache: str, again: str) -> torch.Tensor:
+    """The tensor cached at ``path`` if it is intact and matches ``header``; else ``build()``,
+    cached there (a ``cache`` that fails the check is rebuilt with a warning saying so)."""
+    if path.is_file():
+        images, reason = read_checked_cache(path, header)
+        if images is not None:
+            return images
+        warnings.warn(f"the {cache} {str(path)!r} is not used: {reason}; {again}", RuntimeWarning, stacklevel=4)
+    images = build()
+    try:
+        save_checked_cache(images, header, path)
+    except OSError:  # a read-only data folder still gives the tensor, just uncached
+        pass
+    return images
+
+
 def _cached_glyphs(classes: int, image_size: int, seed: int, data_dir) -> torch.Tensor:
     """make_glyphs, kept in the data folder: drawing is deterministic, so a cached copy is exact."""
     from pathlib import Path
@@ -72,18 +88,9 @@ def _cached_glyphs(classes: int, image_size: int, seed: int, data_dir) -> torch.
                      f"-f{_GLYPHS_CACHE_FORMAT}.pt")
     header = {"format": _GLYPHS_CACHE_FORMAT, "glyphs": _GLYPHS_VERSION, "seed": int(seed),
               "shape": [int(classes), 20, image_size, image_size], "dtype": str(torch.uint8)}
-    if path.is_file():
-        images, reason = read_checked_cache(path, header)
-        if images is not None:
-            return images
-        warnings.warn(f"the glyph cache {str(path)!r} is not used: {reason}; drawing the glyphs again",
-                      RuntimeWarning, stacklevel=3)
-    images = make_glyphs(classes, 20, image_size, seed)
-    try:
-        save_checked_cache(images, header, path)
-    except OSError:  # a read-only data folder still gives the glyphs, just uncached
-        pass
-    return images
+    return _checked_or_built(path, header, lambda: make_glyphs(classes, 20, image_size, seed),
+                             "glyph cache", "drawing the glyphs again")
+
 
 def _cached_frames(images: torch.Tensor, image_size: int, frame: str, data_dir) -> torch.Tensor:
     """frame_characters, kept in the data folder under the checksum of the images it framed:
@@ -95,18 +102,8 @@ def _cached_frames(images: torch.Tensor, image_size: int, frame: str, data_dir) 
     path = folder / f"framed-{frame}-{image_size}px-{source[:16]}-v{FRAMING_VERSION}-f{_FRAMED_CACHE_FORMAT}.pt"
     header = {"format": _FRAMED_CACHE_FORMAT, "framing": FRAMING_VERSION, "frame": frame, "source_sha256": source,
               "shape": [*images.shape[:-2], image_size, image_size], "dtype": str(torch.uint8)}
-    if path.is_file():
-        framed, reason = read_checked_cache(path, header)
-        if framed is not None:
-            return framed
-        warnings.warn(f"the framed-image cache {str(path)!r} is not used: {reason}; framing the images again",
-                      RuntimeWarning, stacklevel=3)
-    framed = frame_characters(images, image_size, frame)
-    try:
-        save_checked_cache(framed, header, path)
-    except OSError:  # a read-only data folder still gives the framed images, just uncached
-        pass
-    return framed
+    return _checked_or_built(path, header, lambda: frame_characters(images, image_size, frame),
+                             "framed-image cache", "framing the images again")
 
 
 def load_image_classes(source: str = "auto", image_size: int = 28,
