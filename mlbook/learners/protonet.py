@@ -200,7 +200,7 @@ def _in_blocks(block, query_parts, support_parts):
     rows, places = queries.shape[-3], queries.shape[-2]
     row_bytes = places * support.shape[-3] * places * max(queries.element_size(), 4)
     per_call = max(1, LOCAL_TABLE_BYTES // row_bytes)
-    if not lead and rows <= per_call:
+    if lead.numel() * rows <= per_call:  # the whole batch's table fits: one call
         return block(*query_parts, *support_parts)
 
     def by_episode(part, core):
